@@ -1,0 +1,144 @@
+"""Atomic, ``weights_only``-loadable training checkpoints.
+
+Taught in ``book/06_joint_training.md`` (section "Checkpoints and exact resume").
+
+A checkpoint is a plain dict of tensors and primitive containers, so :func:`load_checkpoint` can use
+``torch.load(weights_only=True)`` (no pickled code runs when a file is opened). :func:`atomic_save` never
+leaves a half-written checkpoint under the final name: it writes a temporary file in the same directory,
+flushes and ``fsync``-s it, renames it over the old file with ``os.replace`` (atomic on POSIX and Windows)
+and ``fsync``-s the directory so the rename itself survives a power cut. A process killed at any moment
+leaves either the previous checkpoint or the new one, plus at most a stray temporary file that
+:func:`remove_stale_temporaries` deletes on the next start.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Union
+
+import torch
+
+__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "REQUIRED_KEYS", "atomic_save", "load_checkpoint",
+           "remove_stale_temporaries"]
+
+#: Format version written under ``"version"``; bump when the layout changes incompatibly.
+CHECKPOINT_VERSION = 1
+#: Keys every wsbus training checkpoint holds.
+REQUIRED_KEYS = ("version", "model", "optimizer", "step", "scaler", "config", "rng", "streams", "history")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable, of another version, or not what the run expects."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename durable. Directories cannot be opened on Windows; there the rename is durable already.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """Save ``obj`` with ``torch.save`` so that ``path`` is replaced atomically.
+
+    Write to a temporary file in ``path``'s directory, flush and ``os.fsync`` it, ``os.replace`` it onto
+    ``path``, then ``fsync`` the directory. On any error the temporary file is removed and ``path`` is left
+    as it was.
+
+    Parameters
+    ----------
+    obj : what to save (keep it to tensors and primitive containers so it loads with ``weights_only=True``).
+    path : the final file, e.g. ``runs/joint/last.pt``; its directory is created when missing.
+
+    Returns
+    -------
+    pathlib.Path of the written file.
+
+    Taught in ``book/06_joint_training.md``.
+    """
+    path = Path(path)
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+    return path
+
+
+def remove_stale_temporaries(directory: PathLike, names: Iterable[str] = ("last.pt",)) -> List[Path]:
+    """Delete temporary files left by an :func:`atomic_save` that was killed before its rename.
+
+    Only files named ``.<name>.*.tmp`` for the given ``names`` are touched. Returns the removed paths.
+
+    Taught in ``book/06_joint_training.md``.
+    """
+    directory = Path(directory)
+    removed: List[Path] = []
+    if not directory.is_dir():
+        return removed
+    for name in names:
+        for p in directory.glob(f".{name}.*.tmp"):
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None] = "cpu",
+                    require: Iterable[str] = REQUIRED_KEYS) -> Dict[str, Any]:
+    """Load a checkpoint written by :class:`wsbus.train.Trainer` with ``torch.load(weights_only=True)``.
+
+    Parameters
+    ----------
+    path : the checkpoint file.
+    map_location : where tensors go (default CPU; the Trainer moves them to its device).
+    require : keys that must be present; pass ``("model",)`` to accept a bare weights file.
+
+    Raises
+    ------
+    CheckpointError
+        naming the file when it is missing, unreadable (truncated, not a torch file, holds pickled objects),
+        not a dict, lacks a required key, or was written by an unsupported format version.
+
+    Taught in ``book/06_joint_training.md``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, pickle with code, wrong format ...
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(ckpt).__name__}, expected a dict")
+    missing = [k for k in require if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks the keys {missing}")
+    version = ckpt.get("version", CHECKPOINT_VERSION)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r} has format version {version!r}; this wsbus reads "
+                              f"versions <= {CHECKPOINT_VERSION}")
+    return ckpt
