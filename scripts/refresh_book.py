@@ -116,6 +116,9 @@ def refresh(path: os.PathLike, timeout: int = 1200) -> float:
     if not source.exists():
         raise ChapterError(f"{path}: neither {md.name} nor {ipynb.name} exists")
     _jupytext_sync(source)
+    if not (md.exists() and ipynb.exists()):
+        raise ChapterError(f"{source}: jupytext --sync did not create its pair; is it paired (jupytext.toml at the "
+                           "repository root, or `formats: ipynb,md:myst` in its metadata)?")
     elapsed = execute_notebook(ipynb, timeout=timeout)
     _jupytext_sync(ipynb)
     return elapsed

@@ -100,9 +100,16 @@ def test_chapter_skeleton(chapter):
     assert first_heading.startswith("# "), f"{chapter}: the chapter must open with a '# Title', got {first_heading!r}"
     assert re.search(r"^(:::|```)\{admonition\} Audience & objectives\s*$", text, re.M), \
         f"{chapter}: missing the '{{admonition}} Audience & objectives' box"
-    tip = re.search(r"^(:::|```)\{tip\} Running this notebook\s*\n(.*?)^\1\s*$", text, re.M | re.S)
-    assert tip, f"{chapter}: missing the ':::{{tip}} Running this notebook' box"
-    assert ":class: dropdown" in tip.group(2), f"{chapter}: the 'Running this notebook' tip must be collapsed"
+    # `{tip}` takes no title: ":::{tip} Running this notebook" plus an options block makes MyST warn
+    # ("Splitting content across first line and body") and `jupyter-book build -W` fail. A titled tip is an
+    # admonition with the tip class.
+    assert not re.search(r"^(:::|```)\{tip\} Running this notebook", text, re.M), (
+        f"{chapter}: write the tip as ':::{{admonition}} Running this notebook' with ':class: tip dropdown' "
+        "({tip} takes no title; the book build fails with a warning)")
+    tip = re.search(r"^(:::|```)\{admonition\} Running this notebook\s*\n(.*?)^\1\s*$", text, re.M | re.S)
+    assert tip, f"{chapter}: missing the ':::{{admonition}} Running this notebook' box (':class: tip dropdown')"
+    assert re.search(r"^:class: (?=.*\btip\b)(?=.*\bdropdown\b)", tip.group(2), re.M), \
+        f"{chapter}: the 'Running this notebook' box needs ':class: tip dropdown' (a collapsed tip)"
     assert COLAB_LINE in tip.group(2), f"{chapter}: the tip must give the Colab line {COLAB_LINE}"
     assert "WSBUS_FULL" in tip.group(2), f"{chapter}: the tip must say how to switch to FULL (WSBUS_FULL=1)"
     assert re.search(r"^## Summary\s*$", text, re.M), f"{chapter}: missing '## Summary'"
