@@ -1,0 +1,711 @@
+r"""The joint weakly- and semi-supervised Faster R-CNN (Shin et al., TMI 2019), on torchvision's components.
+
+:class:`WeakSemiFasterRCNN` is torchvision's ``GeneralizedRCNN`` (transform → backbone → RPN → RoI heads →
+postprocess) with one more clearly named step: the **weak branch**. A training mini-batch may mix
+
+* *strong* images (target ``{"boxes": [K, 4], "labels": [K]}``, K = 0 for a normal scan), which give the four
+  Faster R-CNN losses, and
+* *weak* images (target ``{"image_label": 0|1|2}``, no boxes), which give only the MIL loss: their RPN proposals
+  (detached, as every proposal in Faster R-CNN) go through the same RoI pooling and box head pass as the strong
+  images' sampled RoIs, the mass of interest is picked per image with the rule for its label
+  (:mod:`wsbus.mil`), and :func:`wsbus.losses.mil_loss` is applied to its class logits. Gradients of
+  ``loss_mil`` reach the backbone and the Fast R-CNN head only.
+
+Only the methods that must change are overridden: the RPN's ``forward`` (proposals for all images, loss for
+the strong ones) and ``compute_loss`` (through :func:`wsbus.losses.rpn_loss`), the RoI heads' ``forward``
+(strong sampling + weak MoI in one head pass, losses through :mod:`wsbus.losses`), and the transform's
+grayscale handling. :meth:`WeakSemiFasterRCNN.as_torchvision` rebuilds the plain torchvision ``FasterRCNN`` from
+the same modules; on strong-only batches both give the same losses under the same seed (tested).
+
+Taught in ``book/03_faster_rcnn.md`` (architecture), ``book/04_rpn_loss.md`` and ``book/05_mil_moi.md``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.ops import MultiScaleRoIAlign
+
+from .. import losses as wl
+from ..mil import MOI_BY, RuleMap, as_rule_map, select_moi_batch
+from .backbones import BACKBONES, build_backbone
+
+__all__ = [
+    "LOSS_KEYS", "PRESETS", "build_detector", "WeakSemiFasterRCNN", "WeakSemiRPN", "WeakSemiRoIHeads",
+    "GrayscaleRCNNTransform", "is_weak_target",
+]
+
+#: The keys of the training loss dict, always all present (zeros connected to the graph when a batch has no
+#: image of the kind that produces a loss).
+LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mil")
+
+# Reference values, from the authors' TF code (github syshin1014/wssdl_bus):
+#   code/lib/fast_rcnn/config.py: TRAIN.SCALES=(600,), MAX_SIZE=1000; TRAIN.RPN_PRE/POST_NMS_TOP_N=12000/2000,
+#     TEST.RPN_PRE/POST_NMS_TOP_N=6000/300, RPN_NMS_THRESH=0.7 (train and test), TEST.NMS=0.3 (detections),
+#     RPN_POSITIVE/NEGATIVE_OVERLAP=0.7/0.3, RPN_BATCHSIZE=256, RPN_FG_FRACTION=0.5, TRAIN.BATCH_SIZE=128 RoIs,
+#     FG_FRACTION=0.25, FG_THRESH=0.5, BG_THRESH_HI=0.5 / LO=0.0; PIXEL_MEANS=68.274, PIXEL_STDS=52.802 (BUS).
+#   code/lib/networks/VGGnet_train_bus.py: conv1-2 trainable=False, _feat_stride=16, anchor_scales=[8,16,32]
+#     on a 16-px base anchor = sizes 128, 256, 512 with ratios 0.5, 1, 2; roi_pool 7x7 at 1/16; fc6/fc7 of 512.
+# Differences we keep from torchvision: RoIAlign (sampling_ratio 2) instead of RoIPool, no dropout in the fc
+# head, box-regression weights (10, 10, 5, 5) with smooth-L1 (the reference regresses unnormalised targets
+# with L1), proposals smaller than 1e-3 px dropped (the reference drops those under 16 px).
+_REFERENCE = dict(
+    min_size=600, max_size=1000,
+    anchor_sizes=(128, 256, 512), anchor_ratios=(0.5, 1.0, 2.0),
+    representation_size=512, roi_output_size=7, sampling_ratio=2,
+    rpn_pre_nms_top_n={"training": 12000, "testing": 6000},
+    rpn_post_nms_top_n={"training": 2000, "testing": 300},
+    rpn_nms_thresh=0.7, rpn_fg_iou_thresh=0.7, rpn_bg_iou_thresh=0.3,
+    rpn_batch_size_per_image=256, rpn_positive_fraction=0.5, rpn_score_thresh=0.0,
+    box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5, box_batch_size_per_image=128, box_positive_fraction=0.25,
+    box_score_thresh=0.05, box_nms_thresh=0.3, box_detections_per_img=100, bbox_reg_weights=None,
+)
+#: Per-backbone defaults of :func:`build_detector`. ``tiny`` is sized for 128-192 px phantom images on a CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "vgg16": dict(_REFERENCE),
+    "resnet18": dict(_REFERENCE),
+    "resnet50": dict(_REFERENCE, representation_size=1024),
+    "tiny": dict(
+        _REFERENCE, min_size=128, max_size=256, anchor_sizes=(16, 32, 64), representation_size=128,
+        rpn_pre_nms_top_n={"training": 2000, "testing": 1000},
+        rpn_post_nms_top_n={"training": 500, "testing": 100},
+    ),
+}
+# Grayscale normalisation: the reference's BUS pixel statistics (68.274 / 255, 52.802 / 255) from scratch; the
+# channel means of ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) with pretrained weights.
+_GRAY_STATS = {False: ((68.274 / 255,), (52.802 / 255,)), True: ((0.449,), (0.226,))}
+
+
+def is_weak_target(target: Mapping[str, Any]) -> bool:
+    """True for a weak target (no ``"boxes"``, or ``boxes=None``); it must then carry ``"image_label"``.
+
+    Taught in ``book/06_joint_training.md``.
+    """
+    return target.get("boxes") is None
+
+
+def _zero_like_graph(*tensors: Tensor) -> Tensor:
+    """An exact scalar zero connected to the graph of ``tensors`` (so every parameter that produced them gets
+    a zero gradient, which keeps DDP's reducer and optimisers' step counts consistent)."""
+    total = tensors[0].sum() * 0.0
+    for t in tensors[1:]:
+        total = total + t.sum() * 0.0
+    return total
+
+
+class GrayscaleRCNNTransform(GeneralizedRCNNTransform):
+    """torchvision's ``GeneralizedRCNNTransform`` for grayscale models.
+
+    Two changes: a 3-channel image is averaged to one gray channel before normalisation (the backbones take
+    one channel), and a single ``min_size`` does not draw a random number per image (torchvision draws one to
+    pick among several training sizes even when there is only one, which would make the random state, and so
+    the anchor/RoI sampling of the strong images, depend on how many weak images share their mini-batch).
+
+    Taught in ``book/03_faster_rcnn.md``.
+    """
+
+    def normalize(self, image: Tensor) -> Tensor:
+        if image.shape[0] == 3 and len(self.image_mean) == 1:
+            image = image.mean(dim=0, keepdim=True)
+        if image.shape[0] != len(self.image_mean):
+            raise ValueError(f"expected {len(self.image_mean)}-channel (or RGB) images, got shape "
+                             f"{tuple(image.shape)}")
+        return super().normalize(image)
+
+    def torch_choice(self, k: list[int]) -> int:
+        if len(k) == 1:
+            return k[0]
+        return super().torch_choice(k)
+
+
+class WeakSemiRPN(RegionProposalNetwork):
+    """torchvision's ``RegionProposalNetwork`` that proposes for every image but trains on strong images only.
+
+    Extra arguments: ``n_reg`` (``"torchvision"``: :math:`N_{reg}` = sampled anchors, or ``"paper"``: number of
+    anchor locations, as in the paper's eq. 1), ``lam`` (:math:`\\lambda`; default 1 for torchvision, 10 for the
+    paper), ``beta`` (smooth-L1), and the pre/post-NMS counts used for weak images (the test-time settings by
+    default: weak images are used like test images, only their top proposals are ever scored).
+
+    Targets are a list with one dict per image; weak images' dicts have no ``"boxes"``.
+
+    Taught in ``book/04_rpn_loss.md``.
+    """
+
+    def __init__(self, *args, n_reg: str = "torchvision", lam: Optional[float] = None, beta: float = 1.0 / 9.0,
+                 weak_pre_nms_top_n: Optional[int] = None, weak_post_nms_top_n: Optional[int] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if n_reg not in ("torchvision", "paper"):
+            raise ValueError(f"rpn n_reg must be 'torchvision' or 'paper', got {n_reg!r}")
+        self.n_reg = n_reg
+        self.lam = float(lam) if lam is not None else (10.0 if n_reg == "paper" else 1.0)
+        self.beta = beta
+        self.weak_pre_nms_top_n = weak_pre_nms_top_n or self._pre_nms_top_n["testing"]
+        self.weak_post_nms_top_n = weak_post_nms_top_n or self._post_nms_top_n["testing"]
+        self._weak_phase = False
+
+    def pre_nms_top_n(self) -> int:
+        return self.weak_pre_nms_top_n if self._weak_phase else super().pre_nms_top_n()
+
+    def post_nms_top_n(self) -> int:
+        return self.weak_post_nms_top_n if self._weak_phase else super().post_nms_top_n()
+
+    @contextmanager
+    def _weak(self) -> Iterator[None]:
+        self._weak_phase = True
+        try:
+            yield
+        finally:
+            self._weak_phase = False
+
+    def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
+                     regression_targets: list[Tensor], n_reg: Optional[float] = None) -> tuple[Tensor, Tensor]:
+        """Sample anchors with torchvision's balanced sampler, then :func:`wsbus.losses.rpn_loss`.
+
+        Taught in ``book/04_rpn_loss.md``.
+        """
+        pos_masks, neg_masks = self.fg_bg_sampler(labels)
+        pos = torch.cat(pos_masks).bool()
+        neg = torch.cat(neg_masks).bool()
+        sampled_labels = torch.where(pos, 1, torch.where(neg, 0, -1))
+        return wl.rpn_loss(objectness.flatten(), pred_bbox_deltas, sampled_labels,
+                           torch.cat(regression_targets, dim=0), lam=self.lam, beta=self.beta, n_reg=n_reg)
+
+    def forward(self, images: ImageList, features: dict[str, Tensor],
+                targets: Optional[list[dict[str, Tensor]]] = None) -> tuple[list[Tensor], dict[str, Tensor]]:
+        features_list = list(features.values())
+        objectness, pred_bbox_deltas = self.head(features_list)
+        anchors = self.anchor_generator(images, features_list)
+        num_images = len(anchors)
+        shapes = [o[0].shape for o in objectness]
+        num_anchors_per_level = [s[0] * s[1] * s[2] for s in shapes]
+        objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
+        # Proposals never carry gradient (Faster R-CNN's approximate joint training); the MIL loss
+        # therefore cannot reach the RPN.
+        proposals = self.box_coder.decode(pred_bbox_deltas.detach(), anchors).view(num_images, -1, 4)
+
+        if not self.training:
+            boxes, _ = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
+            return boxes, {}
+        if targets is None or len(targets) != num_images:
+            raise ValueError(f"RPN in training mode needs one target per image ({num_images}), got "
+                             f"{None if targets is None else len(targets)}")
+        strong = [i for i, t in enumerate(targets) if not is_weak_target(t)]
+        weak = [i for i, t in enumerate(targets) if is_weak_target(t)]
+        boxes: list[Optional[Tensor]] = [None] * num_images
+        for idx, phase in ((strong, False), (weak, True)):
+            if not idx:
+                continue
+            if len(idx) == num_images:
+                props, obj, sizes = proposals, objectness, images.image_sizes
+            else:
+                sel = torch.tensor(idx, device=proposals.device)
+                props = proposals[sel]
+                obj = objectness.view(num_images, -1)[sel].reshape(-1, 1)
+                sizes = [images.image_sizes[i] for i in idx]
+            if phase:
+                with self._weak():
+                    found, _ = self.filter_proposals(props, obj, sizes, num_anchors_per_level)
+            else:
+                found, _ = self.filter_proposals(props, obj, sizes, num_anchors_per_level)
+            for i, b in zip(idx, found):
+                boxes[i] = b
+
+        if strong:
+            if len(strong) == num_images:
+                obj_s, deltas_s = objectness, pred_bbox_deltas
+            else:
+                sel = torch.tensor(strong, device=objectness.device)
+                obj_s = objectness.view(num_images, -1)[sel].reshape(-1, 1)
+                deltas_s = pred_bbox_deltas.view(num_images, -1, 4)[sel].reshape(-1, 4)
+            anchors_s = [anchors[i] for i in strong]
+            labels, matched_gt_boxes = self.assign_targets_to_anchors(anchors_s, [targets[i] for i in strong])
+            regression_targets = self.box_coder.encode(matched_gt_boxes, anchors_s)
+            # The paper's N_reg: the number of anchor locations (feature-map positions) of the strong images.
+            n_reg = float(len(strong) * sum(s[1] * s[2] for s in shapes)) if self.n_reg == "paper" else None
+            loss_objectness, loss_rpn_box_reg = self.compute_loss(obj_s, deltas_s, labels, regression_targets,
+                                                                  n_reg=n_reg)
+        else:
+            loss_objectness = _zero_like_graph(objectness)
+            loss_rpn_box_reg = _zero_like_graph(pred_bbox_deltas)
+        return boxes, {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_rpn_box_reg}
+
+
+class WeakSemiRoIHeads(RoIHeads):
+    """torchvision's ``RoIHeads`` with the weak (MIL) branch.
+
+    In training, strong images' proposals are sampled and labelled as in torchvision; each weak image keeps
+    its ``weak_proposals`` top-scoring RPN proposals. All RoIs go through ``box_roi_pool`` → ``box_head`` →
+    ``box_predictor`` in **one** pass; the strong rows give ``loss_classifier`` and ``loss_box_reg``
+    (:func:`wsbus.losses.fast_rcnn_loss`), the weak rows give ``loss_mil``: per weak image the mass of interest
+    is chosen by :func:`wsbus.mil.select_moi_batch` with the rule ``rule_map[image_label]`` and
+    :func:`wsbus.losses.mil_loss` is applied to the MoI logits with ``mil_class_weights``.
+
+    Taught in ``book/05_mil_moi.md``.
+    """
+
+    def __init__(self, *args, rule_map: Union[None, str, RuleMap, Mapping] = None, moi_by: str = "prob",
+                 mil_class_weights: Optional[Sequence[float]] = None, weak_proposals: Optional[int] = None,
+                 mil_reduction: str = "weighted_mean", **kwargs):
+        super().__init__(*args, **kwargs)
+        if moi_by not in MOI_BY:
+            raise ValueError(f"moi_by must be one of {MOI_BY}, got {moi_by!r}")
+        self.rule_map = as_rule_map(rule_map)
+        self.moi_by = moi_by
+        self.mil_class_weights = None if mil_class_weights is None else tuple(float(w) for w in mil_class_weights)
+        self.weak_proposals = weak_proposals
+        self.mil_reduction = mil_reduction
+
+    def select_moi(self, weak_logits: list[Tensor], image_labels: Tensor) -> Tensor:
+        """MoI index of each weak image within its proposals (no gradient; indices only).
+
+        Taught in ``book/05_mil_moi.md``.
+        """
+        with torch.no_grad():
+            return select_moi_batch([lg.detach() for lg in weak_logits], self.rule_map.rule_ids(image_labels),
+                                    by=self.moi_by)
+
+    def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
+                targets: Optional[list[dict[str, Tensor]]] = None):
+        if not self.training:
+            return super().forward(features, proposals, image_shapes, None)
+        if targets is None or len(targets) != len(proposals):
+            raise ValueError("RoI heads in training mode need one target per image")
+        strong = [i for i, t in enumerate(targets) if not is_weak_target(t)]
+        weak = [i for i, t in enumerate(targets) if is_weak_target(t)]
+
+        rois = list(proposals)
+        labels = regression_targets = None
+        if strong:
+            sampled, _, labels, regression_targets = self.select_training_samples(
+                [proposals[i] for i in strong], [targets[i] for i in strong])
+            for i, p in zip(strong, sampled):
+                rois[i] = p
+        for i in weak:
+            if rois[i].shape[0] == 0:
+                raise RuntimeError(f"weak image {i} of the mini-batch has no RPN proposal; cannot pick its mass "
+                                   f"of interest")
+            if self.weak_proposals is not None:
+                rois[i] = rois[i][: self.weak_proposals]
+
+        box_features = self.box_roi_pool(features, rois, image_shapes)
+        box_features = self.box_head(box_features)
+        class_logits, box_regression = self.box_predictor(box_features)
+
+        if weak:
+            logits_per_image = class_logits.split([r.shape[0] for r in rois])
+            regression_per_image = box_regression.split([r.shape[0] for r in rois])
+            strong_logits = torch.cat([logits_per_image[i] for i in strong]) if strong else None
+            strong_regression = torch.cat([regression_per_image[i] for i in strong]) if strong else None
+        else:
+            strong_logits, strong_regression = class_logits, box_regression
+
+        if strong:
+            loss_classifier, loss_box_reg = wl.fast_rcnn_loss(strong_logits, strong_regression, labels,
+                                                              regression_targets)
+        else:
+            loss_classifier = _zero_like_graph(class_logits)
+            loss_box_reg = _zero_like_graph(box_regression)
+
+        if weak:
+            weak_logits = [logits_per_image[i] for i in weak]
+            image_labels = torch.stack([targets[i]["image_label"] for i in weak]).to(class_logits.device)
+            moi = self.select_moi(weak_logits, image_labels)
+            offsets = torch.tensor([0] + [lg.shape[0] for lg in weak_logits[:-1]], device=moi.device).cumsum(0)
+            moi_logits = torch.cat(weak_logits)[offsets + moi]
+            loss_mil = wl.mil_loss(moi_logits, image_labels, self.mil_class_weights, reduction=self.mil_reduction)
+        else:
+            loss_mil = _zero_like_graph(class_logits)
+        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mil": loss_mil}
+
+
+class WeakSemiFasterRCNN(GeneralizedRCNN):
+    """Faster R-CNN trained jointly on strongly (boxes) and weakly (image label) annotated images.
+
+    Build it with :func:`build_detector`. ``model.backbone``, ``.rpn``, ``.roi_heads`` and ``.transform`` are
+    torchvision-compatible modules; ``model.config`` holds the :func:`build_detector` arguments, so that
+    ``build_detector(**model.config)`` rebuilds the same architecture (for a checkpoint).
+
+    Forward (torchvision's convention)
+    ----------------------------------
+    ``model(images, targets) -> dict`` in training mode, with the keys :data:`LOSS_KEYS`; ``images`` is a list
+    of float tensors ``[C, H, W]`` in [0, 1] with C = 1 (or 3, averaged to gray); a strong target is
+    ``{"boxes": float [K, 4] (x1, y1, x2, y2), "labels": int64 [K] in 1..num_classes-1}`` (K = 0: normal image),
+    a weak target ``{"image_label": int or 0-d tensor}``. ``model(images) -> list[dict(boxes, labels,
+    scores)]`` in eval mode, in input-image coordinates.
+
+    Taught in ``book/03_faster_rcnn.md`` and ``book/06_joint_training.md``.
+    """
+
+    def __init__(self, backbone: nn.Module, rpn: WeakSemiRPN, roi_heads: WeakSemiRoIHeads,
+                 transform: GeneralizedRCNNTransform, config: Optional[dict] = None):
+        super().__init__(backbone, rpn, roi_heads, transform)
+        self.config = dict(config or {})
+
+    @property
+    def num_classes(self) -> int:
+        return self.roi_heads.box_predictor.cls_score.out_features
+
+    # ------------------------------------------------------------------ input checks
+    def _check_images(self, images) -> list[Tensor]:
+        if isinstance(images, Tensor):
+            if images.dim() != 4:
+                raise ValueError(f"images must be a list of [C, H, W] tensors or one [N, C, H, W] tensor, got a "
+                                 f"tensor of shape {tuple(images.shape)}")
+            images = list(images)
+        if not isinstance(images, (list, tuple)) or len(images) == 0:
+            raise ValueError(f"images must be a non-empty list of [C, H, W] tensors, got {type(images).__name__}")
+        for i, img in enumerate(images):
+            if not isinstance(img, Tensor):
+                raise TypeError(f"image {i}: expected a torch.Tensor, got {type(img).__name__}")
+            if img.dim() != 3 or img.shape[0] not in (1, 3):
+                raise ValueError(f"image {i}: expected a [C, H, W] tensor with C = 1 (grayscale) or 3, got shape "
+                                 f"{tuple(img.shape)}")
+            if img.shape[1] < 1 or img.shape[2] < 1:
+                raise ValueError(f"image {i}: empty image of shape {tuple(img.shape)}")
+            if not img.is_floating_point():
+                raise TypeError(f"image {i}: expected a float tensor in [0, 1], got {img.dtype} (convert with "
+                                f"torchvision.transforms.v2.functional.to_dtype(img, torch.float32, scale=True))")
+        return list(images)
+
+    def _check_targets(self, targets, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        if targets is None:
+            raise ValueError("training mode needs targets (a list with one dict per image); call model.eval() "
+                             "for detections")
+        if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
+            raise ValueError(f"expected one target per image ({len(images)}), got "
+                             f"{len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__}")
+        k = self.num_classes
+        checked = []
+        for i, (t, img) in enumerate(zip(targets, images)):
+            where = f"target {i}"
+            if not isinstance(t, Mapping):
+                raise TypeError(f"{where}: expected a dict, got {type(t).__name__}")
+            device = img.device
+            if is_weak_target(t):
+                if "image_label" not in t:
+                    raise ValueError(
+                        f"{where} has keys {sorted(t)}: a strong target needs 'boxes' and 'labels', a weak "
+                        f"target needs 'image_label'")
+                label = torch.as_tensor(t["image_label"])
+                if label.numel() != 1 or label.is_floating_point() or label.dtype == torch.bool:
+                    raise ValueError(f"{where}: image_label must be one integer, got {t['image_label']!r}")
+                value = int(label.reshape(()))
+                if not 0 <= value < k:
+                    raise ValueError(f"{where}: image_label {value} is out of range 0..{k - 1}")
+                checked.append({"image_label": torch.tensor(value, dtype=torch.int64, device=device)})
+                continue
+            if "labels" not in t:
+                raise ValueError(f"{where} has 'boxes' but no 'labels' (keys: {sorted(t)})")
+            boxes, labels = t["boxes"], t["labels"]
+            if not isinstance(boxes, Tensor) or not isinstance(labels, Tensor):
+                raise TypeError(f"{where}: boxes and labels must be tensors, got {type(boxes).__name__} and "
+                                f"{type(labels).__name__}")
+            if boxes.dim() != 2 or boxes.shape[1] != 4:
+                raise ValueError(f"{where}: boxes must be [K, 4], got shape {tuple(boxes.shape)}")
+            if not boxes.is_floating_point():
+                raise TypeError(f"{where}: boxes must be a float tensor, got {boxes.dtype}")
+            if labels.dtype != torch.int64 or labels.shape != (boxes.shape[0],):
+                raise ValueError(f"{where}: labels must be int64 [{boxes.shape[0]}], got {labels.dtype} "
+                                 f"{tuple(labels.shape)}")
+            if boxes.shape[0]:
+                bad_label = (labels < 1) | (labels >= k)
+                if bool(bad_label.any()):
+                    raise ValueError(f"{where}: box labels must lie in 1..{k - 1} (0 is background), got "
+                                     f"{sorted(set(labels.tolist()))}")
+                bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+                if bool(bad.any()):
+                    j = int(bad.nonzero()[0, 0])
+                    raise ValueError(f"{where}: box {j} {boxes[j].tolist()} is degenerate (need finite "
+                                     f"x1 < x2 and y1 < y2)")
+            checked.append({"boxes": boxes.to(device), "labels": labels.to(device)})
+        return checked
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images, targets=None):
+        """Losses (training) or detections (eval); see the class docstring.
+
+        Taught in ``book/06_joint_training.md``.
+        """
+        images = self._check_images(images)
+        if self.training:
+            targets = self._check_targets(targets, images)
+        original_image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+
+        if self.training:
+            # The transform resizes boxes; weak images have none, so they pass an empty box list through it.
+            empty = images[0].new_zeros((0, 4))
+            image_list, resized = self.transform(images, [{"boxes": empty} if is_weak_target(t) else t
+                                                          for t in targets])
+            targets = [t if is_weak_target(t) else r for t, r in zip(targets, resized)]
+        else:
+            image_list, _ = self.transform(images, None)
+
+        features = self.backbone(image_list.tensors)
+        if isinstance(features, Tensor):
+            features = OrderedDict([("0", features)])
+        proposals, proposal_losses = self.rpn(image_list, features, targets if self.training else None)
+        detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes,
+                                                     targets if self.training else None)
+        if self.training:
+            losses = {**proposal_losses, **detector_losses}
+            return {k: losses[k] for k in LOSS_KEYS}
+        return self.transform.postprocess(detections, image_list.image_sizes, original_image_sizes)
+
+    # ------------------------------------------------------------------ inspection helpers
+    def proposal_logits(self, images, grad: bool = False) -> list[tuple[Tensor, Tensor]]:
+        """RPN proposals and their Fast R-CNN class logits, per image, in input-image coordinates.
+
+        Runs in eval mode (test-time proposal counts; the module's mode is restored afterwards) and without
+        gradient unless ``grad=True``.
+
+        Returns
+        -------
+        list of (proposals [R, 4], logits [R, num_classes]) pairs, one per image.
+
+        Taught in ``book/05_mil_moi.md``.
+        """
+        images = self._check_images(images)
+        original_image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.set_grad_enabled(grad):
+                image_list, _ = self.transform(images, None)
+                features = self.backbone(image_list.tensors)
+                if isinstance(features, Tensor):
+                    features = OrderedDict([("0", features)])
+                proposals, _ = self.rpn(image_list, features, None)
+                heads = self.roi_heads
+                logits, _ = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals,
+                                                                                  image_list.image_sizes)))
+                out = []
+                for props, lg, size, orig in zip(proposals, logits.split([len(p) for p in proposals]),
+                                                 image_list.image_sizes, original_image_sizes):
+                    out.append((resize_boxes(props, size, orig), lg))
+        finally:
+            self.train(was_training)
+        return out
+
+    def mass_of_interest(self, images, image_labels=None, rule: Optional[str] = None,
+                         by: Optional[str] = None) -> list[dict[str, Any]]:
+        """The mass of interest each image would be trained on: for the widgets, figures and the book.
+
+        Parameters
+        ----------
+        images : list of [C, H, W] tensors
+        image_labels : sequence of int, optional
+            Labels choosing the rule per image through the model's rule map (needed unless ``rule`` is given).
+        rule : str, optional
+            One rule of :data:`wsbus.mil.MOI_RULES` for every image (overrides the rule map).
+        by : {"prob", "logit"}, optional
+            Defaults to the model's ``moi_by``.
+
+        Returns
+        -------
+        list of dict with ``box`` (Tensor [4], input coordinates), ``index`` (int, into the proposals of
+        :meth:`proposal_logits`), ``probs`` (Tensor [num_classes], softmax of the MoI's logits) and ``rule``.
+
+        Taught in ``book/05_mil_moi.md``.
+        """
+        pairs = self.proposal_logits(images)
+        if rule is not None:
+            rules = [rule] * len(pairs)
+        elif image_labels is not None:
+            labels = [int(x) for x in image_labels]
+            if len(labels) != len(pairs):
+                raise ValueError(f"{len(labels)} image labels for {len(pairs)} images")
+            rules = [self.roi_heads.rule_map[x] for x in labels]
+        else:
+            raise ValueError("mass_of_interest needs image_labels (rule per label) or one rule")
+        idx = select_moi_batch([lg for _, lg in pairs], rules, by=by or self.roi_heads.moi_by).tolist()
+        return [{"box": p[i], "index": i, "probs": torch.softmax(lg[i], dim=0), "rule": r}
+                for (p, lg), i, r in zip(pairs, idx, rules)]
+
+    def as_torchvision(self, share_modules: bool = False) -> FasterRCNN:
+        """torchvision's own ``FasterRCNN`` built from this model's modules and settings.
+
+        Every submodule (backbone, anchor generator, RPN head, RoI pooling, box head and predictor, transform)
+        is deep-copied (or shared with ``share_modules=True``), so both models compute the same thing on
+        strong images: the reference for the equivalence tests and ``benchmarks/step_time.py``.
+
+        Taught in ``book/03_faster_rcnn.md``.
+        """
+        dup = (lambda m: m) if share_modules else copy.deepcopy
+        rpn, heads, tr = self.rpn, self.roi_heads, self.transform
+        model = FasterRCNN(
+            dup(self.backbone), num_classes=None,
+            min_size=tr.min_size, max_size=tr.max_size, image_mean=tr.image_mean, image_std=tr.image_std,
+            rpn_anchor_generator=dup(rpn.anchor_generator), rpn_head=dup(rpn.head),
+            rpn_pre_nms_top_n_train=rpn._pre_nms_top_n["training"],
+            rpn_pre_nms_top_n_test=rpn._pre_nms_top_n["testing"],
+            rpn_post_nms_top_n_train=rpn._post_nms_top_n["training"],
+            rpn_post_nms_top_n_test=rpn._post_nms_top_n["testing"],
+            rpn_nms_thresh=rpn.nms_thresh, rpn_fg_iou_thresh=rpn.proposal_matcher.high_threshold,
+            rpn_bg_iou_thresh=rpn.proposal_matcher.low_threshold,
+            rpn_batch_size_per_image=rpn.fg_bg_sampler.batch_size_per_image,
+            rpn_positive_fraction=rpn.fg_bg_sampler.positive_fraction, rpn_score_thresh=rpn.score_thresh,
+            box_roi_pool=dup(heads.box_roi_pool), box_head=dup(heads.box_head), box_predictor=dup(heads.box_predictor),
+            box_score_thresh=heads.score_thresh, box_nms_thresh=heads.nms_thresh,
+            box_detections_per_img=heads.detections_per_img,
+            box_fg_iou_thresh=heads.proposal_matcher.high_threshold,
+            box_bg_iou_thresh=heads.proposal_matcher.low_threshold,
+            box_batch_size_per_image=heads.fg_bg_sampler.batch_size_per_image,
+            box_positive_fraction=heads.fg_bg_sampler.positive_fraction,
+            bbox_reg_weights=heads.box_coder.weights,
+        )
+        model.transform = dup(tr)
+        return model.train(self.training)
+
+
+def _as_counts(value, name: str) -> dict[str, int]:
+    if isinstance(value, Mapping):
+        if set(value) != {"training", "testing"}:
+            raise ValueError(f"{name} must have the keys 'training' and 'testing', got {sorted(value)}")
+        return {"training": int(value["training"]), "testing": int(value["testing"])}
+    return {"training": int(value), "testing": int(value)}
+
+
+def build_detector(
+    backbone: str = "vgg16",
+    num_classes: int = 3,
+    pretrained: bool = False,
+    min_size: Optional[int] = None,
+    max_size: Optional[int] = None,
+    **options: Any,
+) -> WeakSemiFasterRCNN:
+    """Build the joint weakly/semi-supervised Faster R-CNN.
+
+    Parameters
+    ----------
+    backbone : {"vgg16", "resnet18", "resnet50", "tiny"}
+        VGG16 conv5_3 (the paper), ResNet C4 (stride 16), or a small CPU network (stride 8).
+    num_classes : int
+        Including background / normal: 3 for (normal, benign, malignant).
+    pretrained : bool
+        torchvision ImageNet weights for the backbone (downloads; tests always use ``False``).
+    min_size, max_size : int, optional
+        Resizing of torchvision's transform. ``None`` takes the backbone's preset: the reference 600 / 1000
+        for vgg16 and resnets, 128 / 256 for tiny (the phantom's size; resizing 128 px images to 600 px would
+        only cost time).
+    **options
+        Overrides of :data:`PRESETS` and the weak branch:
+
+        * anchors and RoIs: ``anchor_sizes``, ``anchor_ratios``, ``roi_output_size``, ``sampling_ratio``,
+          ``representation_size`` (fc6/fc7 width; 512 as in the reference for vgg16);
+        * RPN: ``rpn_pre_nms_top_n`` / ``rpn_post_nms_top_n`` (int or ``{"training": , "testing": }``),
+          ``rpn_nms_thresh``, ``rpn_fg_iou_thresh``, ``rpn_bg_iou_thresh``, ``rpn_batch_size_per_image``,
+          ``rpn_positive_fraction``, ``rpn_score_thresh``, ``rpn_n_reg`` (``"torchvision"`` | ``"paper"``),
+          ``rpn_lambda`` (default 1, or 10 with ``rpn_n_reg="paper"``);
+        * box head: ``box_fg_iou_thresh``, ``box_bg_iou_thresh``, ``box_batch_size_per_image``,
+          ``box_positive_fraction``, ``bbox_reg_weights``, ``box_score_thresh``, ``box_nms_thresh`` (0.3, the
+          reference), ``box_detections_per_img``;
+        * weak branch: ``moi_rules`` (a :class:`wsbus.mil.RuleMap`, preset name or label→rule mapping; default
+          ``"paper"``), ``moi_by`` (``"prob"`` | ``"logit"``), ``mil_class_weights`` (None = plain mean,
+          ``"reference"`` = :data:`wsbus.losses.REFERENCE_MIL_WEIGHTS`, or 3 floats), ``mil_reduction``,
+          ``weak_proposals`` (top RPN proposals of a weak image scored by the box head; default the test-time
+          post-NMS count, 300 for vgg16 — the reference scores all 2000 training proposals, which costs about
+          seven times more head compute for the same argmax in practice), ``weak_pre_nms_top_n`` (default:
+          the test-time pre-NMS count);
+        * backbone: ``frozen_stages``, ``norm`` (ResNets); grayscale ``image_mean`` / ``image_std``.
+
+    Returns
+    -------
+    WeakSemiFasterRCNN
+        With ``model.config`` = every resolved argument, so ``build_detector(**model.config)`` rebuilds it.
+
+    Taught in ``book/03_faster_rcnn.md``.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
+    preset = PRESETS[backbone]
+    known = set(preset) | {
+        "rpn_n_reg", "rpn_lambda", "moi_rules", "moi_by", "mil_class_weights", "mil_reduction", "weak_proposals",
+        "weak_pre_nms_top_n", "frozen_stages", "norm", "image_mean", "image_std",
+    }
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"build_detector got unknown option(s) {unknown}; known: {sorted(known)}")
+    o = {**preset, **options}
+    o["min_size"] = int(min_size if min_size is not None else preset["min_size"])
+    o["max_size"] = int(max_size if max_size is not None else preset["max_size"])
+    pre = _as_counts(o["rpn_pre_nms_top_n"], "rpn_pre_nms_top_n")
+    post = _as_counts(o["rpn_post_nms_top_n"], "rpn_post_nms_top_n")
+    mean, std = _GRAY_STATS[bool(pretrained)]
+    weights = o.get("mil_class_weights")
+    if isinstance(weights, str):
+        if weights != "reference":
+            raise ValueError(f"mil_class_weights must be None, 'reference' or 3 floats, got {weights!r}")
+        weights = wl.REFERENCE_MIL_WEIGHTS
+    if weights is not None:
+        weights = tuple(float(w) for w in weights)
+        if len(weights) != num_classes or any(w < 0 or not math.isfinite(w) for w in weights):
+            raise ValueError(f"mil_class_weights must be {num_classes} finite non-negative floats, got {weights}")
+    rule_map = as_rule_map(o.get("moi_rules"))
+    norm = o.get("norm")
+    frozen = o.get("frozen_stages")
+    if frozen is None:
+        frozen = 2 if pretrained else 0
+    if backbone.startswith("resnet") and norm is None:
+        norm = "frozen_bn" if pretrained else "bn"
+    config = dict(
+        backbone=backbone, num_classes=int(num_classes), pretrained=bool(pretrained),
+        min_size=o["min_size"], max_size=o["max_size"],
+        **{k: o[k] for k in preset if k not in ("min_size", "max_size")},
+        rpn_n_reg=o.get("rpn_n_reg", "torchvision"), rpn_lambda=o.get("rpn_lambda"),
+        moi_rules=rule_map.as_dict(), moi_by=o.get("moi_by", "prob"), mil_class_weights=weights,
+        mil_reduction=o.get("mil_reduction", "weighted_mean"),
+        weak_proposals=int(o.get("weak_proposals") or post["testing"]),
+        weak_pre_nms_top_n=int(o.get("weak_pre_nms_top_n") or pre["testing"]),
+        frozen_stages=int(frozen), norm=norm,
+        image_mean=tuple(float(x) for x in o.get("image_mean", mean)),
+        image_std=tuple(float(x) for x in o.get("image_std", std)),
+    )
+    config["rpn_pre_nms_top_n"], config["rpn_post_nms_top_n"] = pre, post
+    config["anchor_sizes"] = tuple(int(s) for s in config["anchor_sizes"])
+    config["anchor_ratios"] = tuple(float(r) for r in config["anchor_ratios"])
+    c = config
+
+    body = build_backbone(backbone, pretrained=pretrained, frozen_stages=c["frozen_stages"], norm=c["norm"])
+    anchor_generator = AnchorGenerator(sizes=(c["anchor_sizes"],), aspect_ratios=(c["anchor_ratios"],))
+    num_anchors = anchor_generator.num_anchors_per_location()[0]
+    rpn = WeakSemiRPN(
+        anchor_generator, RPNHead(body.out_channels, num_anchors),
+        # RPN training
+        c["rpn_fg_iou_thresh"], c["rpn_bg_iou_thresh"], c["rpn_batch_size_per_image"], c["rpn_positive_fraction"],
+        # RPN proposals
+        pre, post, c["rpn_nms_thresh"], score_thresh=c["rpn_score_thresh"],
+        # the paper's loss normalisation and the weak images' proposals
+        n_reg=c["rpn_n_reg"], lam=c["rpn_lambda"], weak_pre_nms_top_n=c["weak_pre_nms_top_n"],
+        weak_post_nms_top_n=c["weak_proposals"],
+    )
+    roi_size = c["roi_output_size"]
+    roi_heads = WeakSemiRoIHeads(
+        MultiScaleRoIAlign(featmap_names=["0"], output_size=roi_size, sampling_ratio=c["sampling_ratio"]),
+        TwoMLPHead(body.out_channels * roi_size * roi_size, c["representation_size"]),
+        FastRCNNPredictor(c["representation_size"], c["num_classes"]),
+        # Fast R-CNN training
+        c["box_fg_iou_thresh"], c["box_bg_iou_thresh"], c["box_batch_size_per_image"], c["box_positive_fraction"],
+        c["bbox_reg_weights"],
+        # Fast R-CNN inference
+        c["box_score_thresh"], c["box_nms_thresh"], c["box_detections_per_img"],
+        # weak branch
+        rule_map=rule_map, moi_by=c["moi_by"], mil_class_weights=weights, weak_proposals=c["weak_proposals"],
+        mil_reduction=c["mil_reduction"],
+    )
+    transform = GrayscaleRCNNTransform(c["min_size"], c["max_size"], list(c["image_mean"]), list(c["image_std"]))
+    return WeakSemiFasterRCNN(body, rpn, roi_heads, transform, config=config)
