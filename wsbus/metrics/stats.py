@@ -168,7 +168,7 @@ def _paired_binary(per_image_a: ArrayLike, per_image_b: ArrayLike) -> Tuple[np.n
         bad = ~np.isin(v, (0.0, 1.0))
         if bad.any():
             raise ValueError(f"{name} must hold binary per-image outcomes (bool or 0/1) for McNemar's test; "
-                             f"entry {int(np.argmax(bad))} is {v[bad][0]!r}")
+                             f"entry {int(np.argmax(bad))} is {float(v[bad][0]):g}")
     return a.astype(bool), b.astype(bool)
 
 
