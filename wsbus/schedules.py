@@ -80,7 +80,9 @@ class Gradual:
 
     def __call__(self, step: int) -> float:
         step = _check_step(step)
-        k = math.floor(step / self.step_size)
+        # The relative epsilon keeps non-integral stair lengths (e.g. 2000 * 1000 / 60000) from losing a stair
+        # to rounding at exact multiples; it cannot move an integral step across an integral boundary.
+        k = math.floor(step / self.step_size * (1 + 1e-12))
         return float(self.end - (self.end - self.start) * self.decay ** k)
 
 
