@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .checkpoint import (CHECKPOINT_VERSION, CheckpointError, atomic_save, load_checkpoint,
                          remove_stale_temporaries)
 from .distributed import DistInfo, barrier, all_reduce_mean, init_distributed
+from .schedules import constant
 from .seeding import derive_seed, get_rng_state, set_rng_state
 
 __all__ = ["Trainer", "History", "NonFiniteLossError", "StreamBatchSampler", "stream_batch", "step_batches",
@@ -322,13 +323,11 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
 
 
 def _resolve_alpha(alpha: Any, steps: int) -> Callable[[int], float]:
-    if callable(alpha):
-        return alpha
-    from . import schedules
+    from .schedules import as_schedule
 
-    if isinstance(alpha, str) and alpha == "gradual":
-        return schedules.gradual(steps)
-    return schedules.as_schedule(alpha)
+    if isinstance(alpha, str) and alpha.strip().lower() == "gradual":
+        return as_schedule(alpha, total_steps=max(1, steps))   # the reference staircase scaled to this run
+    return as_schedule(alpha)
 
 
 def _describe(obj: Any) -> Union[str, float, int, None]:
@@ -446,7 +445,7 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, strong: Any = None, weak: Any = None, *, mode: str = "joint",
-                 stream: str = "combined", n_strong: int = 1, n_weak: int = 2, alpha: Any = 0.5,
+                 stream: str = "combined", n_strong: int = 1, n_weak: int = 2, alpha: Any = constant(0.5),
                  lr: float = 5e-4, weight_decay: float = 5e-4, optimizer: str = "adam", steps: int = 60000,
                  device: Union[str, torch.device, None] = None, amp: bool = False, amp_dtype: Any = None,
                  clip_grad_norm: Optional[float] = None, out_dir: Union[str, os.PathLike, None] = None,
@@ -554,7 +553,7 @@ class Trainer:
         """The trainer's settings as plain data (stored in checkpoints, compared on resume)."""
         return {
             "mode": self.mode, "stream": self.stream, "n_strong": self.n_strong, "n_weak": self.n_weak,
-            "alpha": _describe(self.alpha_spec) if self.mode == "joint" else None,
+            "alpha": _describe(self.alpha) if self.mode == "joint" else None,
             "lr": self.lr, "weight_decay": self.weight_decay, "optimizer": self.optimizer_name,
             "steps": self.steps, "seed": self.seed, "amp": self.amp,
             "amp_dtype": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,

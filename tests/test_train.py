@@ -1,0 +1,263 @@
+"""The Trainer: data streams, the loss of each mode and stream, NaN guard, AMP, clipping, logs, bad input,
+and (with the real tiny detector on the phantom) that training learns."""
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from _fake_model import FakeDetector, TinyBoxes  # noqa: E402
+from wsbus.checkpoint import load_checkpoint  # noqa: E402
+from wsbus.seeding import derive_seed  # noqa: E402
+from wsbus.train import (History, NonFiniteLossError, StreamBatchSampler, Trainer, step_batches,  # noqa: E402
+                         stream_batch, stream_positions)
+
+torch.set_num_threads(1)
+
+
+def trainer(mode="joint", stream="combined", seed=0, **kw):
+    torch.manual_seed(seed)
+    strong = TinyBoxes(10, "strong", seed=1) if mode != "weak" else None
+    weak = TinyBoxes(14, "weak", seed=2) if mode != "strong" else None
+    kw.setdefault("progress", False)
+    kw.setdefault("tensorboard", False)
+    kw.setdefault("steps", 6)
+    model = kw.pop("model", None) or FakeDetector()
+    return Trainer(model, strong, weak, mode=mode, stream=stream, **kw)
+
+
+# --------------------------------------------------------------------------------------------------------
+# streams
+# --------------------------------------------------------------------------------------------------------
+
+def test_stream_batches_follow_the_documented_formula():
+    n, b, seed = 7, 3, 11
+    perms = [torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "weak", "epoch", e)))
+             for e in range(4)]
+    flat = torch.cat(perms).tolist()
+    for index in range(6):
+        got = stream_batch(n, b, seed=seed, stream="weak", index=index)
+        assert [i for i, _ in got] == flat[index * b:(index + 1) * b]
+        assert [a for _, a in got] == [derive_seed(seed, "weak", "aug", index, j, bits=32) for j in range(b)]
+    # every epoch visits every item once
+    assert all(sorted(p.tolist()) == list(range(n)) for p in perms)
+    assert perms[0].tolist() != perms[1].tolist()
+
+
+def test_rank_shards_tile_the_global_batch():
+    single = list(StreamBatchSampler(9, 4, seed=3, stream="strong", start=2, stop=7))
+    shards = [list(StreamBatchSampler(9, 2, seed=3, stream="strong", start=2, stop=7, rank=r, world_size=2))
+              for r in range(2)]
+    assert [s0 + s1 for s0, s1 in zip(*shards)] == single
+    assert len(single) == 5
+
+
+def test_step_batches_and_positions_agree():
+    for mode, stream in (("strong", "combined"), ("weak", "combined"), ("joint", "combined"),
+                         ("joint", "alternating")):
+        used = {"strong": 0, "weak": 0}
+        for k in range(9):
+            for name, index in step_batches(k, mode, stream):
+                assert index == used[name]          # batches are consumed in order, none skipped
+                used[name] += 1
+            assert stream_positions(k + 1, mode, stream) == used
+    assert [step_batches(k, "joint", "alternating")[0][0] for k in range(4)] == ["strong", "weak"] * 2
+    with pytest.raises(ValueError, match="stream"):
+        step_batches(0, "joint", "interleaved")
+
+
+def test_num_workers_do_not_change_training():
+    a = trainer(num_workers=0)
+    a.fit()
+    b = trainer(num_workers=2)
+    b.fit()
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+# --------------------------------------------------------------------------------------------------------
+# losses per mode and stream
+# --------------------------------------------------------------------------------------------------------
+
+STRONG = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
+
+
+def test_combined_joint_loss_is_ls_plus_alpha_lws():
+    tr = trainer(alpha=lambda step: 0.1 * step)
+    hist = tr.fit()
+    assert hist.column("kind") == ["combined"] * 6
+    for r in hist:
+        assert r["alpha"] == pytest.approx(0.1 * r["step"])
+        ls = sum(r[k] for k in STRONG)
+        assert r["loss"] == pytest.approx(ls + r["alpha"] * r["loss_mil"], rel=1e-6)
+        assert r["loss_mil"] > 0 and ls > 0
+
+
+def test_alternating_stream_alternates():
+    tr = trainer(stream="alternating", alpha=0.25, steps=7)
+    hist = tr.fit()
+    assert hist.column("kind") == ["strong", "weak", "strong", "weak", "strong", "weak", "strong"]
+    for r in hist:
+        if r["kind"] == "strong":
+            assert r["loss_mil"] == 0 and r["loss"] == pytest.approx(sum(r[k] for k in STRONG), rel=1e-6)
+        else:
+            assert all(r[k] == 0 for k in STRONG)
+            assert r["loss"] == pytest.approx(0.25 * r["loss_mil"], rel=1e-6)
+
+
+def test_strong_and_weak_modes():
+    s = trainer("strong").fit()
+    assert set(s.column("kind")) == {"strong"} and set(s.column("alpha")) == {0.0}
+    assert all(r["loss_mil"] == 0 and r["loss"] > 0 for r in s)
+    w = trainer("weak").fit()
+    assert set(w.column("kind")) == {"weak"} and set(w.column("alpha")) == {1.0}
+    assert all(r["loss"] == r["loss_mil"] > 0 for r in w)
+    # weak-only training never touches the RPN head: it gets no gradient from L_ws
+    tr = trainer("weak")
+    before = tr.model.rpn.weight.detach().clone()
+    tr.fit()
+    assert torch.equal(before, tr.model.rpn.weight)
+
+
+def test_gradual_alpha_by_name_spans_the_run():
+    tr = trainer(alpha="gradual", steps=60)
+    assert tr.alpha(0) == pytest.approx(0.01)
+    assert tr.alpha(59) == pytest.approx(1 - 0.99 * 0.9 ** 29)
+    assert tr.config()["alpha"].startswith("Gradual(")
+
+
+def test_loss_falls_on_the_fake_model():
+    tr = trainer("strong", steps=60, lr=3e-3)
+    hist = tr.fit()
+    first, last = sum(hist.losses[:10]) / 10, sum(hist.losses[-10:]) / 10
+    assert last < 0.8 * first
+
+
+# --------------------------------------------------------------------------------------------------------
+# NaN guard, AMP, clipping
+# --------------------------------------------------------------------------------------------------------
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    saved = {}
+
+    def snapshot(tr, record):
+        if tr.step == 5:
+            saved["bytes"] = (tmp_path / "last.pt").read_bytes()
+
+    tr = trainer(model=FakeDetector(nan_at_call=8), out_dir=tmp_path, checkpoint_every=5, steps=20,
+                 callbacks=[snapshot])
+    with pytest.raises(NonFiniteLossError, match=r"step 7: .*loss_mil=nan.*last.pt.*\(step 5\) is untouched") as e:
+        tr.fit()
+    assert e.value.step == 7 and math.isnan(e.value.losses["loss_mil"])
+    assert math.isfinite(e.value.losses["loss_objectness"])
+    assert (tmp_path / "last.pt").read_bytes() == saved["bytes"]
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 5
+    assert tr.step == 7 and all(torch.isfinite(p).all() for p in tr.model.parameters())
+    assert "non-finite loss at step 7" in (tmp_path / "train.log").read_text()
+    with open(tmp_path / "log.csv") as f:
+        assert [r["step"] for r in csv.DictReader(f)] == [str(k) for k in range(7)]
+
+
+def test_bf16_autocast_on_cpu_trains():
+    tr = trainer(amp=True)
+    assert tr.amp_dtype == torch.bfloat16 and not tr.scaler.is_enabled()
+    hist = tr.fit()
+    assert all(math.isfinite(v) for v in hist.losses)
+    assert tr.config()["amp_dtype"] == "bfloat16"
+
+
+def test_clip_grad_norm_bounds_the_update():
+    clip, lr = 1e-3, 1.0
+    tr = trainer("strong", clip_grad_norm=clip, optimizer="sgd", lr=lr, weight_decay=0.0, steps=1)
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    rec = tr.fit()[0]
+    assert rec["grad_norm"] > clip
+    # SGD's first step moves the parameters by lr * clipped gradient, whose global norm is exactly `clip`
+    update = torch.cat([(p.detach() - b).flatten() for p, b in zip(tr.model.parameters(), before)])
+    assert update.norm().item() == pytest.approx(lr * clip, rel=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------------
+# logs, history, repeated fit
+# --------------------------------------------------------------------------------------------------------
+
+def test_logs_csv_tensorboard_and_train_log(tmp_path):
+    tr = trainer(out_dir=tmp_path, tensorboard=True, log_every=2, steps=4, progress=True)
+    tr.fit()
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+    assert set(rows[0]) == {"step", "kind", "loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier",
+                            "loss_box_reg", "loss_mil", "alpha", "lr", "grad_norm", "time"}
+    assert float(rows[0]["lr"]) == 5e-4 and float(rows[0]["alpha"]) == 0.5
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    log = (tmp_path / "train.log").read_text()
+    assert "world size 1" in log and "checkpoint step 4" in log
+
+
+def test_fit_twice_continues_and_history_roundtrips(tmp_path):
+    tr = trainer(steps=3)
+    tr.fit()
+    hist = tr.fit(steps=5)
+    assert hist.steps == [0, 1, 2, 3, 4]
+    hist.to_csv(tmp_path / "h.csv")
+    with open(tmp_path / "h.csv") as f:
+        assert [float(r["loss"]) for r in csv.DictReader(f)] == pytest.approx(hist.losses)
+    assert isinstance(hist[1:3], History) and len(hist[1:3]) == 2
+    with pytest.raises(KeyError, match="no column 'nope'"):
+        hist.column("nope")
+
+
+# --------------------------------------------------------------------------------------------------------
+# bad input
+# --------------------------------------------------------------------------------------------------------
+
+def test_bad_configurations_are_refused():
+    with pytest.raises(ValueError, match="needs weak"):
+        Trainer(FakeDetector(), TinyBoxes(4, "strong"), None, mode="joint")
+    with pytest.raises(ValueError, match="needs strong"):
+        Trainer(FakeDetector(), None, TinyBoxes(4, "weak"), mode="strong")
+    with pytest.raises(ValueError, match="joint mode only"):
+        Trainer(FakeDetector(), TinyBoxes(4, "strong"), mode="strong", stream="alternating")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        Trainer(FakeDetector(), TinyBoxes(4, "strong"), mode="semi")
+    with pytest.raises(ValueError, match="n_weak must be a positive integer"):
+        Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(4, "weak"), n_weak=0)
+    with pytest.raises(ValueError, match="unknown alpha schedule"):
+        Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(4, "weak"), alpha="fast")
+    with pytest.raises(ValueError, match="the weak dataset is empty"):
+        Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(0, "weak"))
+    with pytest.raises(ValueError, match="resume=True needs out_dir"):
+        trainer().fit(resume=True)
+
+
+def test_a_boxed_dataset_in_the_weak_stream_is_an_error():
+    tr = Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(4, "strong"), progress=False, tensorboard=False)
+    with pytest.raises(ValueError, match=r"weak stream item \d+: a weak target must hold 'image_label' and no"):
+        tr.fit(steps=1)
+
+
+def test_a_model_missing_a_loss_term_is_an_error():
+    class NoMil(FakeDetector):
+        def forward(self, images, targets=None):
+            out = super().forward(images, targets)
+            out.pop("loss_mil")
+            return out
+
+    with pytest.raises(KeyError, match=r"lacks \['loss_mil'\]"):
+        trainer(model=NoMil()).fit(steps=1)
+
+
+def test_weak_samples_in_the_strong_list_are_named():
+    from wsbus.data import DataError, Sample
+    import numpy as np
+
+    weak = Sample(np.zeros((8, 8), np.uint8), None, None, 1, "case-17")
+    with pytest.raises(DataError, match="case-17"):
+        Trainer(FakeDetector(), [weak], mode="strong")
