@@ -1,0 +1,111 @@
+"""Loader for BUS-BRA (Gómez-Flores et al., Medical Physics 2024; Zenodo 10.5281/zenodo.7730709, CC BY 4.0).
+
+Taught in ``book/09_real_data.md``.
+
+Layout (the Zenodo archive unpacks to ``BUSBRA/``)::
+
+    BUSBRA/bus_data.csv                 one row per image: ID, Case, Histology, Pathology, BIRADS, Device, ...
+    BUSBRA/Images/bus_0001-l.png        grayscale B-mode images (-l, -r, -s views)
+    BUSBRA/Masks/mask_0001-l.png        lesion masks
+
+1,875 images of 1,064 patients (``Case``), every image benign or malignant (no normal class). Boxes come
+from the masks, one per connected component (:func:`wsbus.data.busi.boxes_from_mask`).
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import List
+
+import numpy as np
+
+from .busi import boxes_from_mask
+from .formats import CLASS_TO_INDEX, DataError, Sample
+from .voc import PathLike, read_gray
+
+REQUIRED_COLUMNS = ("ID", "Case", "Pathology")
+
+
+def _busbra_root(root: Path) -> Path:
+    for candidate in (root, root / "BUSBRA"):
+        if (candidate / "bus_data.csv").is_file():
+            return candidate
+    raise DataError(f"{root}: bus_data.csv not found here or in {root / 'BUSBRA'}")
+
+
+def load_busbra(root: PathLike, *, min_area: int = 10) -> List[Sample]:
+    """Load BUS-BRA as a list of strong :class:`Sample`, with ``patient`` = the csv's ``Case``.
+
+    Parameters
+    ----------
+    root : the ``BUSBRA`` folder (holding ``bus_data.csv``, ``Images/``, ``Masks/``) or its parent.
+    min_area : mask components smaller than this many pixels are ignored.
+
+    Returns
+    -------
+    list of :class:`Sample` in csv order; ids are the csv ``ID`` (e.g. ``"bus_0001-l"``), patients
+    ``"busbra:<Case>"``, image labels 1 (benign) or 2 (malignant) from ``Pathology``.
+
+    Raises
+    ------
+    DataError
+        Naming the file (and csv line): missing columns, empty csv, duplicate ids, a row without its image or
+        mask, an unknown pathology, a corrupt image, a mask whose size differs from its image, an empty mask, or
+        images in ``Images/`` that no csv row describes.
+
+    Notes
+    -----
+    Taught in ``book/09_real_data.md``.
+    """
+    base = _busbra_root(Path(root))
+    csv_path = base / "bus_data.csv"
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = [({(k or "").strip(): (v or "").strip() for k, v in row.items()}, reader.line_num)
+                    for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{csv_path}: cannot read csv ({exc})") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise DataError(f"{csv_path}: missing column(s) {missing}; found {header}")
+    if not rows:
+        raise DataError(f"{csv_path}: no rows")
+    samples, seen = [], set()
+    for row, line in rows:
+        where = f"{csv_path}, line {line}"
+        image_id = row["ID"]
+        if not image_id:
+            raise DataError(f"{where}: empty ID")
+        if image_id in seen:
+            raise DataError(f"{where}: ID {image_id!r} appears twice")
+        seen.add(image_id)
+        pathology = row["Pathology"].lower()
+        if pathology not in ("benign", "malignant"):
+            raise DataError(f"{where}: unknown Pathology {row['Pathology']!r} (expected benign or malignant)")
+        if not row["Case"]:
+            raise DataError(f"{where}: empty Case (patient) for {image_id}")
+        image_path = base / "Images" / f"{image_id}.png"
+        if not image_path.is_file():
+            raise DataError(f"{where}: no image {image_path} for ID {image_id!r}")
+        mask_name = ("mask_" + image_id[len("bus_"):]) if image_id.startswith("bus_") else f"mask_{image_id}"
+        mask_path = base / "Masks" / f"{mask_name}.png"
+        if not mask_path.is_file():
+            raise DataError(f"{where}: no mask {mask_path} for ID {image_id!r}")
+        image, mask = read_gray(image_path), read_gray(mask_path)
+        if mask.shape != image.shape:
+            raise DataError(f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from the image size "
+                            f"{image.shape[1]}x{image.shape[0]}")
+        boxes = boxes_from_mask(mask, min_area=min_area, where=str(mask_path))
+        if len(boxes) == 0:
+            raise DataError(f"{mask_path}: empty mask (no component of at least {min_area} pixels)")
+        label = CLASS_TO_INDEX[pathology]
+        samples.append(Sample(image, boxes, np.full(len(boxes), label, np.int64), label, image_id,
+                              f"busbra:{row['Case']}"))
+    described = {f"{i}.png" for i in seen}
+    extra = sorted(p.name for p in (base / "Images").glob("*.png") if p.name not in described)
+    if extra:
+        raise DataError(f"{base / 'Images'}: {len(extra)} image(s) not described in {csv_path.name}, "
+                        f"e.g. {extra[:3]}")
+    return samples

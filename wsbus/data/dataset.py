@@ -1,0 +1,121 @@
+"""A map-style ``torch.utils.data.Dataset`` over samples, yielding torchvision-style ``(image, target)`` pairs.
+
+Taught in ``book/02_data.md`` (and used by ``book/06_joint_training.md``).
+
+Strong and eval targets hold ``boxes`` and ``labels`` (torchvision's detection convention) plus ``image_label``
+and ``index``; weak targets hold only ``image_label`` and ``index``: the detector recognises a weak image by the
+missing ``"boxes"``. Items are addressed by ``i`` or by ``(i, aug_seed)``; with a seed, the augmentation is drawn
+from ``(dataset seed, aug_seed)`` alone, so a resumed training run sees exactly the same images.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from .formats import DataError, Sample
+from .transforms import apply, eval_transforms
+
+ROLES = ("strong", "weak", "eval")
+
+
+def _image_tensor(sample: Sample) -> tv_tensors.Image:
+    array = np.ascontiguousarray(sample.image)
+    tensor = torch.from_numpy(array)
+    tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    return tv_tensors.Image(tensor)
+
+
+class DetectionDataset(Dataset):
+    """Samples as ``(image [C, H, W] float32 in [0, 1], target dict)`` pairs for the detector.
+
+    Parameters
+    ----------
+    samples : the samples (kept by reference, not copied).
+    role : ``"strong"`` (every sample must have boxes; a normal image has K = 0), ``"weak"`` (targets without boxes,
+        even for samples that have them) or ``"eval"`` (boxes when the sample has them).
+    transforms : a callable ``(image, target) -> (image, target)`` such as
+        :func:`~wsbus.data.transforms.train_transforms`; ``None`` means
+        :func:`~wsbus.data.transforms.eval_transforms` (no augmentation).
+    seed : the dataset's augmentation seed, combined with each item's ``aug_seed``.
+
+    Notes
+    -----
+    ``dataset[i]`` draws augmentation from torch's global RNG (as usual with a DataLoader);
+    ``dataset[(i, aug_seed)]`` draws it from ``(seed, aug_seed)`` only and leaves the global RNG untouched.
+    Taught in ``book/02_data.md``.
+    """
+
+    def __init__(self, samples: Sequence[Sample], role: str = "strong", transforms: Optional[Callable] = None,
+                 seed: int = 0) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        samples = list(samples)
+        for k, s in enumerate(samples):
+            if not isinstance(s, Sample):
+                raise TypeError(f"item {k}: expected a wsbus.data.Sample, got {type(s).__name__}")
+            if role == "strong" and not s.is_strong:
+                raise DataError(f"sample {s.id!r} has no boxes but the dataset's role is 'strong' "
+                                f"(use role='weak', or give normal images an empty [0, 4] box array)")
+        self.samples = samples
+        self.role = role
+        self.transforms = transforms if transforms is not None else eval_transforms()
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _aug_seed(self, aug_seed: int) -> int:
+        return int(np.random.SeedSequence([self.seed & 0xFFFFFFFF, int(aug_seed) & 0xFFFFFFFFFFFFFFFF])
+                   .generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF)
+
+    def __getitem__(self, item: Union[int, Tuple[int, int]]) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        if isinstance(item, tuple):
+            if len(item) != 2:
+                raise TypeError(f"index must be i or (i, aug_seed), got {item!r}")
+            index, aug_seed = int(item[0]), self._aug_seed(item[1])
+        else:
+            index, aug_seed = int(item), None
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
+        index %= len(self)
+        s = self.samples[index]
+        image = _image_tensor(s)
+        target: Dict[str, Any] = {"image_label": torch.tensor(s.image_label, dtype=torch.int64)}
+        with_boxes = self.role != "weak" and s.is_strong
+        if with_boxes:
+            target["boxes"] = tv_tensors.BoundingBoxes(torch.from_numpy(s.boxes).float(), format="XYXY",
+                                                       canvas_size=(s.height, s.width), clamping_mode="hard")
+            target["labels"] = torch.from_numpy(s.labels).long()
+        image, target = apply(self.transforms, image, target, aug_seed)
+        image = image.as_subclass(torch.Tensor)
+        if image.dtype != torch.float32 or image.ndim != 3:
+            raise TypeError(f"sample {s.id!r}: transforms must return a float32 [C, H, W] image, "
+                            f"got {image.dtype} of shape {tuple(image.shape)}")
+        out: Dict[str, Any] = {"image_label": target["image_label"], "index": index}
+        if with_boxes:
+            boxes = target["boxes"].as_subclass(torch.Tensor).float().reshape(-1, 4)
+            if len(boxes) != len(s.boxes):
+                raise DataError(f"sample {s.id!r}: the transforms changed the number of boxes from "
+                                f"{len(s.boxes)} to {len(boxes)} (a mass box must never be dropped)")
+            out = {"boxes": boxes, "labels": target["labels"], **out}
+        return image, out
+
+
+def collate(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]) -> Tuple[List[torch.Tensor], List[Dict[str, Any]]]:
+    """Turn a list of ``(image, target)`` pairs into ``(list of images, list of targets)`` (torchvision style).
+
+    Images may differ in size (the detector's transform batches them), so nothing is stacked.
+
+    Notes
+    -----
+    Taught in ``book/02_data.md``.
+    """
+    images, targets = [], []
+    for image, target in batch:
+        images.append(image)
+        targets.append(target)
+    return images, targets
