@@ -603,6 +603,11 @@ class Trainer:
                     for k in ("mode", "stream", "n_strong", "n_weak", "seed", "optimizer", "lr", "weight_decay",
                               "amp", "amp_dtype", "world_size", "alpha", "n_strong_images", "n_weak_images")
                     if k in saved_cfg and saved_cfg[k] != now[k]]
+        saved_model = (state.get("config") or {}).get("model") or {}
+        if saved_model and self.model_config:
+            problems += [f"model {k}: checkpoint {saved_model.get(k)!r}, this model {self.model_config.get(k)!r}"
+                         for k in sorted(set(saved_model) | set(self.model_config), key=str)
+                         if k != "pretrained" and saved_model.get(k) != self.model_config.get(k)]
         saved_streams = state.get("streams") or {}
         expect = self.stream_state(step)
         for name in ("strong", "weak"):

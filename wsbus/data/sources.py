@@ -1,0 +1,117 @@
+"""Data sources by name: the ``--data`` specs of the command line.
+
+Taught in ``book/09_real_data.md``.
+
+=====================  ==============================================================
+spec                   samples
+=====================  ==============================================================
+``phantom``            ``make_phantom(DEFAULT_PHANTOM_SIZE images, seed, size)``
+``phantom:N``          ``N`` phantom images
+``voc:DIR``            :func:`wsbus.data.load_voc` (VOC-BUS folder, e.g. SNUBH's format)
+``busi:DIR``           :func:`wsbus.data.load_busi` (``Dataset_BUSI_with_GT``)
+``busbra:DIR``         :func:`wsbus.data.load_busbra` (BUS-BRA)
+=====================  ==============================================================
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, NamedTuple, Optional
+
+from .formats import Sample
+
+__all__ = ["DataSpec", "parse_source", "load_source", "SOURCES", "DEFAULT_PHANTOM_SIZE"]
+
+#: Kinds of ``--data`` specs.
+SOURCES = ("phantom", "voc", "busi", "busbra")
+#: Images in ``--data phantom``.
+DEFAULT_PHANTOM_SIZE = 300
+
+_FORMS = "phantom, phantom:N, voc:DIR, busi:DIR or busbra:DIR"
+
+
+class DataSpec(NamedTuple):
+    """A parsed ``--data`` spec: ``kind`` in :data:`SOURCES`, and ``n`` (phantom) or ``path`` (folders)."""
+
+    kind: str
+    n: Optional[int] = None
+    path: Optional[Path] = None
+
+
+def parse_source(spec: str) -> DataSpec:
+    """Parse a ``--data`` spec without loading anything.
+
+    Raises
+    ------
+    ValueError
+        for an unknown kind, a phantom count that is not a positive integer, or a folder spec without a folder.
+
+    Taught in ``book/09_real_data.md``.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"empty data spec {spec!r}; use {_FORMS}")
+    kind, sep, rest = spec.strip().partition(":")
+    kind = kind.lower()
+    if kind not in SOURCES:
+        raise ValueError(f"unknown data source {spec!r}; use {_FORMS}")
+    if kind == "phantom":
+        if not sep:
+            return DataSpec("phantom", DEFAULT_PHANTOM_SIZE)
+        try:
+            n = int(rest)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"data spec {spec!r}: the phantom's image count must be a positive integer "
+                             f"(phantom:N)")
+        return DataSpec("phantom", n)
+    if not rest:
+        raise ValueError(f"data spec {spec!r} names no folder; use {kind}:DIR")
+    return DataSpec(kind, path=Path(rest).expanduser())
+
+
+def load_source(spec: str, *, size: int = 128, seed: int = 0) -> List[Sample]:
+    """Load the samples a ``--data`` spec names.
+
+    Parameters
+    ----------
+    spec : ``phantom``, ``phantom:N``, ``voc:DIR``, ``busi:DIR`` or ``busbra:DIR``.
+    size : the phantom's image side in pixels (ignored for folders, whose images keep their size).
+    seed : the phantom's seed (ignored for folders).
+
+    Returns
+    -------
+    list of :class:`Sample`.
+
+    Raises
+    ------
+    ValueError
+        for a bad spec; FileNotFoundError naming the folder when it does not exist; the loaders' own
+        :class:`wsbus.data.DataError` naming the file for bad content.
+
+    Taught in ``book/09_real_data.md``.
+    """
+    parsed = parse_source(spec)
+    if parsed.kind == "phantom":
+        from .phantom import make_phantom
+
+        return make_phantom(parsed.n, seed=seed, size=size)
+    path = parsed.path
+    if not path.exists():
+        raise FileNotFoundError(f"data spec {spec!r}: the folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"data spec {spec!r}: {str(path)!r} is not a folder")
+    if parsed.kind == "voc":
+        from .voc import load_voc
+
+        samples = load_voc(path)
+    elif parsed.kind == "busi":
+        from .busi import load_busi
+
+        samples = load_busi(path)
+    else:
+        from .busbra import load_busbra
+
+        samples = load_busbra(path)
+    if not samples:
+        raise ValueError(f"data spec {spec!r}: no images found in {str(path)!r}")
+    return list(samples)
