@@ -74,7 +74,7 @@ def contrastive_loss(emb_a: torch.Tensor, emb_b: torch.Tensor, same, margin: flo
     if emb_a.shape[0] == 0:
         raise ValueError("contrastive_loss: no pairs")
     d2 = (emb_a - emb_b).pow(2).sum(dim=1)
-    d = d2.clamp_min(1e-12).sqrt()  # the clamp keeps the gradient finite for identical embeddings
+    d = d2.clamp_min(1e-20).sqrt()  # the clamp keeps the gradient finite for identical embeddings
     return (y * d2 + (1 - y) * F.relu(margin - d).pow(2)).sum() / (2 * emb_a.shape[0])
 
 
