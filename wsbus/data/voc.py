@@ -66,6 +66,8 @@ def read_gray(path: PathLike) -> np.ndarray:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
+                if len(tif.pages) == 0:
+                    raise DataError(f"{path}: cannot read image (no image data: a corrupt or truncated TIFF)")
                 if len(tif.series) != 1 or len(tif.pages) != 1:
                     raise DataError(f"{path}: expected a single-page TIFF, found {len(tif.pages)} pages")
                 array = tif.asarray()

@@ -1,0 +1,87 @@
+"""load_busbra on a BUS-BRA-shaped folder built here."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsbus.data import DataError, load_busbra
+
+HEADER = "ID,Case,Histology,Pathology,BIRADS,Device,Width,Height,Side,BBOX\n"
+
+
+def _mask(h, w, y0, y1, x0, x1):
+    m = np.zeros((h, w), np.uint8)
+    m[y0:y1, x0:x1] = 255
+    return m
+
+
+@pytest.fixture
+def busbra_root(tmp_path, gray_image, write_image):
+    base = tmp_path / "BUSBRA"
+    rows = [("bus_0001-l", 1, "Fibroadenoma", "benign", 3), ("bus_0001-r", 1, "Fibroadenoma", "benign", 3),
+            ("bus_0002-s", 2, "Invasive ductal carcinoma", "malignant", 5)]
+    images = {}
+    for k, (image_id, *_rest) in enumerate(rows):
+        images[image_id] = gray_image(40, 64, seed=k)
+        write_image(base / "Images" / f"{image_id}.png", images[image_id])
+        write_image(base / "Masks" / f"mask_{image_id[4:]}.png", _mask(40, 64, 5 + k, 20 + k, 10, 30 + k))
+    lines = [f"{i},{case},{hist},{path},{birads},GE,64,40,left,\"[1, 2, 3, 4]\"\n" for i, case, hist, path, birads in rows]
+    (base / "bus_data.csv").write_text(HEADER + "".join(lines))
+    return tmp_path, base, images
+
+
+def test_load_busbra(busbra_root):
+    parent, base, images = busbra_root
+    samples = load_busbra(parent)  # parent of BUSBRA/ works, and so does BUSBRA/ itself
+    assert [s.id for s in load_busbra(base)] == [s.id for s in samples] == ["bus_0001-l", "bus_0001-r", "bus_0002-s"]
+    a, b, c = samples
+    assert a.patient == b.patient == "busbra:1" and c.patient == "busbra:2"
+    assert (a.image_label, b.image_label, c.image_label) == (1, 1, 2)
+    assert a.boxes.tolist() == [[10, 5, 30, 20]] and c.boxes.tolist() == [[10, 7, 32, 22]]
+    assert c.labels.tolist() == [2]
+    np.testing.assert_array_equal(b.image, images["bus_0001-r"])
+
+
+@pytest.mark.parametrize("breakage, pattern", [
+    ("no_image", r"bus_data\.csv, line 3: no image .*bus_0001-r\.png"),
+    ("no_mask", r"bus_data\.csv, line 4: no mask .*mask_0002-s\.png"),
+    ("mask_size", r"mask_0001-l\.png: mask size 10x10 differs from the image size 64x40"),
+    ("empty_mask", r"mask_0001-l\.png: empty mask"),
+    ("pathology", r"line 2: unknown Pathology 'probably benign'"),
+    ("columns", r"missing column\(s\) \['Pathology'\]"),
+    ("no_rows", r"bus_data\.csv: no rows"),
+    ("duplicate", r"line 3: ID 'bus_0001-l' appears twice"),
+    ("extra_image", r"1 image\(s\) not described in bus_data\.csv, e\.g\. \['bus_0099-l\.png'\]"),
+    ("corrupt", r"bus_0002-s\.png: cannot read image"),
+])
+def test_bad_input(busbra_root, write_image, breakage, pattern):
+    _, base, _ = busbra_root
+    csv_path = base / "bus_data.csv"
+    text = csv_path.read_text()
+    if breakage == "no_image":
+        (base / "Images" / "bus_0001-r.png").unlink()
+    elif breakage == "no_mask":
+        (base / "Masks" / "mask_0002-s.png").unlink()
+    elif breakage == "mask_size":
+        write_image(base / "Masks" / "mask_0001-l.png", np.zeros((10, 10), np.uint8))
+    elif breakage == "empty_mask":
+        write_image(base / "Masks" / "mask_0001-l.png", np.zeros((40, 64), np.uint8))
+    elif breakage == "pathology":
+        csv_path.write_text(text.replace("Fibroadenoma,benign", "Fibroadenoma,probably benign", 1))
+    elif breakage == "columns":
+        csv_path.write_text(text.replace("Pathology", "Diagnosis", 1))
+    elif breakage == "no_rows":
+        csv_path.write_text(HEADER)
+    elif breakage == "duplicate":
+        csv_path.write_text(text.replace("bus_0001-r", "bus_0001-l", 1))
+    elif breakage == "extra_image":
+        write_image(base / "Images" / "bus_0099-l.png", np.zeros((40, 64), np.uint8))
+    elif breakage == "corrupt":
+        (base / "Images" / "bus_0002-s.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=pattern):
+        load_busbra(base)
+
+
+def test_not_a_busbra_folder(tmp_path):
+    with pytest.raises(DataError, match="bus_data.csv not found"):
+        load_busbra(tmp_path)
