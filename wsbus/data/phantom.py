@@ -238,11 +238,11 @@ def _patient_traits(seed: int, p: int, cfg: PhantomConfig) -> dict:
     t["fat_echo"] = rng.uniform(0.045, 0.08)
     t["rib"] = bool(rng.uniform() < 0.6)
     t["layer_seed"] = int(rng.integers(2 ** 31))
-    # lesion: a class-neutral shape moved towards the class prototype by c = cue * U(0.5, 1)
-    c = cfg.cue_strength * rng.uniform(0.5, 1.0)
+    # lesion: a class-neutral shape moved towards the class prototype by c = cue * U(0.2, 1); small c = atypical
+    c = cfg.cue_strength * rng.uniform(0.2, 1.0)
     t["c"] = c
     t["radius"] = rng.uniform(*cfg.mass_size)
-    aspect = np.exp(rng.normal(0.0, 0.12))  # width / height of the class-neutral shape
+    aspect = np.exp(rng.normal(0.0, 0.22))  # width / height of the class-neutral shape
     irregular = rng.uniform(0.03, 0.07)
     orders = np.sort(rng.choice(np.arange(2, 15), size=7, replace=False))
     t["harmonics"] = [(int(k), irregular * rng.uniform(0.4, 1.0) * (2.0 / k) ** 0.5, rng.uniform(0, 2 * np.pi))
@@ -255,7 +255,7 @@ def _patient_traits(seed: int, p: int, cfg: PhantomConfig) -> dict:
     t["posterior"] = 0.0
     t["edge"] = 1.2
     if t["label"] == 1:  # benign: oval, parallel, circumscribed, enhancement; sometimes a simple cyst
-        aspect *= 1.0 + 0.9 * c
+        aspect *= 1.0 + 0.6 * c
         t["harmonics"] = [(k, a * (1.0 - 0.8 * c), ph) for k, a, ph in t["harmonics"][:3]]
         t["edge"] *= 1.0 - 0.5 * c
         t["capsule"] = 1.2 * c
@@ -264,7 +264,7 @@ def _patient_traits(seed: int, p: int, cfg: PhantomConfig) -> dict:
         t["cyst"] = bool(rng.uniform() < 0.35 * c)
         t["tilt"] = rng.normal(0.0, 0.12)
     elif t["label"] == 2:  # malignant: irregular/spiculated, not parallel, halo, shadowing
-        aspect /= 1.0 + 0.7 * c
+        aspect /= 1.0 + 0.5 * c
         t["harmonics"] = [(k, a * (1.0 + 2.5 * c), ph) for k, a, ph in t["harmonics"]]
         n_spic = int(rng.integers(0, 1 + int(round(12 * c))))
         t["spicules"] = [(rng.uniform(0, 2 * np.pi), rng.uniform(0.15, 0.5) * c, rng.uniform(0.025, 0.06))
