@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from wsbus.losses import REFERENCE_MIL_WEIGHTS, mil_loss
 from wsbus.mil import select_moi
-from wsbus.models import LOSS_KEYS, WeakSemiFasterRCNN, build_detector
+from wsbus.models import LOSS_KEYS, PRESETS, WeakSemiFasterRCNN, build_detector
 
 torch.set_num_threads(1)
 
@@ -140,6 +140,28 @@ def test_mil_loss_equals_wsbus_functions_on_the_same_proposals(model):
         expected = mil_loss(moi_logits, torch.tensor(labels), weights)
         torch.testing.assert_close(losses["loss_mil"].detach(), expected, rtol=1e-5, atol=1e-6)
         assert len(pairs[0][1]) == m.config["weak_proposals"] == 100
+
+
+def test_mil_gradients_equal_scoring_all_proposals_with_gradient(model):
+    # The weak branch picks the MoI without gradient and recomputes only its RoI with gradient. Reference:
+    # score every proposal with gradient (eval-mode pipeline, identical for the tiny GroupNorm model), pick the
+    # MoI, apply mil_loss, differentiate.
+    imgs = _images(2, seed=12)
+    labels = [2, 1]
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = _losses(model, imgs, [{"image_label": y} for y in labels])
+    g_model = torch.autograd.grad(losses["loss_mil"], params, allow_unused=True)
+    pairs = model.proposal_logits(imgs, grad=True)
+    moi_logits = torch.stack([lg[select_moi(lg.detach(), model.roi_heads.rule_map[y])] for (_, lg), y in
+                              zip(pairs, labels)])
+    reference = mil_loss(moi_logits, torch.tensor(labels))
+    g_ref = torch.autograd.grad(reference, params, allow_unused=True)
+    torch.testing.assert_close(losses["loss_mil"].detach(), reference.detach(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_model, g_ref):
+        a = torch.zeros_like(b) if a is None and b is not None else a
+        b = torch.zeros_like(a) if b is None and a is not None else b
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_normal_weak_images(model):
@@ -313,14 +335,25 @@ def test_tiny_step_is_fast(model):
     assert sorted(times)[1] < 1.0
 
 
-@pytest.mark.parametrize("backbone, channels", [("vgg16", 512), ("resnet18", 256), ("resnet50", 1024)])
-def test_large_backbones_build_and_run(backbone, channels):
+@pytest.mark.parametrize("backbone, channels, frozen", [
+    # conv1_1, conv1_2, conv2_1, conv2_2 frozen as in the reference code (weight and bias each)
+    ("vgg16", 512, [f"{i}.{k}" for i in (0, 2, 5, 7) for k in ("weight", "bias")]),
+    # stem and layer1 frozen (torchvision's default for pretrained detection backbones); FrozenBatchNorm2d
+    # holds buffers, not parameters
+    ("resnet18", 256, ["0.weight"] + [f"4.{b}.{c}.weight" for b in (0, 1) for c in ("conv1", "conv2")]),
+    ("resnet50", 1024, []),
+])
+def test_large_backbones_build_and_run(backbone, channels, frozen):
     torch.manual_seed(0)
+    extra = {"frozen_stages": 2, "norm": "frozen_bn"} if backbone == "resnet18" else (
+        {"frozen_stages": 2} if backbone == "vgg16" else {"representation_size": 256})  # 51M-parameter fc6
     m = build_detector(backbone, min_size=64, max_size=64, rpn_pre_nms_top_n=200, rpn_post_nms_top_n=50,
-                       anchor_sizes=(16, 32), box_batch_size_per_image=16)
+                       anchor_sizes=(16, 32), box_batch_size_per_image=16, **extra)
     assert isinstance(m, WeakSemiFasterRCNN) and m.backbone.out_channels == channels
-    assert m.config["representation_size"] == (1024 if backbone == "resnet50" else 512)
+    assert PRESETS[backbone]["representation_size"] == (1024 if backbone == "resnet50" else 512)
+    assert m.config["representation_size"] == (256 if backbone == "resnet50" else 512)
     assert m.config["box_nms_thresh"] == 0.3 and m.config["weak_proposals"] == 50
+    assert sorted(n for n, p in m.backbone.named_parameters() if not p.requires_grad) == sorted(frozen)
     first_conv = next(mod for mod in m.backbone.modules() if isinstance(mod, torch.nn.Conv2d))
     assert first_conv.in_channels == 1
     x = [torch.rand(1, 64, 64)]
@@ -329,13 +362,3 @@ def test_large_backbones_build_and_run(backbone, channels):
     m.eval()
     with torch.no_grad():
         assert set(m(x)[0]) == {"boxes", "labels", "scores"}
-
-
-def test_frozen_stages():
-    m = build_detector("vgg16", frozen_stages=2, min_size=32, max_size=32)
-    frozen = [n for n, p in m.backbone.named_parameters() if not p.requires_grad]
-    # conv1_1, conv1_2, conv2_1, conv2_2 (weight and bias each), as in the reference code
-    assert frozen == [f"{i}.{k}" for i in (0, 2, 5, 7) for k in ("weight", "bias")]
-    r = build_detector("resnet18", frozen_stages=2, norm="frozen_bn", min_size=32, max_size=32)
-    trainable = {n.split(".")[0] for n, p in r.backbone.named_parameters() if p.requires_grad}
-    assert trainable == {"5", "6"}  # layer2, layer3

@@ -4,10 +4,9 @@ r"""The paper's three losses, one function per formula (Shin et al., TMI 2019, s
 * :func:`fast_rcnn_loss` — the Fast R-CNN head loss (taught in ``book/03_faster_rcnn.md``),
 * :func:`mil_loss` — the weakly supervised loss on the mass of interest (taught in ``book/05_mil_moi.md``).
 
-Every function works on any device and dtype, never synchronises with the device (no ``.item()``, no
-boolean indexing on the hot path) and always returns tensors connected to the autograd graph of its inputs,
-also in the degenerate cases (no sampled anchors, no positive anchors, all class weights zero) where the
-result is an exact zero rather than ``nan``.
+Every function works on any device and dtype and always returns tensors connected to the autograd graph of
+its inputs, also in the degenerate cases (no sampled anchors, no positive anchors, all class weights zero)
+where the result is an exact zero rather than ``nan``.
 """
 from __future__ import annotations
 
@@ -96,18 +95,18 @@ def rpn_loss(
     if labels.numel() != num_anchors:
         raise ValueError(f"rpn_loss: {labels.numel()} labels for {num_anchors} objectness logits")
 
-    sampled = labels >= 0
-    positive = labels == 1
-    n_cls = sampled.sum()
-    # -log[p p* + (1 - p)(1 - p*)] for p = sigmoid(logit): binary cross-entropy with logits.
-    bce = F.binary_cross_entropy_with_logits(objectness, positive.to(objectness.dtype), reduction="none")
-    loss_cls = _safe_divide(torch.where(sampled, bce, torch.zeros_like(bce)).sum(), n_cls.to(bce.dtype))
-
-    # p_i^* L_reg(t_i, t_i^*): only positive anchors, and never touch the (possibly infinite) targets of others.
-    diff = torch.where(positive[:, None], box_deltas - regression_targets, torch.zeros_like(box_deltas))
-    reg_sum = F.smooth_l1_loss(diff, torch.zeros_like(diff), beta=beta, reduction="sum")
+    # Index the sampled and the positive anchors, as torchvision does: cheaper than masking all A anchors, and
+    # the (possibly infinite) targets of the other anchors are never read.
+    sampled = torch.where(labels >= 0)[0]
+    positive = torch.where(labels == 1)[0]
+    if sampled.numel():
+        # -log[p p* + (1 - p)(1 - p*)] for p = sigmoid(logit): binary cross-entropy with logits, mean over N_cls.
+        loss_cls = F.binary_cross_entropy_with_logits(objectness[sampled], (labels[sampled] == 1).to(objectness.dtype))
+    else:
+        loss_cls = objectness.sum() * 0.0
+    reg_sum = F.smooth_l1_loss(box_deltas[positive], regression_targets[positive], beta=beta, reduction="sum")
     if n_reg is None:
-        denominator = n_cls.to(reg_sum.dtype)
+        denominator = torch.tensor(float(sampled.numel()), dtype=reg_sum.dtype, device=reg_sum.device)
     else:
         denominator = torch.as_tensor(n_reg, dtype=reg_sum.dtype, device=reg_sum.device)
     loss_reg = lam * _safe_divide(reg_sum, denominator)
@@ -224,6 +223,8 @@ def mil_loss(
     if reduction not in ("weighted_mean", "batch_mean"):
         raise ValueError(f"mil_loss: reduction must be 'weighted_mean' or 'batch_mean', got {reduction!r}")
     image_labels = image_labels.long()
+    if moi_logits.dtype in (torch.float16, torch.bfloat16):
+        moi_logits = moi_logits.float()  # as F.cross_entropy under autocast: the loss in float32
     if b and bool((image_labels.min() < 0) | (image_labels.max() >= num_classes)):
         raise ValueError(f"mil_loss: image labels must lie in [0, {num_classes - 1}], "
                          f"got {sorted(set(image_labels.tolist()))}")

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 from torchvision import models
+from torchvision.models import vgg
 from torchvision.ops import FrozenBatchNorm2d
 
 __all__ = ["BACKBONES", "NORMS", "build_backbone", "vgg16_conv5", "resnet_c4", "TinyBackbone", "gray_conv"]
@@ -66,8 +67,19 @@ def vgg16_conv5(pretrained: bool = False, frozen_stages: int = 0) -> nn.Module:
 
     Taught in ``book/03_faster_rcnn.md``.
     """
-    weights = models.VGG16_Weights.IMAGENET1K_V1 if pretrained else None
-    features = list(models.vgg16(weights=weights).features.children())[:30]  # drop pool5
+    # Only the convolutional part: building torchvision's whole vgg16() would also initialise its 120M-parameter
+    # classifier, which detection discards.
+    body = vgg.make_layers(vgg.cfgs["D"], batch_norm=False)
+    if pretrained:
+        state = models.VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+        body.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
+    else:
+        # torchvision's VGG initialisation of the convolutions
+        for m in body.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.constant_(m.bias, 0)
+    features = list(body.children())[:30]  # conv1_1 ... conv5_3 + ReLU, without pool5
     features[0] = gray_conv(features[0])
     # Block boundaries in torchvision's vgg16().features: the max-pools at 4, 9, 16, 23.
     block_ends = [5, 10, 17, 24, 30]
