@@ -159,3 +159,23 @@ def test_property_every_sample_is_valid(seed, h, w, n, cue, contrast, size_lo):
         Sample(s.image, s.boxes, s.labels, s.image_label, s.id, s.patient)
         assert s.image.shape == (h, w) and s.image.dtype == np.uint8
         assert len(s.boxes) == int(s.image_label > 0)
+
+
+def test_show_samples_writes_a_png(tmp_path):
+    from wsbus.viz.samples import show_samples
+
+    samples = make_phantom(6, seed=1, size=48)
+    samples[1] = samples[1].as_weak()
+    fig = show_samples(samples, ncols=4, ax_size=1.5)
+    assert len(fig.axes) == 8  # 2 rows x 4 columns, the last two empty
+    titles = [ax.get_title() for ax in fig.axes[:6]]
+    assert titles[0] == f"{samples[0].id}: benign" and titles[1].endswith("(weak)")
+    n_boxes = sum(len(ax.patches) for ax in fig.axes)
+    assert n_boxes == sum(len(s.boxes) for s in samples if s.is_strong)
+    colours = {tuple(p.get_edgecolor()[:3]) for ax in fig.axes for p in ax.patches}
+    assert colours <= {(0x2c / 255, 0xa0 / 255, 0x2c / 255), (0xd6 / 255, 0x27 / 255, 0x28 / 255)}
+    path = tmp_path / "grid.png"
+    fig.savefig(path, dpi=50)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+    with pytest.raises(ValueError, match="at least one"):
+        show_samples([])
