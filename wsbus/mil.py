@@ -203,18 +203,24 @@ class RuleMap:
         return (self.normal, self.benign, self.malignant)[label]
 
     def rule_ids(self, image_labels: Tensor) -> Tensor:
-        """Vectorised lookup: rule index (into :data:`MOI_RULES`) of each image label, same device."""
+        """Vectorised lookup: rule index (into :data:`MOI_RULES`) of each image label, same device.
+
+        Taught in ``book/05_mil_moi.md``.
+        """
         table = torch.tensor([_RULE_INDEX[self.normal], _RULE_INDEX[self.benign], _RULE_INDEX[self.malignant]],
                              dtype=torch.int64, device=image_labels.device)
         return table[image_labels.long()]
 
     def as_dict(self) -> dict[int, str]:
-        """``{0: rule, 1: rule, 2: rule}`` (plain data, for configs and checkpoints)."""
+        """``{0: rule, 1: rule, 2: rule}`` (plain data, for configs and checkpoints).
+
+        Taught in ``book/05_mil_moi.md``.
+        """
         return {0: self.normal, 1: self.benign, 2: self.malignant}
 
     @property
     def name(self) -> str:
-        """The Table II style name ``"<benign rule>/<malignant rule>"``."""
+        """The Table II style name ``"<benign rule>/<malignant rule>"``. Taught in ``book/05_mil_moi.md``."""
         return f"{self.benign}/{self.malignant}"
 
 

@@ -121,6 +121,10 @@ class GrayscaleRCNNTransform(GeneralizedRCNNTransform):
     """
 
     def normalize(self, image: Tensor) -> Tensor:
+        """Average RGB to gray when the model is grayscale, then torchvision's normalisation.
+
+        Taught in ``book/03_faster_rcnn.md``.
+        """
         if image.shape[0] == 3 and len(self.image_mean) == 1:
             image = image.mean(dim=0, keepdim=True)
         if image.shape[0] != len(self.image_mean):
@@ -129,6 +133,8 @@ class GrayscaleRCNNTransform(GeneralizedRCNNTransform):
         return super().normalize(image)
 
     def torch_choice(self, k: list[int]) -> int:
+        """The training size; draws a random number only when there are several. Taught in
+        ``book/03_faster_rcnn.md``."""
         if len(k) == 1:
             return k[0]
         return super().torch_choice(k)
@@ -160,9 +166,12 @@ class WeakSemiRPN(RegionProposalNetwork):
         self._weak_phase = False
 
     def pre_nms_top_n(self) -> int:
+        """Proposals kept before NMS: training / testing count, or the weak images' count while filtering
+        their proposals. Taught in ``book/04_rpn_loss.md``."""
         return self.weak_pre_nms_top_n if self._weak_phase else super().pre_nms_top_n()
 
     def post_nms_top_n(self) -> int:
+        """Proposals kept after NMS (see :meth:`pre_nms_top_n`). Taught in ``book/04_rpn_loss.md``."""
         return self.weak_post_nms_top_n if self._weak_phase else super().post_nms_top_n()
 
     @contextmanager
@@ -188,6 +197,12 @@ class WeakSemiRPN(RegionProposalNetwork):
 
     def forward(self, images: ImageList, features: dict[str, Tensor],
                 targets: Optional[list[dict[str, Tensor]]] = None) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Proposals for every image (strong: training counts, weak: ``weak_*`` counts, eval: testing counts)
+        and, in training, ``loss_objectness`` / ``loss_rpn_box_reg`` from the strong images only (graph-connected
+        zeros when there is none).
+
+        Taught in ``book/04_rpn_loss.md``.
+        """
         features_list = list(features.values())
         objectness, pred_bbox_deltas = self.head(features_list)
         anchors = self.anchor_generator(images, features_list)
@@ -314,6 +329,11 @@ class WeakSemiRoIHeads(RoIHeads):
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
                 targets: Optional[list[dict[str, Tensor]]] = None):
+        """Eval: torchvision's detections. Training: ``([], {loss_classifier, loss_box_reg, loss_mil})``, see the
+        class docstring; losses of a kind of image absent from the batch are graph-connected zeros.
+
+        Taught in ``book/05_mil_moi.md``.
+        """
         if not self.training:
             return super().forward(features, proposals, image_shapes, None)
         if targets is None or len(targets) != len(proposals):
@@ -387,6 +407,7 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
 
     @property
     def num_classes(self) -> int:
+        """Number of classes including background / normal (3). Taught in ``book/03_faster_rcnn.md``."""
         return self.roi_heads.box_predictor.cls_score.out_features
 
     # ------------------------------------------------------------------ input checks
@@ -677,6 +698,9 @@ def build_detector(
     pre = _as_counts(o["rpn_pre_nms_top_n"], "rpn_pre_nms_top_n")
     post = _as_counts(o["rpn_post_nms_top_n"], "rpn_post_nms_top_n")
     mean, std = _GRAY_STATS[bool(pretrained)]
+    for key in ("image_mean", "image_std"):
+        if key in o and len(tuple(o[key])) != 1:
+            raise ValueError(f"{key} must hold one value (the backbones take grayscale images), got {o[key]}")
     weights = o.get("mil_class_weights")
     if isinstance(weights, str):
         if weights != "reference":
