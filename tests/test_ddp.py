@@ -80,6 +80,23 @@ def test_two_gloo_ranks_agree_and_match_one_process(tmp_path, mode, stream):
         torch.testing.assert_close(v, r0[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
+@pytest.mark.slow
+def test_torchrun_module_entry_point_trains_the_tiny_detector(tmp_path):
+    out = tmp_path / "cli"
+    proc = torchrun(["-m", "wsbus.train", "--data", "phantom:24", "--mode", "joint", "--steps", "3", "--out", str(out),
+                     "--checkpoint-every", "2", "--no-progress", "--no-tensorboard", "--device", "cpu"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("world size 2") == 1               # only rank 0 reports
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["step"] == 3 and ck["config"]["trainer"]["world_size"] == 2
+    assert ck["streams"]["strong"]["global_batch_size"] == 2 and ck["streams"]["weak"]["global_batch_size"] == 4
+    assert "world size 2 (global batch = 2 x (1 strong + 2 weak))" in (out / "train.log").read_text()
+    from wsbus.models import build_detector
+
+    model = build_detector(**ck["config"]["model"])
+    model.load_state_dict(ck["model"])                           # the checkpoint rebuilds the detector
+
+
 def _child(out: str, mode: str, stream: str) -> None:
     torch.set_num_threads(1)
     tr = make_trainer(out, mode, stream, n_strong=1, n_weak=1)

@@ -261,3 +261,89 @@ def test_weak_samples_in_the_strong_list_are_named():
     weak = Sample(np.zeros((8, 8), np.uint8), None, None, 1, "case-17")
     with pytest.raises(DataError, match="case-17"):
         Trainer(FakeDetector(), [weak], mode="strong")
+
+
+# --------------------------------------------------------------------------------------------------------
+# the real tiny detector on the phantom
+# --------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def phantom():
+    from wsbus.data import make_phantom
+
+    data = make_phantom(100, seed=0, size=128)
+    masses = [s for s in data if len(s.boxes)]
+    return masses[:-30], masses[-30:]
+
+
+def _tiny(seed=0):
+    from wsbus.models import build_detector
+
+    torch.manual_seed(seed)
+    return build_detector("tiny")
+
+
+@pytest.mark.slow
+def test_tiny_detector_learns_to_localise_the_phantom_masses(phantom):
+    from torchvision.ops import box_iou
+
+    from wsbus.data import DetectionDataset
+
+    train, test = phantom
+    model = _tiny()
+    tr = Trainer(model, train, mode="strong", n_strong=2, steps=80, lr=1e-3, seed=0, progress=False,
+                 tensorboard=False)
+    hist = tr.fit()
+    first, last = sum(hist.losses[:10]) / 10, sum(hist.losses[-10:]) / 10
+    assert last < 0.9 * first, (first, last)
+
+    # Top-1 localisation (class-agnostic IoU > 0.5) against random boxes of the training masses' sizes.
+    model.eval()
+    model.roi_heads.score_thresh = 0.0
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.tensor([[s.boxes[0, 2] - s.boxes[0, 0], s.boxes[0, 3] - s.boxes[0, 1]] for s in train])
+    hits, chance = [], []
+    ds = DetectionDataset(test, role="eval")
+    with torch.no_grad():
+        for i in range(len(ds)):
+            image, target = ds[i]
+            det = model([image])[0]
+            hits.append(len(det["boxes"]) > 0 and bool(box_iou(det["boxes"][:1], target["boxes"]).max() > 0.5))
+            h, w = image.shape[-2:]
+            wh = sizes[torch.randint(len(sizes), (500,), generator=g)]
+            x1 = torch.rand(500, generator=g) * (w - wh[:, 0])
+            y1 = torch.rand(500, generator=g) * (h - wh[:, 1])
+            rand = torch.stack([x1, y1, x1 + wh[:, 0], y1 + wh[:, 1]], 1)
+            chance.append(float((box_iou(rand, target["boxes"]).max(1).values > 0.5).float().mean()))
+    top1, base = sum(hits) / len(hits), sum(chance) / len(chance)
+    assert top1 > base + 0.3, (top1, base)
+
+
+def test_tiny_detector_joint_and_weak_modes_give_finite_losses(phantom):
+    train, _ = phantom
+    strong, weak = train[:10], train[10:]
+    for mode, stream in (("joint", "combined"), ("joint", "alternating"), ("weak", "combined")):
+        tr = Trainer(_tiny(), strong if mode != "weak" else None, weak, mode=mode, stream=stream, steps=3,
+                     progress=False, tensorboard=False, alpha="gradual")
+        hist = tr.fit()
+        assert all(math.isfinite(r[k]) for r in hist for k in ("loss", "loss_mil", "loss_classifier"))
+        assert any(r["loss_mil"] > 0 for r in hist)
+        if mode == "joint" and stream == "combined":
+            assert all(r["loss_objectness"] > 0 and r["loss_mil"] > 0 for r in hist)
+
+
+def test_tiny_detector_resume_is_exact(phantom, tmp_path):
+    train, _ = phantom
+    strong, weak = train[:10], train[10:]
+
+    def make(seed):
+        return Trainer(_tiny(seed), strong, weak, mode="joint", steps=5, checkpoint_every=2, out_dir=tmp_path / "r",
+                       progress=False, tensorboard=False)
+
+    ref = Trainer(_tiny(), strong, weak, mode="joint", steps=5, progress=False, tensorboard=False)
+    ref.fit()
+    make(0).fit(steps=3)
+    resumed = make(7)
+    resumed.fit(resume=True)
+    for (k, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k

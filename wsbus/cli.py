@@ -404,15 +404,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     Taught in ``book/06_joint_training.md``.
     """
-    from .checkpoint import CheckpointError
-    from .data.formats import DataError
-    from .train import NonFiniteLossError
-
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)       # --version and --help exit here, before torch is imported
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
+    from .checkpoint import CheckpointError
+    from .data.formats import DataError
+    from .train import NonFiniteLossError
     try:
         return int(args.func(args) or 0)
     except NonFiniteLossError as exc:
