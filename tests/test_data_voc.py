@@ -1,7 +1,6 @@
 """load_voc: the SNUBH VOC layout of the reference code, on folders built here."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -110,7 +110,10 @@ class PhantomConfig:
             raise ValueError(f"invalid scanner settings {s}")
 
     def scanner_settings(self) -> Dict[str, float]:
-        """The effective scanner settings: preset, then the individual overrides."""
+        """The effective scanner settings: the preset, then the individual overrides (gain multiplies).
+
+        Taught in ``book/02_data.md``.
+        """
         base = dict(SCANNERS[self.scanner] if isinstance(self.scanner, str) else {**SCANNERS["A"], **self.scanner})
         for key in base:
             value = getattr(self, key, None)
@@ -180,17 +183,15 @@ class _Shape:
         grow = 1.0 + sum(abs(a) for _, a, _ in self.harmonics) + max([s[1] for s in self.spicules], default=0.0)
         return max(self.ay, self.ax) * grow + 3 * self.edge + 2
 
-    def render(self, h: int, w: int, window: Optional[Tuple[int, int, int, int]] = None):
-        """Soft mask in [0, 1] (1 inside) and the signed distance outside the boundary, on a window.
+    def render(self, h: int, w: int, margin: float = 0.0):
+        """Soft mask in [0, 1] (1 inside) and the signed distance past the boundary, on a window around the blob.
 
         Returns ``(mask, outside, (y0, y1, x0, x1))`` where ``outside`` is the distance past the boundary in
-        pixels (negative inside), both of the window's shape.
+        pixels (negative inside), both of the window's shape; the window reaches ``margin`` pixels further out.
         """
-        if window is None:
-            r = self.extent()
-            window = (max(0, int(self.cy - r)), min(h, int(np.ceil(self.cy + r)) + 1),
-                      max(0, int(self.cx - r)), min(w, int(np.ceil(self.cx + r)) + 1))
-        y0, y1, x0, x1 = window
+        r = self.extent() + margin
+        y0, y1 = max(0, int(self.cy - r)), min(h, int(np.ceil(self.cy + r)) + 1)
+        x0, x1 = max(0, int(self.cx - r)), min(w, int(np.ceil(self.cx + r)) + 1)
         dy = np.arange(y0, y1, dtype=float)[:, None] + 0.5 - self.cy
         dx = np.arange(x0, x1, dtype=float)[None, :] + 0.5 - self.cx
         c, s = np.cos(self.angle), np.sin(self.angle)
@@ -206,13 +207,7 @@ class _Shape:
             radius += length * np.exp(-0.5 * (d / width) ** 2)
         scale = np.sqrt(self.ax * self.ay)
         outside = (rho - radius) * scale  # approximately pixels
-        return _sigmoid(-outside / max(self.edge, 1e-3) * 2.0), outside, window
-
-
-def _paste(canvas: np.ndarray, patch: np.ndarray, window) -> np.ndarray:
-    y0, y1, x0, x1 = window
-    canvas[y0:y1, x0:x1] = patch
-    return canvas
+        return _sigmoid(-outside / max(self.edge, 1e-3) * 2.0), outside, (y0, y1, x0, x1)
 
 
 # --------------------------------------------------------------------------------------------- patients
@@ -240,7 +235,6 @@ def _patient_traits(seed: int, p: int, cfg: PhantomConfig) -> dict:
     t["layer_seed"] = int(rng.integers(2 ** 31))
     # lesion: a class-neutral shape moved towards the class prototype by c = cue * U(0.2, 1); small c = atypical
     c = cfg.cue_strength * rng.uniform(0.2, 1.0)
-    t["c"] = c
     t["radius"] = rng.uniform(*cfg.mass_size)
     aspect = np.exp(rng.normal(0.0, 0.22))  # width / height of the class-neutral shape
     irregular = rng.uniform(0.03, 0.07)
@@ -370,14 +364,14 @@ def _apply_blob(echo: np.ndarray, shape: _Shape, level: float, heterogeneity: fl
     Returns the blob's soft mask on its window and the window ``(y0, y1, x0, x1)``.
     """
     h, w = echo.shape
-    mask, outside, window = shape.render(h, w)
+    size = np.sqrt(shape.ax * shape.ay)
+    mask, outside, window = shape.render(h, w, margin=size if halo > 0 else 0.0)  # room for the halo
     y0, y1, x0, x1 = window
     win = echo[y0:y1, x0:x1]
     inner = np.full(win.shape, level, np.float32)
     if heterogeneity > 0:
         inner *= np.exp(heterogeneity * _smooth_field(rng, y1 - y0, x1 - x0, 1.5 * scale, 1.5 * scale))
     win = win * (1 - mask) + inner * mask
-    size = np.sqrt(shape.ax * shape.ay)
     if halo > 0:  # thick, blurred echogenic rim just outside the margin
         win = win + halo * np.exp(-0.5 * ((outside - 0.3 * size) / (0.2 * size)) ** 2) * (outside > 0)
     if capsule > 0:  # thin echogenic capsule on the margin
