@@ -676,7 +676,11 @@ def build_detector(
     Returns
     -------
     WeakSemiFasterRCNN
-        With ``model.config`` = every resolved argument, so ``build_detector(**model.config)`` rebuilds it.
+        With ``model.config`` = every resolved argument (plain data: JSON- and ``weights_only``-safe), so
+        ``build_detector(**model.config)`` rebuilds it. The architecture does not depend on ``pretrained`` once
+        the config is resolved (``norm``, ``frozen_stages`` and the grayscale statistics are recorded), so
+        ``build_detector(**{**config, "pretrained": False})`` rebuilds a pretrained model offline for
+        ``load_state_dict``.
 
     Taught in ``book/03_faster_rcnn.md``.
     """
