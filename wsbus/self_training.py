@@ -37,7 +37,7 @@ from .data.formats import CLASSES, DataError, Sample
 
 __all__ = [
     "PseudoLabel", "PseudoBoxPrecision", "SelfTrainingResult", "detect", "pseudo_label", "reconfigure",
-    "n_moved", "pseudo_box_precision", "self_train",
+    "n_moved", "pseudo_box_precision", "self_train", "self_train_from_checkpoint",
 ]
 
 Device = Union[str, torch.device, None]
@@ -537,4 +537,143 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
         model = _build(model_factory, init_seed) if retrain == "scratch" else copy.deepcopy(initial)
         model = train(name, model, new_strong, new_weak, retrain_steps)
         evaluate(name, model, len(new_strong), len(new_weak), t0)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# From a `wsbus train` checkpoint (the `wsbus self-train` command)
+# ---------------------------------------------------------------------------------------------------------
+def _alpha_from_description(description: Any) -> Union[str, float]:
+    """The alpha spec of a checkpoint's trainer config (stored as a description) for the retraining."""
+    if isinstance(description, (int, float)) and not isinstance(description, bool):
+        return float(description)
+    text = str(description or "")
+    if text.startswith("Gradual("):
+        return "gradual"  # the paper's staircase, rescaled to the retraining's length
+    if text.startswith("Constant(value="):
+        return float(text[len("Constant(value="):].rstrip(")"))
+    raise ValueError(f"cannot recover the MIL weight alpha from the checkpoint's description {description!r}; "
+                     f"pass alpha explicitly (--alpha)")
+
+
+def self_train_from_checkpoint(checkpoint: Union[str, "os.PathLike[str]"], out_dir: Union[str, "os.PathLike[str]"],
+                               *, data: Optional[str] = None, fractions: Sequence[float] = (0.5, 0.75),
+                               steps: Optional[int] = None, retrain: str = "scratch",
+                               alpha: Union[str, float, None] = None, device: Device = None,
+                               seed: Optional[int] = None, batch_size: int = 16, score_thresh: float = 0.0,
+                               n_boot: int = 1000, progress: bool = True) -> SelfTrainingResult:
+    """Self-train from a checkpoint of ``wsbus train``: its model, data spec and split, written to ``out_dir``.
+
+    The checkpoint's model is the initial model; its strong / weak / test images are those recorded in the
+    checkpoint's split (``config["metadata"]["split_ids"]``), reloaded from ``data`` (default: the checkpoint's
+    data spec). Each retraining uses the checkpoint's trainer settings (batch sizes, stream, lr, weight decay,
+    optimizer, seed, alpha) unless overridden.
+
+    Parameters
+    ----------
+    checkpoint : ``DIR/last.pt`` of a ``wsbus train`` run (best a joint one, as in the paper).
+    out_dir : receives ``results.json`` (``{"methods": [...], "pseudo_box_precision": ...}``), ``table_iv.md``,
+        ``pseudo_labels.json`` and ``precision_vs_rank.png`` (when the weak images have hidden boxes).
+    data : a ``--data`` spec; default the checkpoint's.
+    fractions, retrain, batch_size, score_thresh, n_boot, progress : see :func:`self_train`.
+    steps : steps of each retraining; default the checkpoint's training length.
+    alpha : MIL weight of the retrainings; default the checkpoint's (a gradual schedule is rescaled to ``steps``).
+    device : default CUDA when available, else CPU.
+    seed : Trainer seed; default the checkpoint's.
+
+    Returns
+    -------
+    :class:`SelfTrainingResult`
+
+    Raises
+    ------
+    wsbus.checkpoint.CheckpointError
+        when the file is not a ``wsbus train`` checkpoint.
+    ValueError
+        when the checkpoint holds no split, or the data lack images of the split.
+
+    Notes
+    -----
+    Taught in ``book/07_self_training.md``.
+    """
+    import json
+    import os
+    from pathlib import Path
+
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .data.sources import load_source
+    from .distributed import resolve_device
+    from .evaluate import results_table
+    from .models import build_detector
+
+    ckpt = load_checkpoint(checkpoint, map_location="cpu", require=("model", "config"))
+    config = ckpt["config"] or {}
+    model_config = dict(config.get("model") or {})
+    trainer_cfg = dict(config.get("trainer") or {})
+    meta = dict(config.get("metadata") or {})
+    if not model_config:
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r} has no model config; it was not written by "
+                              f"`wsbus train`")
+    split_ids = meta.get("split_ids") or {}
+    if not all(k in split_ids for k in ("strong", "weak", "test")):
+        raise ValueError(f"checkpoint {str(checkpoint)!r} records no strong/weak/test split (metadata "
+                         f"'split_ids'); self-training needs to know which images were weak")
+    spec = data or meta.get("data")
+    if not spec:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} does not say which data it was trained on; pass data")
+    samples = load_source(spec, size=int(meta.get("phantom_size", 128)), seed=0)
+    by_id = {s.id: s for s in samples}
+    sets = {}
+    for role in ("strong", "weak", "test"):
+        missing = [i for i in split_ids[role] if i not in by_id]
+        if missing:
+            raise ValueError(f"{len(missing)} {role} image(s) of checkpoint {str(checkpoint)!r} are not in {spec} "
+                             f"(e.g. {missing[:3]}); is it the same data?")
+        sets[role] = [by_id[i] for i in split_ids[role]]
+    blind = [s.id for s in sets["test"] if not s.is_strong]
+    if blind:
+        raise ValueError(f"{len(blind)} test image(s) of {spec} have no boxes (e.g. {blind[:3]}); CorLoc needs boxes")
+
+    model_config["pretrained"] = False  # the weights come from the checkpoint; nothing to download
+    dev = resolve_device(device)
+    initial = build_detector(**model_config)
+    initial.load_state_dict(ckpt["model"])
+    initial.to(dev)
+    kwargs: Dict[str, Any] = {}
+    for key in ("n_strong", "n_weak", "lr", "weight_decay", "optimizer", "stream"):
+        if key in trainer_cfg and trainer_cfg[key] is not None:
+            kwargs[key] = trainer_cfg[key]
+    if alpha is not None:
+        kwargs["alpha"] = alpha
+    elif trainer_cfg.get("alpha") is not None:
+        kwargs["alpha"] = _alpha_from_description(trainer_cfg["alpha"])
+    n_steps = int(steps if steps is not None else trainer_cfg.get("steps") or ckpt.get("step") or 0)
+    if n_steps < 1:
+        raise ValueError(f"cannot tell how long to retrain from checkpoint {str(checkpoint)!r}; pass steps")
+    result = self_train(sets["strong"], sets["weak"], sets["test"],
+                        model_factory=lambda: build_detector(**model_config), initial=initial,
+                        fractions=fractions, steps=n_steps, retrain=retrain, device=dev,
+                        batch_size=batch_size, score_thresh=score_thresh,
+                        seed=int(seed if seed is not None else trainer_cfg.get("seed", 3)), n_boot=n_boot,
+                        trainer_kwargs=kwargs, progress=progress)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = result.to_json(fractions)
+    summary.update({"checkpoint": str(checkpoint), "data": spec, "retrain": retrain, "steps": n_steps,
+                    "initial_mode": trainer_cfg.get("mode")})
+    pseudo = [None if p is None else {"id": p.id, "box": [float(v) for v in p.box], "label": p.label,
+                                      "score": p.score} for p in result.pseudo]
+    for name, obj in (("results.json", summary), ("pseudo_labels.json", {"weak": split_ids["weak"],
+                                                                          "pseudo": pseudo})):
+        tmp = out / f".{name}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, out / name)
+    (out / "table_iv.md").write_text(results_table(result.methods, kind="IV"))
+    if result.precision is not None and result.precision.n_labelled:
+        result.precision.figure(fractions).savefig(out / "precision_vs_rank.png", dpi=110)
+    for name, h in result.histories.items():
+        h.to_csv(out / f"log_{name.replace('%', 'pct')}.csv")
     return result
