@@ -175,7 +175,7 @@ STEPS, EVERY = 22, 5
 
 
 def _run_child(out: Path, kill: str, *, wait: bool = True, slow: float = 0.0):
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, str(Path(__file__).resolve()), "child", str(out), str(STEPS), kill, str(slow)]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -227,7 +227,7 @@ def test_bad_configurations_are_refused():
         Trainer(FakeDetector(), TinyBoxes(4, "strong"), mode="strong", stream="alternating")
     with pytest.raises(ValueError, match="mode must be one of"):
         Trainer(FakeDetector(), TinyBoxes(4, "strong"), mode="semi")
-    with pytest.raises(ValueError, match="n_weak must be a positive integer"):
+    with pytest.raises(ValueError, match="n_weak must be an integer >= 1"):
         Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(4, "weak"), n_weak=0)
     with pytest.raises(ValueError, match="unknown alpha schedule"):
         Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(4, "weak"), alpha="fast")
@@ -235,10 +235,29 @@ def test_bad_configurations_are_refused():
         Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(0, "weak"))
     with pytest.raises(ValueError, match="resume=True needs out_dir"):
         trainer().fit(resume=True)
+    with pytest.raises(ValueError, match="role 'weak' was passed as the strong set"):
+        Trainer(FakeDetector(), TinyBoxes(4, "weak"), mode="strong")
+    with pytest.warns(UserWarning, match="mode 'strong' does not use the 4 weak images"):
+        Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(4, "weak"), mode="strong")
+    with pytest.warns(UserWarning, match="does not use the 4 strong images .*pass them in `weak`"):
+        Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(4, "weak"), mode="weak")
 
 
 def test_a_boxed_dataset_in_the_weak_stream_is_an_error():
-    tr = Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(4, "strong"), progress=False, tensorboard=False)
+    with pytest.raises(ValueError, match="role 'strong' was passed as the weak set"):
+        Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(4, "strong"))
+
+    class NoRole(torch.utils.data.Dataset):      # a user dataset that does not say what it is
+        def __init__(self):
+            self.inner = TinyBoxes(4, "strong")
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, key):
+            return self.inner[key]
+
+    tr = Trainer(FakeDetector(), TinyBoxes(4, "strong"), NoRole(), progress=False, tensorboard=False)
     with pytest.raises(ValueError, match=r"weak stream item \d+: a weak target must hold 'image_label' and no"):
         tr.fit(steps=1)
 

@@ -89,7 +89,8 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
 def remove_stale_temporaries(directory: PathLike, names: Iterable[str] = ("last.pt",)) -> List[Path]:
     """Delete temporary files left by an :func:`atomic_save` that was killed before its rename.
 
-    Only files named ``.<name>.*.tmp`` for the given ``names`` are touched. Returns the removed paths.
+    Only files named ``.<name>.*.tmp`` for the given ``names`` (glob patterns such as ``"step_*.pt"`` allowed)
+    are touched. Returns the removed paths.
 
     Taught in ``book/06_joint_training.md``.
     """

@@ -265,7 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             _write_json(split_file, {"data": args.data, "params": split_params, **split_ids})
-            _write_json(out / "config.json", {"command": "train", "args": vars_plain(args), "model": model.config,
+            _write_json(out / "config.json", {"command": "train", "args": _vars_plain(args), "model": model.config,
                                               "trainer": trainer.config()})
         history = trainer.fit(resume=args.resume)
         if info.is_main:
@@ -278,7 +278,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def vars_plain(args: argparse.Namespace) -> Dict[str, Any]:
+def _vars_plain(args: argparse.Namespace) -> Dict[str, Any]:
     """The parsed arguments as JSON-friendly data (without the handler)."""
     return {k: v for k, v in vars(args).items() if k != "func"}
 

@@ -43,6 +43,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -225,6 +226,9 @@ def _as_dataset(data: Any, role: str, transforms: Any, seed: int) -> Optional[Da
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         if len(data) == 0:
             raise ValueError(f"the {role} dataset is empty")
+        own = getattr(data, "role", role)
+        if own != role and not (role == "strong" and own == "eval"):
+            raise ValueError(f"a dataset with role {own!r} was passed as the {role} set")
         return data
     raise TypeError(f"the {role} set must be a list of Sample or a map-style dataset "
                     f"(DetectionDataset), got {type(data).__name__}")
@@ -459,8 +463,9 @@ class Trainer:
             raise ValueError(f"stream={stream!r} applies to joint mode only; mode {mode!r} uses one stream")
         for name, value in (("n_strong", n_strong), ("n_weak", n_weak), ("steps", steps),
                             ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "steps" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            least = 0 if name == "steps" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         if keep_every is not None and (not isinstance(keep_every, int) or keep_every < 1):
             raise ValueError(f"keep_every must be a positive integer or None, got {keep_every!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -475,6 +480,11 @@ class Trainer:
         if mode in ("weak", "joint") and weak is None:
             raise ValueError(f"mode {mode!r} needs weak (image-label) training images")
 
+        for name, data, used in (("strong", strong, mode != "weak"), ("weak", weak, mode != "strong")):
+            if data is not None and not used:
+                warnings.warn(f"mode {mode!r} does not use the {len(data)} {name} images passed to the Trainer"
+                              + (" (the weak-only baseline takes every training image as weak: pass them in "
+                                 "`weak`)" if mode == "weak" else ""), stacklevel=2)
         self.mode, self.stream = mode, stream
         self.n_strong, self.n_weak = n_strong, n_weak
         self.lr, self.weight_decay, self.optimizer_name = float(lr), float(weight_decay), optimizer
@@ -550,7 +560,10 @@ class Trainer:
         return self.out_dir / "last.pt" if self.out_dir is not None else None
 
     def config(self) -> Dict[str, Any]:
-        """The trainer's settings as plain data (stored in checkpoints, compared on resume)."""
+        """The trainer's settings as plain data (stored in checkpoints, compared on resume).
+
+        Taught in ``book/06_joint_training.md``.
+        """
         return {
             "mode": self.mode, "stream": self.stream, "n_strong": self.n_strong, "n_weak": self.n_weak,
             "alpha": _describe(self.alpha) if self.mode == "joint" else None,
@@ -564,7 +577,10 @@ class Trainer:
         }
 
     def stream_state(self, steps_done: Optional[int] = None) -> Dict[str, Any]:
-        """Both stream positions after ``steps_done`` steps (default: now), with what identifies them."""
+        """Both stream positions after ``steps_done`` steps (default: now), with what identifies them.
+
+        Taught in ``book/06_joint_training.md``.
+        """
         steps_done = self.step if steps_done is None else steps_done
         pos = stream_positions(steps_done, self.mode, self.stream)
         out: Dict[str, Any] = {"mode": self.mode, "stream": self.stream, "seed": self.seed,
@@ -579,7 +595,10 @@ class Trainer:
     # -- state ------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to continue training exactly: model, optimiser, scaler, step, config, RNG states,
-        stream positions and the history tail (tensors and plain containers only)."""
+        stream positions and the history tail (tensors and plain containers only).
+
+        Taught in ``book/06_joint_training.md``.
+        """
         from . import __version__
 
         return {
@@ -594,7 +613,10 @@ class Trainer:
     def load_state_dict(self, state: Mapping[str, Any], source: str = "state dict") -> None:
         """Restore :meth:`state_dict` output; checks that the run's settings and data streams match.
 
-        Raises :class:`wsbus.checkpoint.CheckpointError` naming ``source`` and every mismatch.
+        Raises :class:`wsbus.checkpoint.CheckpointError` naming ``source`` and every mismatch (trainer settings,
+        model configuration, data stream sizes and positions).
+
+        Taught in ``book/06_joint_training.md``.
         """
         step = int(state["step"])
         saved_cfg = (state.get("config") or {}).get("trainer") or {}
@@ -632,7 +654,10 @@ class Trainer:
         self.history = History(state.get("history") or [])
 
     def save_checkpoint(self) -> Optional[Path]:
-        """Write ``out_dir/last.pt`` atomically (rank 0 only; also ``step_XXXXXX.pt`` every ``keep_every``)."""
+        """Write ``out_dir/last.pt`` atomically (rank 0 only; also ``step_XXXXXX.pt`` every ``keep_every``).
+
+        Taught in ``book/06_joint_training.md``.
+        """
         if self.out_dir is None:
             raise ValueError("save_checkpoint needs out_dir")
         path = self.checkpoint_path
@@ -650,8 +675,7 @@ class Trainer:
         if path is None:
             raise ValueError("resume=True needs out_dir (the checkpoint is out_dir/last.pt)")
         if self.is_main:
-            removed = remove_stale_temporaries(self.out_dir, ["last.pt"] + [p.name for p in
-                                                                             self.out_dir.glob("step_*.pt")])
+            removed = remove_stale_temporaries(self.out_dir, ["last.pt", "step_*.pt"])
             for p in removed:
                 self._log_line(f"removed the stale temporary file {p.name} (a write interrupted earlier)")
         barrier()
