@@ -19,7 +19,7 @@ from typing import List
 
 import numpy as np
 
-from .busi import boxes_from_mask
+from .busi import read_mask_boxes
 from .formats import CLASS_TO_INDEX, DataError, Sample
 from .voc import PathLike, read_gray
 
@@ -93,11 +93,8 @@ def load_busbra(root: PathLike, *, min_area: int = 10) -> List[Sample]:
         mask_path = base / "Masks" / f"{mask_name}.png"
         if not mask_path.is_file():
             raise DataError(f"{where}: no mask {mask_path} for ID {image_id!r}")
-        image, mask = read_gray(image_path), read_gray(mask_path)
-        if mask.shape != image.shape:
-            raise DataError(f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from the image size "
-                            f"{image.shape[1]}x{image.shape[0]}")
-        boxes = boxes_from_mask(mask, min_area=min_area, where=str(mask_path))
+        image = read_gray(image_path)
+        boxes = read_mask_boxes(mask_path, image.shape, min_area=min_area)
         if len(boxes) == 0:
             raise DataError(f"{mask_path}: empty mask (no component of at least {min_area} pixels)")
         label = CLASS_TO_INDEX[pathology]

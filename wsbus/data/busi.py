@@ -72,6 +72,25 @@ def boxes_from_mask(mask: np.ndarray, *, min_area: int = 1, where: str = "mask")
     return boxes.numpy().astype(np.float32)
 
 
+def read_mask_boxes(mask_path: PathLike, image_shape: Tuple[int, int], *, min_area: int = 1) -> np.ndarray:
+    """Read a lesion-mask file, check it matches its image's size, and return one box per component.
+
+    Raises
+    ------
+    DataError
+        Naming the mask file: unreadable, or a size different from ``image_shape`` (``H, W``).
+
+    Notes
+    -----
+    Used by :func:`load_busi` and :func:`wsbus.data.load_busbra`. Taught in ``book/09_real_data.md``.
+    """
+    mask = read_gray(mask_path)
+    if mask.shape != tuple(image_shape):
+        raise DataError(f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from the image size "
+                        f"{image_shape[1]}x{image_shape[0]}")
+    return boxes_from_mask(mask, min_area=min_area, where=str(mask_path))
+
+
 def _busi_root(root: Path) -> Path:
     for candidate in (root, root / "Dataset_BUSI_with_GT"):
         if any((candidate / f).is_dir() for f in _FOLDERS):
@@ -141,11 +160,7 @@ def load_busi(root: PathLike, *, dedup: bool = True, min_area: int = 10) -> List
             mask_keys = sorted((k for k in files if k != "image"), key=lambda k: (k != "mask", k))
             boxes = []
             for key in mask_keys:
-                mask = read_gray(files[key])
-                if mask.shape != image.shape:
-                    raise DataError(f"{files[key]}: mask size {mask.shape[1]}x{mask.shape[0]} differs from the "
-                                    f"image size {image.shape[1]}x{image.shape[0]}")
-                boxes.append(boxes_from_mask(mask, min_area=min_area, where=str(files[key])))
+                boxes.append(read_mask_boxes(files[key], image.shape, min_area=min_area))
             boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
             if cls == "normal":
                 if len(boxes):

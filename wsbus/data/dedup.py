@@ -21,20 +21,15 @@ from PIL import Image
 from scipy.fft import dctn
 
 from .formats import DataError, Sample
+from .voc import to_gray
 
 _THUMB = 32
 _HASH = 8
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 3:
-        return np.rint(image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
-    return image
-
-
 def _thumbnail(image: np.ndarray) -> np.ndarray:
     """32x32 area-averaged float thumbnail (independent of the original resolution)."""
-    thumb = Image.fromarray(_gray(image)).resize((_THUMB, _THUMB), Image.Resampling.BOX)
+    thumb = Image.fromarray(to_gray(image)).resize((_THUMB, _THUMB), Image.Resampling.BOX)
     return np.asarray(thumb, dtype=np.float64)
 
 

@@ -70,7 +70,7 @@ def _largest_remainder(total: int, weights: Mapping[int, float]) -> Dict[int, in
 
 
 def _targets(request: Optional[Counts], fraction: Optional[float], pool: Sequence[_Group],
-             samples: Sequence[Sample], stratify: bool, name: str) -> Optional[Dict[int, int]]:
+             samples: Sequence[Sample], stratify: bool, name: str) -> Optional[Dict[Optional[int], int]]:
     """Per-class image counts wanted for one subset, or None for 'everything that is left'."""
     if request is not None and fraction is not None:
         raise ValueError(f"give n_{name} or {name}_fraction, not both")
@@ -96,23 +96,21 @@ def _targets(request: Optional[Counts], fraction: Optional[float], pool: Sequenc
             total = int(request)
         if total > sum(available.values()):
             raise ValueError(f"asked for {total} {name} images but only {sum(available.values())} are available")
-        if stratify:
-            targets = _largest_remainder(total, {c: available[c] for c in sorted(available)})
-        else:
-            targets = {"any": total}  # type: ignore[dict-item]
-            return targets
+        if not stratify:
+            return {None: total}  # any class
+        targets = _largest_remainder(total, {c: available[c] for c in sorted(available)})
     for c, n in targets.items():
         if n > available[c]:
             raise ValueError(f"asked for {n} {CLASSES[c]} {name} images but only {available[c]} are available")
     return targets
 
 
-def _take(pool: List[_Group], targets: Dict, samples: Sequence[Sample], rng: np.random.Generator) -> List[_Group]:
-    """Choose whole groups, class by class, to reach the target counts as closely as possible."""
+def _take(pool: List[_Group], targets: Dict[Optional[int], int], rng: np.random.Generator) -> List[_Group]:
+    """Choose whole groups, class by class (None: any class), to reach the target counts as closely as possible."""
     order = rng.permutation(len(pool))
     chosen: List[_Group] = []
     for cls, target in targets.items():
-        candidates = [pool[k] for k in order if cls == "any" or pool[k].label == cls]
+        candidates = [pool[k] for k in order if cls is None or pool[k].label == cls]
         count, skipped = 0, []
         for g in candidates:
             if count >= target:
@@ -175,17 +173,17 @@ def split(samples: Sequence[Sample], n_strong: Optional[Counts] = None, *, stron
     if n_test is None and test_fraction is None:
         test_fraction = 0.2
     test_targets = _targets(n_test, test_fraction, groups, samples, stratify, "test")
-    test = _take(groups, test_targets, samples, rng) if test_targets is not None else []
+    test = _take(groups, test_targets, rng) if test_targets is not None else []
     taken = {g.key for g in test}
     pool = [g for g in groups if g.key not in taken and (train_normals or g.label != 0)]
     if not train_normals:  # a patient with normal and abnormal images trains on its abnormal images only
         pool = [_Group(g.key, [i for i in g.members if samples[i].image_label != 0], g.label) for g in pool]
     strong_targets = _targets(n_strong, strong_fraction, pool, samples, stratify, "strong")
-    strong = _take(pool, strong_targets, samples, rng)
+    strong = _take(pool, strong_targets, rng)
     taken = {g.key for g in strong}
     rest = [g for g in pool if g.key not in taken]
     weak_targets = _targets(n_weak, None, rest, samples, stratify, "weak")
-    weak = _take(rest, weak_targets, samples, rng) if weak_targets is not None else rest
+    weak = _take(rest, weak_targets, rng) if weak_targets is not None else rest
 
     def ordered(chosen: List[_Group]) -> List[Sample]:
         return [samples[i] for i in sorted(i for g in chosen for i in g.members)]

@@ -84,6 +84,19 @@ def read_gray(path: PathLike) -> np.ndarray:
     return _to_gray_uint8(array, path)
 
 
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """``uint8`` luminance (ITU-R 601-2: 0.299 R + 0.587 G + 0.114 B) of an ``H x W x 3(4)`` image; 2-D passes.
+
+    Notes
+    -----
+    Taught in ``book/09_real_data.md``.
+    """
+    if image.ndim == 2:
+        return image
+    rgb = image[..., :3].astype(np.float32)
+    return np.rint(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).clip(0, 255).astype(np.uint8)
+
+
 def _to_gray_uint8(array: np.ndarray, path: Path) -> np.ndarray:
     """Check dtype and channels; RGB(A) arrays (e.g. from an RGB TIFF) become luminance."""
     if array.dtype == bool:
@@ -91,8 +104,7 @@ def _to_gray_uint8(array: np.ndarray, path: Path) -> np.ndarray:
     if array.dtype != np.uint8:
         raise DataError(f"{path}: expected an 8-bit image, got dtype {array.dtype}")
     if array.ndim == 3 and array.shape[2] in (3, 4):
-        rgb = array[..., :3].astype(np.float32)
-        array = np.rint(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).clip(0, 255).astype(np.uint8)
+        array = to_gray(array)
     elif array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim != 2:
