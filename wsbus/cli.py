@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=("test", "all"), default="test",
                    help="test: the run's test images (from the checkpoint); all: every image of --data")
     _add_device(e)
-    e.add_argument("--batch-size", type=_positive_int, default=4)
+    e.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass")
     e.add_argument("--iou", type=float, default=0.5, help="IoU threshold (CorLoc: IoU > this)")
     e.add_argument("--score-thresh", type=float, default=0.5, help="detections need score >= this")
     e.add_argument("--n-boot", type=_positive_int, default=1000, help="bootstrap resamples")
@@ -287,24 +287,6 @@ def _vars_plain(args: argparse.Namespace) -> Dict[str, Any]:
 # evaluate
 # ---------------------------------------------------------------------------------------------------------
 
-def _detect(model, samples, device, batch_size: int) -> List[Dict[str, Any]]:
-    """Run ``model`` in eval mode on ``samples``; detections on the CPU, in input order."""
-    import torch
-
-    from .data.dataset import DetectionDataset
-    from .data.transforms import eval_transforms
-
-    ds = DetectionDataset(list(samples), role="eval", transforms=eval_transforms())
-    model.eval()
-    out: List[Dict[str, Any]] = []
-    with torch.inference_mode():
-        for start in range(0, len(ds), batch_size):
-            images = [ds[i][0].to(device) for i in range(start, min(start + batch_size, len(ds)))]
-            for det in model(images):
-                out.append({k: v.detach().cpu() for k, v in det.items()})
-    return out
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``wsbus evaluate``: CorLoc per class and overall with bootstrap CIs. Taught in ``book/08_evaluation.md``."""
     from .checkpoint import load_checkpoint
@@ -312,6 +294,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .distributed import resolve_device
     from .evaluate import corloc
     from .models import build_detector
+    from .self_training import detect
 
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, map_location="cpu", require=("model", "config"))
@@ -345,7 +328,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not samples:
         raise CliError(f"no images to evaluate in {spec} ({args.split})")
 
-    detections = _detect(model, samples, device, args.batch_size)
+    detections = detect(model, samples, device=device, batch_size=args.batch_size)
     result = corloc(detections, samples, iou_thresh=args.iou, score_thresh=args.score_thresh)
     cis = result.ci(n_boot=args.n_boot, seed=args.seed)
     step = ckpt.get("step", "?")
