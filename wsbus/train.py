@@ -55,11 +55,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .checkpoint import (CHECKPOINT_VERSION, CheckpointError, atomic_save, load_checkpoint,
                          remove_stale_temporaries)
 from .distributed import DistInfo, barrier, all_reduce_mean, init_distributed
+from .data.dataset import collate
 from .schedules import constant
 from .seeding import derive_seed, get_rng_state, set_rng_state
 
 __all__ = ["Trainer", "History", "NonFiniteLossError", "StreamBatchSampler", "stream_batch", "step_batches",
-           "stream_positions", "collate_detection", "LOSS_KEYS", "STRONG_LOSS_KEYS", "MODES", "STREAMS", "main"]
+           "stream_positions", "LOSS_KEYS", "STRONG_LOSS_KEYS", "MODES", "STREAMS", "main"]
 
 logger = logging.getLogger("wsbus.train")
 
@@ -191,15 +192,6 @@ class StreamBatchSampler(Sampler):
                     epoch, order = e, _epoch_order(self.n, self.seed, self.stream, e)
                 batch.append((int(order[i]), derive_seed(self.seed, self.stream, "aug", b, j, bits=32)))
             yield batch
-
-
-def collate_detection(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]) -> Tuple[list, list]:
-    """Collate ``(image, target)`` pairs into ``(list of images, list of targets)`` (torchvision's convention).
-
-    Taught in ``book/06_joint_training.md``.
-    """
-    images, targets = zip(*batch)
-    return list(images), list(targets)
 
 
 def _as_dataset(data: Any, role: str, transforms: Any, seed: int) -> Optional[Dataset]:
@@ -737,7 +729,7 @@ class Trainer:
             g = torch.Generator()  # the DataLoader draws its base seed from here, not from the global RNG
             g.manual_seed(derive_seed(self.seed, name, "loader", first[name]))
             loaders[name] = DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers,
-                                       collate_fn=collate_detection, generator=g,
+                                       collate_fn=collate, generator=g,
                                        pin_memory=self.device.type == "cuda")
             iters[name] = iter(loaders[name])
         return _Loaders(iters=iters, loaders=loaders)
