@@ -18,37 +18,25 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from wsbus.models import build_detector
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleave, machine_line, make_batch, medians  # noqa: E402
+
+from wsbus.models import build_detector  # noqa: E402
 
 
-def make_batch(n_images: int, size: int, seed: int = 0):
-    """Synthetic grayscale images with one bright box each, and their strong targets."""
-    g = torch.Generator().manual_seed(seed)
-    images, targets = [], []
-    for i in range(n_images):
-        img = torch.rand(1, size, size, generator=g) * 0.3
-        x1, y1 = int(size * (0.2 + 0.1 * i)), int(size * 0.3)
-        x2, y2 = x1 + size // 4, y1 + size // 3
-        img[:, y1:y2, x1:x2] += 0.5
-        images.append(img.clamp(0, 1))
-        targets.append({"boxes": torch.tensor([[x1, y1, x2, y2]], dtype=torch.float32),
-                        "labels": torch.tensor([1 + i % 2])})
-    return images, targets
-
-
-def timed_step(model, images, targets, seed: int) -> tuple[float, float]:
-    """(CPU time of this thread, wall time) of one forward + backward."""
-    torch.manual_seed(seed)
-    model.zero_grad(set_to_none=True)
-    c0, t0 = time.thread_time(), time.perf_counter()
-    losses = model(images, targets)
-    sum(losses.values()).backward()
-    return time.thread_time() - c0, time.perf_counter() - t0
+def step_fn(model, images, targets):
+    """One forward + backward (zero_grad included), seeded per repetition so every variant samples alike."""
+    def run(rep: int) -> None:
+        torch.manual_seed(rep)
+        model.zero_grad(set_to_none=True)
+        losses = model(images, targets)
+        sum(losses.values()).backward()
+    return run
 
 
 def main(argv=None) -> dict:
@@ -75,27 +63,20 @@ def main(argv=None) -> dict:
     joint = [strong[0], {"image_label": 1}, {"image_label": 2}]
 
     variants = {
-        "ours_strong": (ours, strong),
-        "torchvision_strong": (theirs, strong),
-        "ours_joint": (ours, joint),
+        "ours_strong": step_fn(ours, images, strong),
+        "torchvision_strong": step_fn(theirs, images, strong),
+        "ours_joint": step_fn(ours, images, joint),
     }
-    cpu = {k: [] for k in variants}
-    wall = {k: [] for k in variants}
-    for r in range(args.warmup + reps):
-        # interleave, rotating the order so that no variant always runs first
-        order = list(variants)[r % 3:] + list(variants)[: r % 3]
-        for name in order:
-            model, targets = variants[name]
-            c, w = timed_step(model, images, targets, seed=r)
-            if r >= args.warmup:
-                cpu[name].append(c)
-                wall[name].append(w)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    times = interleave(variants, reps, warmup=args.warmup, sync=sync)
+    cpu, wall = times["cpu"], times["wall"]
+    print(machine_line(args.threads, device))
     print(f"backbone={args.backbone} size={size} threads={args.threads} device={device} reps={reps}")
     result = {}
     # CPU time of the main thread is the primary measure on a shared CPU (with one thread it is all the work);
     # wall time is shown too and is what matters on a GPU.
-    for clock, times in (("cpu", cpu), ("wall", wall)):
-        med = {k: statistics.median(v) for k, v in times.items()}
+    for clock, per_variant in (("cpu", cpu), ("wall", wall)):
+        med = medians(per_variant)
         ratio_a = med["ours_strong"] / med["torchvision_strong"]
         ratio_b = (med["ours_joint"] / 3) / (med["torchvision_strong"] / 3)  # both batches hold 3 images
         print(f"[{clock} time]")

@@ -95,18 +95,20 @@ def rpn_loss(
     if labels.numel() != num_anchors:
         raise ValueError(f"rpn_loss: {labels.numel()} labels for {num_anchors} objectness logits")
 
-    # Index the sampled and the positive anchors, as torchvision does: cheaper than masking all A anchors, and
-    # the (possibly infinite) targets of the other anchors are never read.
-    sampled = torch.where(labels >= 0)[0]
-    positive = torch.where(labels == 1)[0]
-    if sampled.numel():
-        # -log[p p* + (1 - p)(1 - p*)] for p = sigmoid(logit): binary cross-entropy with logits, mean over N_cls.
-        loss_cls = F.binary_cross_entropy_with_logits(objectness[sampled], (labels[sampled] == 1).to(objectness.dtype))
-    else:
-        loss_cls = objectness.sum() * 0.0
-    reg_sum = F.smooth_l1_loss(box_deltas[positive], regression_targets[positive], beta=beta, reduction="sum")
+    # Masks rather than torchvision's torch.where(labels >= 0)[0] indexing: the same sums, without the two
+    # host-device synchronisations that nonzero() costs on a GPU (the element-wise work over all A anchors is
+    # negligible next to the RPN head). Targets of anchors that are not positive (possibly infinite) are replaced
+    # by zeros before they are read, so neither the loss nor its gradient sees them.
+    sampled = labels >= 0
+    positive = labels == 1
+    n_sampled = sampled.sum()  # int64 on the device; converted to the (float32 or float64) loss dtype below
+    bce = F.binary_cross_entropy_with_logits(objectness, positive.to(objectness.dtype), reduction="none")
+    bce_sum = torch.where(sampled, bce, torch.zeros_like(bce)).sum()
+    loss_cls = _safe_divide(bce_sum, n_sampled.to(bce_sum.dtype))
+    diff = torch.where(positive[:, None], box_deltas - regression_targets, torch.zeros_like(box_deltas))
+    reg_sum = F.smooth_l1_loss(diff, torch.zeros_like(diff), beta=beta, reduction="sum")
     if n_reg is None:
-        denominator = torch.tensor(float(sampled.numel()), dtype=reg_sum.dtype, device=reg_sum.device)
+        denominator = n_sampled.to(reg_sum.dtype)
     else:
         denominator = torch.as_tensor(n_reg, dtype=reg_sum.dtype, device=reg_sum.device)
     loss_reg = lam * _safe_divide(reg_sum, denominator)
@@ -223,18 +225,28 @@ def mil_loss(
     if reduction not in ("weighted_mean", "batch_mean"):
         raise ValueError(f"mil_loss: reduction must be 'weighted_mean' or 'batch_mean', got {reduction!r}")
     image_labels = image_labels.long()
-    if moi_logits.dtype in (torch.float16, torch.bfloat16):
-        moi_logits = moi_logits.float()  # as F.cross_entropy under autocast: the loss in float32
     if b and bool((image_labels.min() < 0) | (image_labels.max() >= num_classes)):
         raise ValueError(f"mil_loss: image labels must lie in [0, {num_classes - 1}], "
                          f"got {sorted(set(image_labels.tolist()))}")
+    if class_weights is not None and torch.as_tensor(class_weights).numel() != num_classes:
+        raise ValueError(f"mil_loss: {torch.as_tensor(class_weights).numel()} class weights for {num_classes} "
+                         f"classes")
+    return _mil_loss(moi_logits, image_labels, class_weights, reduction)
+
+
+def _mil_loss(moi_logits: Tensor, image_labels: Tensor, class_weights: Optional[Union[Sequence[float], Tensor]],
+              reduction: str = "weighted_mean") -> Tensor:
+    """:func:`mil_loss` without input validation, for callers that validated the labels already (the detector
+    checks them where they enter): the label range check is a host-device synchronisation on a GPU."""
+    b, num_classes = moi_logits.shape
+    image_labels = image_labels.reshape(-1).long()
+    if moi_logits.dtype in (torch.float16, torch.bfloat16):
+        moi_logits = moi_logits.float()  # as F.cross_entropy under autocast: the loss in float32
     nll = -torch.log_softmax(moi_logits, dim=1).gather(1, image_labels.view(-1, 1)).squeeze(1)
     if class_weights is None:
         weights = torch.ones_like(nll)
     else:
         w = torch.as_tensor(class_weights, dtype=moi_logits.dtype, device=moi_logits.device).reshape(-1)
-        if w.numel() != num_classes:
-            raise ValueError(f"mil_loss: {w.numel()} class weights for {num_classes} classes")
         weights = w[image_labels]
     # where(): a zero weight must silence its term even if that term is inf.
     weighted = torch.where(weights != 0, weights * nll, torch.zeros_like(nll))

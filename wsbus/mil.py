@@ -125,16 +125,13 @@ def select_moi_batch(
     Taught in ``book/05_mil_moi.md``.
     """
     _check_by(by)
+    valid: Optional[Tensor] = None  # [B, R_max] marks real rows (None: all rows are real)
     if isinstance(class_logits, Tensor):
         if class_logits.dim() != 3 or class_logits.shape[2] != 3:
             raise ValueError(f"select_moi_batch: a padded batch must be [B, R_max, 3], got "
                              f"{tuple(class_logits.shape)}")
         padded = class_logits
         b, r_max = padded.shape[:2]
-        if lengths is None:
-            lengths_t = torch.full((b,), r_max, dtype=torch.int64, device=padded.device)
-        else:
-            lengths_t = torch.as_tensor(lengths, dtype=torch.int64, device=padded.device).reshape(-1)
     else:
         class_logits = list(class_logits)
         for i, lg in enumerate(class_logits):
@@ -145,15 +142,29 @@ def select_moi_batch(
         b = len(class_logits)
         if b == 0:
             return torch.zeros(0, dtype=torch.int64)
-        device = class_logits[0].device
-        lengths_t = torch.tensor([lg.shape[0] for lg in class_logits], dtype=torch.int64, device=device)
         padded = pad_sequence(class_logits, batch_first=True)
         r_max = padded.shape[1]
-    if lengths_t.numel() != b:
-        raise ValueError(f"select_moi_batch: {lengths_t.numel()} lengths for {b} images")
-    empty = (lengths_t <= 0).nonzero().flatten().tolist() if b else []
-    if empty:
-        raise ValueError(f"select_moi_batch: image(s) {empty} have no proposals; there is no mass of interest")
+        host = [lg.shape[0] for lg in class_logits]
+        empty = [i for i, n in enumerate(host) if n <= 0]
+        if empty:
+            raise ValueError(f"select_moi_batch: image(s) {empty} have no proposals; there is no mass of interest")
+        if any(n != r_max for n in host):
+            # ragged images: the mask is made on the device (no host-to-device copy of the lengths)
+            valid = pad_sequence([torch.ones(n, dtype=torch.bool, device=padded.device) for n in host],
+                                 batch_first=True)
+    # Lengths known on the host (the list form) were checked there; explicit lengths of a padded batch need one
+    # host-device synchronisation (to name the empty images).
+    if lengths is not None:
+        lengths_t = torch.as_tensor(lengths, dtype=torch.int64).to(padded.device).reshape(-1)
+        if lengths_t.numel() != b:
+            raise ValueError(f"select_moi_batch: {lengths_t.numel()} lengths for {b} images")
+        empty = (lengths_t <= 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"select_moi_batch: image(s) {empty} have no proposals; there is no mass of interest")
+        valid = torch.arange(r_max, device=padded.device)[None, :] < lengths_t[:, None]
+    elif r_max == 0 and b:
+        raise ValueError(f"select_moi_batch: image(s) {list(range(b))} have no proposals; there is no mass of "
+                         f"interest")
     if isinstance(rules, str):
         rule_ids = torch.full((b,), _check_rule(rules), dtype=torch.int64, device=padded.device)
     elif isinstance(rules, Tensor):
@@ -165,8 +176,8 @@ def select_moi_batch(
 
     scores = rule_scores(padded, by)  # [B, R_max, 4]
     chosen = scores.gather(2, rule_ids.view(b, 1, 1).expand(b, r_max, 1)).squeeze(2)  # [B, R_max]
-    valid = torch.arange(r_max, device=padded.device)[None, :] < lengths_t[:, None]
-    chosen = chosen.masked_fill(~valid, float("-inf"))
+    if valid is not None:  # padded rows can never win
+        chosen = chosen.masked_fill(~valid, float("-inf"))
     return chosen.argmax(dim=1)
 
 
@@ -207,9 +218,10 @@ class RuleMap:
 
         Taught in ``book/05_mil_moi.md``.
         """
-        table = torch.tensor([_RULE_INDEX[self.normal], _RULE_INDEX[self.benign], _RULE_INDEX[self.malignant]],
-                             dtype=torch.int64, device=image_labels.device)
-        return table[image_labels.long()]
+        labels = image_labels.long()
+        # Python scalars in torch.where: no lookup table is copied to the device (a sync on CUDA).
+        return torch.where(labels == 0, _RULE_INDEX[self.normal],
+                           torch.where(labels == 1, _RULE_INDEX[self.benign], _RULE_INDEX[self.malignant]))
 
     def as_dict(self) -> dict[int, str]:
         """``{0: rule, 1: rule, 2: rule}`` (plain data, for configs and checkpoints).

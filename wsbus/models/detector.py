@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
@@ -45,7 +46,7 @@ from .backbones import BACKBONES, build_backbone
 
 __all__ = [
     "LOSS_KEYS", "PRESETS", "build_detector", "WeakSemiFasterRCNN", "WeakSemiRPN", "WeakSemiRoIHeads",
-    "GrayscaleRCNNTransform", "is_weak_target",
+    "GrayscaleRCNNTransform", "CachedAnchorGenerator", "is_weak_target",
 ]
 
 #: The keys of the training loss dict, always all present (zeros connected to the graph when a batch has no
@@ -140,6 +141,78 @@ class GrayscaleRCNNTransform(GeneralizedRCNNTransform):
         return super().torch_choice(k)
 
 
+def _box_float(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is a half/bfloat16 tensor (from an autocast region), unchanged otherwise.
+
+    Box coordinates need float32: bfloat16 has 8 significant bits, so a coordinate near 600 px would be rounded
+    to a multiple of 4 px (float16: of 0.5 px). torchvision's ``BoxCoder.decode`` casts the anchors / proposals
+    to the dtype of the predicted deltas, so under ``torch.autocast`` every proposal and detection would lose
+    that precision; decoding float32 deltas keeps the boxes exact and costs nothing measurable.
+    """
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _rows(t: Tensor, idx: list[int], n: int) -> Tensor:
+    """``t[idx]`` along dim 0 without a host-to-device copy of the index: a slice (a view) when ``idx`` is a
+    contiguous run, else a stack of views. ``n`` is ``t.shape[0]``."""
+    if len(idx) == n:
+        return t
+    if idx == list(range(idx[0], idx[0] + len(idx))):
+        return t[idx[0]: idx[0] + len(idx)]
+    return torch.stack([t[i] for i in idx])
+
+
+class CachedAnchorGenerator(AnchorGenerator):
+    """torchvision's ``AnchorGenerator`` that computes the anchors of a feature-map geometry once.
+
+    torchvision rebuilds the cell anchors, moves them to the device and tiles them over the feature map on every
+    forward (about 20 small ops, and a host-to-device copy of the cell anchors, per step). The anchors depend only
+    on the feature-map sizes, the padded batch size of the images, the dtype and the device, so they are cached
+    under that key (least recently used first out, ``cache_size`` entries; moving the module with ``.to()``
+    empties the cache). Every image of a batch shares the padded size, hence one anchor tensor, which the
+    returned list holds once per image (callers only read anchors).
+
+    Anchors are always float32 or float64: under ``torch.autocast`` the feature maps are bfloat16/float16, and
+    torchvision would build the anchors in that dtype (coordinates rounded to multiples of 4 px near 600 px).
+
+    Taught in ``book/03_faster_rcnn.md``.
+    """
+
+    def __init__(self, *args, cache_size: int = 16, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cache_size = int(cache_size)
+        self._anchor_cache: "OrderedDict[tuple, Tensor]" = OrderedDict()
+
+    def _apply(self, fn, *args, **kwargs):
+        self._anchor_cache.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        """One ``[A, 4]`` anchor tensor per image (the same cached tensor for every image of the batch).
+
+        Taught in ``book/03_faster_rcnn.md``.
+        """
+        grid_sizes = tuple(tuple(int(x) for x in fm.shape[-2:]) for fm in feature_maps)
+        image_size = tuple(int(x) for x in image_list.tensors.shape[-2:])
+        dtype = feature_maps[0].dtype if feature_maps[0].dtype in (torch.float32, torch.float64) else torch.float32
+        device = feature_maps[0].device
+        key = (grid_sizes, image_size, dtype, device)
+        anchors = self._anchor_cache.get(key)
+        if anchors is None:
+            # torchvision's AnchorGenerator.forward, for one image.
+            strides = [[torch.empty((), dtype=torch.int64, device=device).fill_(image_size[0] // g[0]),
+                        torch.empty((), dtype=torch.int64, device=device).fill_(image_size[1] // g[1])]
+                       for g in grid_sizes]
+            self.set_cell_anchors(dtype, device)
+            anchors = torch.cat(self.grid_anchors([list(g) for g in grid_sizes], strides))
+            self._anchor_cache[key] = anchors
+            while len(self._anchor_cache) > self.cache_size:
+                self._anchor_cache.popitem(last=False)
+        else:
+            self._anchor_cache.move_to_end(key)
+        return [anchors] * len(image_list.image_sizes)
+
+
 class WeakSemiRPN(RegionProposalNetwork):
     """torchvision's ``RegionProposalNetwork`` that proposes for every image but trains on strong images only.
 
@@ -211,11 +284,12 @@ class WeakSemiRPN(RegionProposalNetwork):
         num_anchors_per_level = [s[0] * s[1] * s[2] for s in shapes]
         objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
         # Proposals never carry gradient (Faster R-CNN's approximate joint training); the MIL loss
-        # therefore cannot reach the RPN.
-        proposals = self.box_coder.decode(pred_bbox_deltas.detach(), anchors).view(num_images, -1, 4)
+        # therefore cannot reach the RPN. They are decoded and ranked in float32 also under autocast.
+        proposals = self.box_coder.decode(_box_float(pred_bbox_deltas.detach()), anchors).view(num_images, -1, 4)
+        scores = _box_float(objectness.detach())
 
         if not self.training:
-            boxes, _ = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
+            boxes, _ = self.filter_proposals(proposals, scores, images.image_sizes, num_anchors_per_level)
             return boxes, {}
         if targets is None or len(targets) != num_images:
             raise ValueError(f"RPN in training mode needs one target per image ({num_images}), got "
@@ -226,13 +300,11 @@ class WeakSemiRPN(RegionProposalNetwork):
         for idx, phase in ((strong, False), (weak, True)):
             if not idx:
                 continue
-            if len(idx) == num_images:
-                props, obj, sizes = proposals, objectness, images.image_sizes
-            else:
-                sel = torch.tensor(idx, device=proposals.device)
-                props = proposals[sel]
-                obj = objectness.view(num_images, -1)[sel].reshape(-1, 1)
-                sizes = [images.image_sizes[i] for i in idx]
+            # Rows of the strong / weak images, by slicing or stacking views (no index tensor is copied to
+            # the device).
+            props = _rows(proposals, idx, num_images)
+            obj = _rows(scores.view(num_images, -1), idx, num_images).reshape(-1, 1)
+            sizes = [images.image_sizes[i] for i in idx]
             if phase:
                 with self._weak():
                     found, _ = self.filter_proposals(props, obj, sizes, num_anchors_per_level)
@@ -242,12 +314,8 @@ class WeakSemiRPN(RegionProposalNetwork):
                 boxes[i] = b
 
         if strong:
-            if len(strong) == num_images:
-                obj_s, deltas_s = objectness, pred_bbox_deltas
-            else:
-                sel = torch.tensor(strong, device=objectness.device)
-                obj_s = objectness.view(num_images, -1)[sel].reshape(-1, 1)
-                deltas_s = pred_bbox_deltas.view(num_images, -1, 4)[sel].reshape(-1, 4)
+            obj_s = _rows(objectness.view(num_images, -1), strong, num_images).reshape(-1, 1)
+            deltas_s = _rows(pred_bbox_deltas.view(num_images, -1, 4), strong, num_images).reshape(-1, 4)
             anchors_s = [anchors[i] for i in strong]
             labels, matched_gt_boxes = self.assign_targets_to_anchors(anchors_s, [targets[i] for i in strong])
             regression_targets = self.box_coder.encode(matched_gt_boxes, anchors_s)
@@ -293,8 +361,9 @@ class WeakSemiRoIHeads(RoIHeads):
         Taught in ``book/05_mil_moi.md``.
         """
         with torch.no_grad():
-            return select_moi_batch([lg.detach() for lg in weak_logits], self.rule_map.rule_ids(image_labels),
-                                    by=self.moi_by)
+            # float32 scores: under autocast the logits are bfloat16/float16, whose rounding would create ties
+            return select_moi_batch([_box_float(lg.detach()) for lg in weak_logits],
+                                    self.rule_map.rule_ids(image_labels), by=self.moi_by)
 
     def weak_moi_boxes(self, features: dict[str, Tensor], weak_proposals: list[Tensor], image_labels: Tensor,
                        image_shapes: list[tuple[int, int]], weak: list[int]) -> list[Tensor]:
@@ -321,11 +390,25 @@ class WeakSemiRoIHeads(RoIHeads):
             candidates[i] = props[: self.weak_proposals] if self.weak_proposals is not None else props
         with torch.no_grad():
             scored = self.box_predictor(self.box_head(self.box_roi_pool(features, candidates, image_shapes)))[0]
-        counts = [candidates[i].shape[0] for i in weak]
-        moi = self.select_moi(list(scored.split(counts)), image_labels)
-        offsets = torch.tensor([0] + counts[:-1], device=moi.device).cumsum(0)
-        chosen = torch.cat([candidates[i] for i in weak])[offsets + moi]
+            counts = [candidates[i].shape[0] for i in weak]
+            moi = self.select_moi(list(scored.split(counts)), image_labels)  # [W], on the device
+            # Gather each image's chosen box from a padded [W, R_max, 4] view of the candidates: the indices
+            # never leave the device (no .item()/.tolist() sync, no host-to-device offsets).
+            padded = torch.nn.utils.rnn.pad_sequence([candidates[i] for i in weak], batch_first=True)
+            chosen = padded[torch.arange(len(weak), device=moi.device), moi]
         return list(chosen.unsqueeze(1).unbind(0))
+
+    def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
+                               image_shapes: list[tuple[int, int]]):
+        """torchvision's post-processing (decode, clip, score threshold, NMS) in float32.
+
+        Under ``torch.autocast`` the head's outputs are bfloat16/float16 and torchvision would decode the boxes
+        in that dtype (see :func:`_box_float`); the detections are float32 whatever the autocast state.
+
+        Taught in ``book/03_faster_rcnn.md``.
+        """
+        return super().postprocess_detections(_box_float(class_logits), _box_float(box_regression), proposals,
+                                              image_shapes)
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
                 targets: Optional[list[dict[str, Tensor]]] = None):
@@ -376,7 +459,9 @@ class WeakSemiRoIHeads(RoIHeads):
 
         if weak:
             moi_logits = torch.cat([logits_per_image[i] for i in weak])
-            loss_mil = wl.mil_loss(moi_logits, image_labels, self.mil_class_weights, reduction=self.mil_reduction)
+            # Labels were validated where they entered (WeakSemiFasterRCNN._check_targets): the unchecked form
+            # skips mil_loss's range check, a host-device sync.
+            loss_mil = wl._mil_loss(moi_logits, image_labels, self.mil_class_weights, reduction=self.mil_reduction)
         else:
             loss_mil = _zero_like_graph(class_logits)
         return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mil": loss_mil}
@@ -404,6 +489,28 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
                  transform: GeneralizedRCNNTransform, config: Optional[dict] = None):
         super().__init__(backbone, rpn, roi_heads, transform)
         self.config = dict(config or {})
+        self.channels_last = False
+
+    def set_channels_last(self, enabled: bool = True) -> "WeakSemiFasterRCNN":
+        """Keep the backbone's weights, and feed it the batched images, in ``torch.channels_last`` layout
+        (NHWC), which oneDNN on CPU and cuDNN's tensor-core kernels prefer; ``False`` goes back to NCHW.
+
+        The numbers computed are the same up to floating-point summation order; the state dict is unchanged.
+        Returns the model. Taught in ``book/03_faster_rcnn.md``.
+        """
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        self.backbone.to(memory_format=fmt)
+        self.rpn.head.to(memory_format=fmt)
+        self.channels_last = bool(enabled)
+        return self
+
+    def _backbone(self, tensors: Tensor) -> dict[str, Tensor]:
+        if self.channels_last:
+            tensors = tensors.contiguous(memory_format=torch.channels_last)
+        features = self.backbone(tensors)
+        if isinstance(features, Tensor):
+            features = OrderedDict([("0", features)])
+        return features
 
     @property
     def num_classes(self) -> int:
@@ -433,6 +540,14 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
         return list(images)
 
     def _check_targets(self, targets, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Validate the targets and move them to their image's device.
+
+        Types, shapes and dtypes are checked from metadata. The value checks (labels in range, finite
+        non-degenerate boxes) of all targets are reduced on the device to ONE flag, read once per forward (the
+        only host-device synchronisation wsbus adds to a training forward; none when every value is a Python
+        number or lives on the CPU). Only when that flag is set are the targets re-examined one by one, to say
+        which target and which box is wrong.
+        """
         if targets is None:
             raise ValueError("training mode needs targets (a list with one dict per image); call model.eval() "
                              "for detections")
@@ -441,6 +556,7 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
                              f"{len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__}")
         k = self.num_classes
         checked = []
+        flags: list[Tensor] = []
         for i, (t, img) in enumerate(zip(targets, images)):
             where = f"target {i}"
             if not isinstance(t, Mapping):
@@ -451,13 +567,23 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
                     raise ValueError(
                         f"{where} has keys {sorted(t)}: a strong target needs 'boxes' and 'labels', a weak "
                         f"target needs 'image_label'")
-                label = torch.as_tensor(t["image_label"])
-                if label.numel() != 1 or label.is_floating_point() or label.dtype == torch.bool:
-                    raise ValueError(f"{where}: image_label must be one integer, got {t['image_label']!r}")
-                value = int(label.reshape(()))
-                if not 0 <= value < k:
-                    raise ValueError(f"{where}: image_label {value} is out of range 0..{k - 1}")
-                checked.append({"image_label": torch.tensor(value, dtype=torch.int64, device=device)})
+                raw = t["image_label"]
+                if isinstance(raw, Tensor):  # checked on its device, with the other targets (one sync)
+                    if raw.numel() != 1 or raw.is_floating_point() or raw.dtype == torch.bool:
+                        raise ValueError(f"{where}: image_label must be one integer, got {raw!r}")
+                    label = raw.reshape(()).to(device=device, dtype=torch.int64)
+                    flags.append(((label < 0) | (label >= k)).reshape(1))
+                else:  # a Python / NumPy integer: checked on the host
+                    try:
+                        if isinstance(raw, bool):
+                            raise TypeError
+                        value = operator.index(raw)
+                    except TypeError:
+                        raise ValueError(f"{where}: image_label must be one integer, got {raw!r}") from None
+                    if not 0 <= value < k:
+                        raise ValueError(f"{where}: image_label {value} is out of range 0..{k - 1}")
+                    label = torch.tensor(value, dtype=torch.int64, device=device)
+                checked.append({"image_label": label})
                 continue
             if "labels" not in t:
                 raise ValueError(f"{where} has 'boxes' but no 'labels' (keys: {sorted(t)})")
@@ -472,18 +598,41 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
             if labels.dtype != torch.int64 or labels.shape != (boxes.shape[0],):
                 raise ValueError(f"{where}: labels must be int64 [{boxes.shape[0]}], got {labels.dtype} "
                                  f"{tuple(labels.shape)}")
+            boxes, labels = boxes.to(device), labels.to(device)
             if boxes.shape[0]:
-                bad_label = (labels < 1) | (labels >= k)
-                if bool(bad_label.any()):
-                    raise ValueError(f"{where}: box labels must lie in 1..{k - 1} (0 is background), got "
-                                     f"{sorted(set(labels.tolist()))}")
-                bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-                if bool(bad.any()):
-                    j = int(bad.nonzero()[0, 0])
-                    raise ValueError(f"{where}: box {j} {boxes[j].tolist()} is degenerate (need finite "
-                                     f"x1 < x2 and y1 < y2)")
-            checked.append({"boxes": boxes.to(device), "labels": labels.to(device)})
+                flags.append((self._bad_labels(labels).any() | self._bad_boxes(boxes).any()).reshape(1))
+            checked.append({"boxes": boxes, "labels": labels})
+        if flags and bool(torch.cat([f.to(flags[0].device) for f in flags]).any()):
+            self._raise_bad_target(checked)
         return checked
+
+    def _bad_labels(self, labels: Tensor) -> Tensor:
+        return (labels < 1) | (labels >= self.num_classes)
+
+    @staticmethod
+    def _bad_boxes(boxes: Tensor) -> Tensor:
+        return ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+
+    def _raise_bad_target(self, checked: list[dict[str, Tensor]]) -> None:
+        """The slow path of :meth:`_check_targets`: find the first bad target and say what is wrong."""
+        k = self.num_classes
+        for i, t in enumerate(checked):
+            where = f"target {i}"
+            if "image_label" in t and "boxes" not in t:
+                value = int(t["image_label"])
+                if not 0 <= value < k:
+                    raise ValueError(f"{where}: image_label {value} is out of range 0..{k - 1}")
+                continue
+            boxes, labels = t["boxes"], t["labels"]
+            if bool(self._bad_labels(labels).any()):
+                raise ValueError(f"{where}: box labels must lie in 1..{k - 1} (0 is background), got "
+                                 f"{sorted(set(labels.tolist()))}")
+            bad = self._bad_boxes(boxes)
+            if bool(bad.any()):
+                j = int(bad.nonzero()[0, 0])
+                raise ValueError(f"{where}: box {j} {boxes[j].tolist()} is degenerate (need finite "
+                                 f"x1 < x2 and y1 < y2)")
+        raise AssertionError("a target failed validation but no bad target was found")  # pragma: no cover
 
     # ------------------------------------------------------------------ forward
     def forward(self, images, targets=None):
@@ -505,9 +654,7 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
         else:
             image_list, _ = self.transform(images, None)
 
-        features = self.backbone(image_list.tensors)
-        if isinstance(features, Tensor):
-            features = OrderedDict([("0", features)])
+        features = self._backbone(image_list.tensors)
         proposals, proposal_losses = self.rpn(image_list, features, targets if self.training else None)
         detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes,
                                                      targets if self.training else None)
@@ -536,9 +683,7 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
         try:
             with torch.set_grad_enabled(grad):
                 image_list, _ = self.transform(images, None)
-                features = self.backbone(image_list.tensors)
-                if isinstance(features, Tensor):
-                    features = OrderedDict([("0", features)])
+                features = self._backbone(image_list.tensors)
                 proposals, _ = self.rpn(image_list, features, None)
                 heads = self.roi_heads
                 logits, _ = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals,
@@ -589,8 +734,9 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
     def as_torchvision(self, share_modules: bool = False) -> FasterRCNN:
         """torchvision's own ``FasterRCNN`` built from this model's modules and settings.
 
-        Every submodule (backbone, anchor generator, RPN head, RoI pooling, box head and predictor, transform)
-        is deep-copied (or shared with ``share_modules=True``), so both models compute the same thing on
+        Every submodule with weights or settings (backbone, RPN head, RoI pooling, box head and predictor,
+        transform) is deep-copied (or shared with ``share_modules=True``) and the anchor generator is torchvision's
+        own uncached ``AnchorGenerator`` with the same sizes and ratios, so both models compute the same thing on
         strong images: the reference for the equivalence tests and ``benchmarks/step_time.py``.
 
         Taught in ``book/03_faster_rcnn.md``.
@@ -600,7 +746,9 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
         model = FasterRCNN(
             dup(self.backbone), num_classes=None,
             min_size=tr.min_size, max_size=tr.max_size, image_mean=tr.image_mean, image_std=tr.image_std,
-            rpn_anchor_generator=dup(rpn.anchor_generator), rpn_head=dup(rpn.head),
+            # torchvision's own (uncached) anchor generator with the same sizes and ratios
+            rpn_anchor_generator=AnchorGenerator(rpn.anchor_generator.sizes, rpn.anchor_generator.aspect_ratios),
+            rpn_head=dup(rpn.head),
             rpn_pre_nms_top_n_train=rpn._pre_nms_top_n["training"],
             rpn_pre_nms_top_n_test=rpn._pre_nms_top_n["testing"],
             rpn_post_nms_top_n_train=rpn._post_nms_top_n["training"],
@@ -636,6 +784,7 @@ def build_detector(
     pretrained: bool = False,
     min_size: Optional[int] = None,
     max_size: Optional[int] = None,
+    channels_last: bool = False,
     **options: Any,
 ) -> WeakSemiFasterRCNN:
     """Build the joint weakly/semi-supervised Faster R-CNN.
@@ -652,6 +801,10 @@ def build_detector(
         Resizing of torchvision's transform. ``None`` takes the backbone's preset: the reference 600 / 1000
         for vgg16 and resnets, 128 / 256 for tiny (the phantom's size; resizing 128 px images to 600 px would
         only cost time).
+    channels_last : bool
+        Run the backbone in the ``torch.channels_last`` memory format (:meth:`WeakSemiFasterRCNN.set_channels_last`).
+        A speed option, not part of the architecture: it is not recorded in ``config`` and checkpoints load
+        either way. Measured in ``docs/performance.md`` (faster convolutions on CPU and on tensor-core GPUs).
     **options
         Overrides of :data:`PRESETS` and the weak branch:
 
@@ -740,7 +893,7 @@ def build_detector(
     c = config
 
     body = build_backbone(backbone, pretrained=pretrained, frozen_stages=c["frozen_stages"], norm=c["norm"])
-    anchor_generator = AnchorGenerator(sizes=(c["anchor_sizes"],), aspect_ratios=(c["anchor_ratios"],))
+    anchor_generator = CachedAnchorGenerator(sizes=(c["anchor_sizes"],), aspect_ratios=(c["anchor_ratios"],))
     num_anchors = anchor_generator.num_anchors_per_location()[0]
     rpn = WeakSemiRPN(
         anchor_generator, RPNHead(body.out_channels, num_anchors),
@@ -767,4 +920,7 @@ def build_detector(
         mil_reduction=c["mil_reduction"],
     )
     transform = GrayscaleRCNNTransform(c["min_size"], c["max_size"], list(c["image_mean"]), list(c["image_std"]))
-    return WeakSemiFasterRCNN(body, rpn, roi_heads, transform, config=config)
+    model = WeakSemiFasterRCNN(body, rpn, roi_heads, transform, config=config)
+    if channels_last:
+        model.set_channels_last(True)
+    return model
