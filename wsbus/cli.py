@@ -1,6 +1,7 @@
-"""The ``wsbus`` command line (also ``python -m wsbus``): ``train``, ``evaluate``, ``demo``, ``fetch``.
+"""The ``wsbus`` command line (also ``python -m wsbus``): ``train``, ``evaluate``, ``self-train``, ``demo``, ``fetch``.
 
-Taught in ``book/06_joint_training.md`` (train, resume, torchrun) and ``book/08_evaluation.md`` (evaluate).
+Taught in ``book/06_joint_training.md`` (train, resume, torchrun), ``book/07_self_training.md`` (self-train) and
+``book/08_evaluation.md`` (evaluate).
 
 Examples
 --------
@@ -10,6 +11,7 @@ Examples
     wsbus train --data phantom --mode joint --steps 4000 --out runs/joint --resume   # continue, bit for bit
     torchrun --nproc_per_node=2 -m wsbus train --data busi:data/Dataset_BUSI_with_GT --mode joint ...
     wsbus evaluate --checkpoint runs/joint/last.pt
+    wsbus self-train --checkpoint runs/joint/last.pt --fractions 0.5 0.75 --out runs/self_training
     wsbus demo --quick
 """
 from __future__ import annotations
@@ -156,6 +158,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(d)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("self-train", help="pseudo-boxes from a trained model, retrain with the top fractions "
+                                          "moved to the strong set (Table IV)",
+                       description="Self-training (Shin et al. Table IV) from a `wsbus train` checkpoint: the "
+                                   "checkpoint's model labels its weak images, the most confident fractions move "
+                                   "to the strong set with their pseudo-boxes, and a model is retrained for each "
+                                   "fraction. Writes DIR/results.json, DIR/table_iv.md, DIR/pseudo_labels.json "
+                                   "and DIR/precision_vs_rank.png.")
+    s.add_argument("--checkpoint", required=True, help="DIR/last.pt of a `wsbus train` run (best a joint one)")
+    s.add_argument("--data", default=None, help="data spec (default: the one the checkpoint was trained on)")
+    s.add_argument("--fractions", type=_fraction, nargs="+", default=[0.5, 0.75],
+                   help="shares of the weak set moved to the strong set (default 0.5 0.75, the paper's)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--steps", type=_positive_int, default=None,
+                   help="steps of each retraining (default: the checkpoint's training length)")
+    s.add_argument("--retrain", choices=("scratch", "finetune"), default="scratch",
+                   help="retrain from the initial weights (default, the paper) or fine-tune the checkpoint")
+    s.add_argument("--alpha", default=None, help="MIL weight of the retrainings (default: the checkpoint's)")
+    _add_device(s)
+    s.add_argument("--seed", type=int, default=None, help="training seed (default: the checkpoint's)")
+    s.add_argument("--batch-size", type=_positive_int, default=16, help="images per detection batch")
+    s.add_argument("--score-thresh", type=float, default=0.0, help="ignore detections scoring below this")
+    s.add_argument("--n-boot", type=_positive_int, default=1000, help="bootstrap resamples of the CIs")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_self_train)
 
     f = sub.add_parser("fetch", help="download a public data set (sha256-checked, safely extracted)")
     f.add_argument("name", help="data set name, e.g. busi or busbra")
@@ -345,6 +372,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         _write_json(Path(args.json), {"checkpoint": str(args.checkpoint), "step": step, "data": spec,
                                       "split": args.split, "corloc": rows})
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# self-train
+# ---------------------------------------------------------------------------------------------------------
+
+def cmd_self_train(args: argparse.Namespace) -> int:
+    """``wsbus self-train``: calls :func:`wsbus.self_training.self_train_from_checkpoint`.
+
+    Taught in ``book/07_self_training.md``.
+    """
+    from .self_training import self_train_from_checkpoint
+
+    alpha = args.alpha
+    if alpha is not None and alpha.strip().lower() != "gradual":
+        try:
+            alpha = float(alpha)
+        except ValueError:
+            raise CliError(f"--alpha must be a number or 'gradual', got {args.alpha!r}") from None
+    result = self_train_from_checkpoint(
+        args.checkpoint, args.out, data=args.data, fractions=args.fractions, steps=args.steps,
+        retrain=args.retrain, alpha=alpha, device=args.device, seed=args.seed, batch_size=args.batch_size,
+        score_thresh=args.score_thresh, n_boot=args.n_boot, progress=not args.no_progress)
+    print(result.table())
+    if result.precision is not None:
+        p = result.precision
+        parts = ", ".join(f"top {100 * q:g} %: {100 * p.at_fraction(q):.1f} %" for q in args.fractions)
+        print(f"pseudo-box precision (IoU > 0.5 with the hidden boxes): {100 * p.overall:.1f} % of "
+              f"{p.n_labelled} pseudo-labelled weak images; {parts}")
+    print(f"results in {args.out}")
     return 0
 
 
