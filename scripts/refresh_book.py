@@ -70,7 +70,7 @@ def _jupytext_sync(path: Path) -> None:
 
 
 def kernel_environment() -> dict:
-    """The environment a chapter executes in: CI mode, two threads, no progress bars."""
+    """The environment a chapter executes in: this process's, in CI mode (no WSBUS_* switches), two threads."""
     env = {k: v for k, v in os.environ.items() if k not in MODE_VARIABLES}
     env["OMP_NUM_THREADS"] = str(THREADS)
     env["MKL_NUM_THREADS"] = str(THREADS)

@@ -289,3 +289,30 @@ def test_refresh_environment_is_ci_mode(monkeypatch):
     env = refresh_book.kernel_environment()
     assert "WSBUS_FULL" not in env and "WSBUS_DATA" not in env
     assert env["OMP_NUM_THREADS"] == "2"
+
+
+# ------------------------------------------------------------------------------------------- figures under CI
+def test_setup_makes_figures_display_under_agg(tmp_path, monkeypatch):
+    """A chapter's figures must be stored even when the kernel inherits ``MPLBACKEND=Agg`` (as in ``.ci/run``).
+
+    Without the inline backend, ``plt.show()`` only warns on stderr and a ``Figure`` returned by ``wsbus.viz`` is
+    displayed as text, so nbval fails every figure cell. ``setup()`` (the first cell of every chapter) must
+    therefore select matplotlib's inline backend when it runs in a Jupyter kernel.
+    """
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("from wsbus.notebook import setup\ncfg = setup(seed=0)"),
+        nbformat.v4.new_code_cell("from matplotlib.figure import Figure\nfig = Figure(figsize=(1, 1))\n"
+                                  "fig.subplots().plot([0, 1])\nfig"),
+        nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.figure(figsize=(1, 1))\nplt.plot([0, 1])\n"
+                                  "plt.show()"),
+    ])
+    path = tmp_path / "agg.ipynb"
+    nbformat.write(nb, path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    refresh_book.execute_notebook(path, timeout=120)
+    executed = nbformat.read(path, as_version=4)
+    for index, cell in enumerate(executed.cells[1:], 1):
+        kinds = [o.get("output_type") for o in cell.outputs]
+        assert any("image/png" in o.get("data", {}) for o in cell.outputs), \
+            f"cell {index}: no figure stored under MPLBACKEND=Agg (outputs: {kinds})"
+        assert not any(o.get("name") == "stderr" for o in cell.outputs), f"cell {index} wrote to stderr"
