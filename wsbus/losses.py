@@ -95,20 +95,21 @@ def rpn_loss(
     if labels.numel() != num_anchors:
         raise ValueError(f"rpn_loss: {labels.numel()} labels for {num_anchors} objectness logits")
 
-    # Masks rather than torchvision's torch.where(labels >= 0)[0] indexing: the same sums, without the two
-    # host-device synchronisations that nonzero() costs on a GPU (the element-wise work over all A anchors is
-    # negligible next to the RPN head). Targets of anchors that are not positive (possibly infinite) are replaced
-    # by zeros before they are read, so neither the loss nor its gradient sees them.
-    sampled = labels >= 0
-    positive = labels == 1
-    n_sampled = sampled.sum()  # int64 on the device; converted to the (float32 or float64) loss dtype below
-    bce = F.binary_cross_entropy_with_logits(objectness, positive.to(objectness.dtype), reduction="none")
-    bce_sum = torch.where(sampled, bce, torch.zeros_like(bce)).sum()
-    loss_cls = _safe_divide(bce_sum, n_sampled.to(bce_sum.dtype))
-    diff = torch.where(positive[:, None], box_deltas - regression_targets, torch.zeros_like(box_deltas))
-    reg_sum = F.smooth_l1_loss(diff, torch.zeros_like(diff), beta=beta, reduction="sum")
+    # Index the sampled and the positive anchors, as torchvision does: cheaper than masking all A anchors (on a
+    # CPU, 1.2 ms against 4.5 ms forward + backward for 62k anchors), and the (possibly infinite) targets of the
+    # other anchors are never read. The two nonzero() calls are host-device syncs on a GPU, but they come right
+    # after the balanced sampler's own nonzero() on the same labels, when the GPU queue has just been drained, so
+    # a masked sync-free form would save little there for its higher CPU cost (docs/performance.md).
+    sampled = torch.where(labels >= 0)[0]
+    positive = torch.where(labels == 1)[0]
+    if sampled.numel():
+        # -log[p p* + (1 - p)(1 - p*)] for p = sigmoid(logit): binary cross-entropy with logits, mean over N_cls.
+        loss_cls = F.binary_cross_entropy_with_logits(objectness[sampled], (labels[sampled] == 1).to(objectness.dtype))
+    else:
+        loss_cls = objectness.sum() * 0.0
+    reg_sum = F.smooth_l1_loss(box_deltas[positive], regression_targets[positive], beta=beta, reduction="sum")
     if n_reg is None:
-        denominator = n_sampled.to(reg_sum.dtype)
+        denominator = torch.tensor(float(sampled.numel()), dtype=reg_sum.dtype, device=reg_sum.device)
     else:
         denominator = torch.as_tensor(n_reg, dtype=reg_sum.dtype, device=reg_sum.device)
     loss_reg = lam * _safe_divide(reg_sum, denominator)
