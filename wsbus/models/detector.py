@@ -101,13 +101,24 @@ def is_weak_target(target: Mapping[str, Any]) -> bool:
     return target.get("boxes") is None
 
 
+def _full_precision(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is a half/bfloat16 tensor (from an autocast region), unchanged otherwise.
+
+    Box coordinates need float32: bfloat16 has 8 significant bits, so a coordinate near 600 px would be rounded
+    to a multiple of 4 px (float16: of 0.5 px). torchvision's ``BoxCoder.decode`` casts the anchors / proposals
+    to the dtype of the predicted deltas, so under ``torch.autocast`` every proposal and detection would lose
+    that precision; decoding float32 deltas keeps the boxes exact and costs nothing measurable.
+    """
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _zero_like_graph(*tensors: Tensor) -> Tensor:
     """An exact scalar zero connected to the graph of ``tensors`` (so every parameter that produced them gets
     a zero gradient, which keeps DDP's reducer and optimisers' step counts consistent)."""
     total = tensors[0].sum() * 0.0
     for t in tensors[1:]:
         total = total + t.sum() * 0.0
-    return total
+    return _full_precision(total)  # float32 under autocast, like the losses it stands in for
 
 
 class GrayscaleRCNNTransform(GeneralizedRCNNTransform):
@@ -139,17 +150,6 @@ class GrayscaleRCNNTransform(GeneralizedRCNNTransform):
         if len(k) == 1:
             return k[0]
         return super().torch_choice(k)
-
-
-def _box_float(t: Tensor) -> Tensor:
-    """``t`` in float32 when it is a half/bfloat16 tensor (from an autocast region), unchanged otherwise.
-
-    Box coordinates need float32: bfloat16 has 8 significant bits, so a coordinate near 600 px would be rounded
-    to a multiple of 4 px (float16: of 0.5 px). torchvision's ``BoxCoder.decode`` casts the anchors / proposals
-    to the dtype of the predicted deltas, so under ``torch.autocast`` every proposal and detection would lose
-    that precision; decoding float32 deltas keeps the boxes exact and costs nothing measurable.
-    """
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _rows(t: Tensor, idx: list[int], n: int) -> Tensor:
@@ -285,8 +285,8 @@ class WeakSemiRPN(RegionProposalNetwork):
         objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
         # Proposals never carry gradient (Faster R-CNN's approximate joint training); the MIL loss
         # therefore cannot reach the RPN. They are decoded and ranked in float32 also under autocast.
-        proposals = self.box_coder.decode(_box_float(pred_bbox_deltas.detach()), anchors).view(num_images, -1, 4)
-        scores = _box_float(objectness.detach())
+        proposals = self.box_coder.decode(_full_precision(pred_bbox_deltas.detach()), anchors).view(num_images, -1, 4)
+        scores = _full_precision(objectness.detach())
 
         if not self.training:
             boxes, _ = self.filter_proposals(proposals, scores, images.image_sizes, num_anchors_per_level)
@@ -362,7 +362,7 @@ class WeakSemiRoIHeads(RoIHeads):
         """
         with torch.no_grad():
             # float32 scores: under autocast the logits are bfloat16/float16, whose rounding would create ties
-            return select_moi_batch([_box_float(lg.detach()) for lg in weak_logits],
+            return select_moi_batch([_full_precision(lg.detach()) for lg in weak_logits],
                                     self.rule_map.rule_ids(image_labels), by=self.moi_by)
 
     def weak_moi_boxes(self, features: dict[str, Tensor], weak_proposals: list[Tensor], image_labels: Tensor,
@@ -403,11 +403,11 @@ class WeakSemiRoIHeads(RoIHeads):
         """torchvision's post-processing (decode, clip, score threshold, NMS) in float32.
 
         Under ``torch.autocast`` the head's outputs are bfloat16/float16 and torchvision would decode the boxes
-        in that dtype (see :func:`_box_float`); the detections are float32 whatever the autocast state.
+        in that dtype (see :func:`_full_precision`); the detections are float32 whatever the autocast state.
 
         Taught in ``book/03_faster_rcnn.md``.
         """
-        return super().postprocess_detections(_box_float(class_logits), _box_float(box_regression), proposals,
+        return super().postprocess_detections(_full_precision(class_logits), _full_precision(box_regression), proposals,
                                               image_shapes)
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
