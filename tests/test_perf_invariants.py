@@ -285,3 +285,36 @@ def test_channels_last_feeds_the_backbone_nhwc_and_computes_the_same_losses():
         torch.testing.assert_close(out["nhwc"][k], out["nchw"][k], rtol=1e-4, atol=1e-5)
     nhwc.set_channels_last(False)
     assert nhwc.backbone[3].weight.is_contiguous()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_sync_debug_mode_reports_only_the_reviewed_wsbus_lines():
+    """On a GPU, CUDA's own sync detector (which also sees blocking host-to-device copies such as
+    ``torch.tensor(x, device="cuda")``, invisible to :class:`SyncSites`) flags no other wsbus line."""
+    import warnings
+
+    m = build_detector("tiny", min_size=SIZE, max_size=SIZE).cuda().train()
+    images = [im.cuda() for im in _images(3)]
+    targets = [{k: v.cuda() for k, v in _strong().items()}, {"image_label": torch.tensor(1, device="cuda")},
+               {"image_label": 2}]
+    m(images, targets)  # warm-up: anchors cached, kernels loaded
+    torch.cuda.synchronize()
+    allowed = set()
+    for rel, marker in (("models/detector.py", "if flags and bool("), ("losses.py", "= torch.where(labels")):
+        for lineno, line in enumerate(Path(WSBUS_DIR, rel).read_text().splitlines(), start=1):
+            if marker in line:
+                allowed.add((rel, lineno))
+    assert len(allowed) == 3
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            m(images, targets)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    flagged = set()
+    for w in caught:
+        path = str(Path(w.filename).resolve())
+        if "synchroniz" in str(w.message).lower() and path.startswith(WSBUS_DIR):
+            flagged.add((Path(path).relative_to(WSBUS_DIR).as_posix(), w.lineno))
+    assert flagged <= allowed, sorted(flagged - allowed)

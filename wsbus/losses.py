@@ -25,6 +25,12 @@ __all__ = ["REFERENCE_MIL_WEIGHTS", "rpn_loss", "fast_rcnn_loss", "mil_loss"]
 REFERENCE_MIL_WEIGHTS = (0.0, 0.2209, 0.7791)
 
 
+def _scalar(value: float, like: Tensor) -> Tensor:
+    """A 0-d tensor holding ``value`` with ``like``'s dtype and device, made by a fill on the device (not copied
+    from the host: ``torch.tensor(x, device="cuda")`` is a blocking host-to-device copy, which syncs)."""
+    return torch.full((), float(value), dtype=like.dtype, device=like.device)
+
+
 def _safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     """``numerator / denominator``, or ``numerator`` itself (an exact graph-connected zero) when the
     denominator is zero. Callers guarantee the numerator is zero whenever the denominator is."""
@@ -109,9 +115,11 @@ def rpn_loss(
         loss_cls = objectness.sum() * 0.0
     reg_sum = F.smooth_l1_loss(box_deltas[positive], regression_targets[positive], beta=beta, reduction="sum")
     if n_reg is None:
-        denominator = torch.tensor(float(sampled.numel()), dtype=reg_sum.dtype, device=reg_sum.device)
+        denominator = _scalar(sampled.numel(), reg_sum)
+    elif isinstance(n_reg, Tensor):
+        denominator = n_reg.to(dtype=reg_sum.dtype, device=reg_sum.device)
     else:
-        denominator = torch.as_tensor(n_reg, dtype=reg_sum.dtype, device=reg_sum.device)
+        denominator = _scalar(n_reg, reg_sum)
     loss_reg = lam * _safe_divide(reg_sum, denominator)
     return loss_cls, loss_reg
 
@@ -167,7 +175,7 @@ def fast_rcnn_loss(
     # Background RoIs are never regressed; their targets may be non-finite (images without boxes).
     diff = torch.where(positive[:, None], chosen - regression_targets, torch.zeros_like(chosen))
     box_sum = F.smooth_l1_loss(diff, torch.zeros_like(diff), beta=beta, reduction="sum")
-    loss_box_reg = _safe_divide(box_sum, torch.as_tensor(float(n), dtype=box_sum.dtype, device=box_sum.device))
+    loss_box_reg = _safe_divide(box_sum, _scalar(n, box_sum))
     return loss_classifier, loss_box_reg
 
 
@@ -247,12 +255,18 @@ def _mil_loss(moi_logits: Tensor, image_labels: Tensor, class_weights: Optional[
     if class_weights is None:
         weights = torch.ones_like(nll)
     else:
-        w = torch.as_tensor(class_weights, dtype=moi_logits.dtype, device=moi_logits.device).reshape(-1)
-        weights = w[image_labels]
+        if isinstance(class_weights, Tensor):
+            weights = class_weights.to(dtype=nll.dtype, device=nll.device).reshape(-1)[image_labels]
+        else:
+            # Python numbers go into torch.where as scalars: no weight table is copied to the device each step.
+            w = [float(x) for x in class_weights]
+            weights = torch.full_like(nll, w[-1])
+            for c in range(len(w) - 1):
+                weights = torch.where(image_labels == c, w[c], weights)
     # where(): a zero weight must silence its term even if that term is inf.
     weighted = torch.where(weights != 0, weights * nll, torch.zeros_like(nll))
     if reduction == "batch_mean":
-        denominator = torch.tensor(float(b), dtype=nll.dtype, device=nll.device)
+        denominator = _scalar(b, nll)
     else:
         denominator = weights.sum()
     return _safe_divide(weighted.sum(), denominator)

@@ -571,7 +571,7 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
                 if isinstance(raw, Tensor):  # checked on its device, with the other targets (one sync)
                     if raw.numel() != 1 or raw.is_floating_point() or raw.dtype == torch.bool:
                         raise ValueError(f"{where}: image_label must be one integer, got {raw!r}")
-                    label = raw.reshape(()).to(device=device, dtype=torch.int64)
+                    label = raw.reshape(()).to(device=device, dtype=torch.int64, non_blocking=True)
                     flags.append(((label < 0) | (label >= k)).reshape(1))
                 else:  # a Python / NumPy integer: checked on the host
                     try:
@@ -582,7 +582,7 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
                         raise ValueError(f"{where}: image_label must be one integer, got {raw!r}") from None
                     if not 0 <= value < k:
                         raise ValueError(f"{where}: image_label {value} is out of range 0..{k - 1}")
-                    label = torch.tensor(value, dtype=torch.int64, device=device)
+                    label = torch.full((), value, dtype=torch.int64, device=device)  # a fill, not a copy
                 checked.append({"image_label": label})
                 continue
             if "labels" not in t:
@@ -598,7 +598,8 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
             if labels.dtype != torch.int64 or labels.shape != (boxes.shape[0],):
                 raise ValueError(f"{where}: labels must be int64 [{boxes.shape[0]}], got {labels.dtype} "
                                  f"{tuple(labels.shape)}")
-            boxes, labels = boxes.to(device), labels.to(device)
+            # non_blocking: a blocking host-to-device copy would wait for the GPU queue to drain
+            boxes, labels = boxes.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if boxes.shape[0]:
                 flags.append((self._bad_labels(labels).any() | self._bad_boxes(boxes).any()).reshape(1))
             checked.append({"boxes": boxes, "labels": labels})
