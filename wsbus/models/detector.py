@@ -142,6 +142,12 @@ class GrayscaleRCNNTransform(GeneralizedRCNNTransform):
         if image.shape[0] != len(self.image_mean):
             raise ValueError(f"expected {len(self.image_mean)}-channel (or RGB) images, got shape "
                              f"{tuple(image.shape)}")
+        if len(self.image_mean) == 1:
+            if not image.is_floating_point():
+                return super().normalize(image)  # torchvision's error message for integer images
+            # Python scalars: torchvision builds the mean and std tensors on the device for every image, two
+            # blocking host-to-device copies (syncs on a GPU) per image.
+            return (image - float(self.image_mean[0])) / float(self.image_std[0])
         return super().normalize(image)
 
     def torch_choice(self, k: list[int]) -> int:
