@@ -66,12 +66,12 @@ def plot(results: dict, out: Path, title: str) -> None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("CPU time per image and step (ms)")
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
         ax.set_xticks(xs)
         ax.set_xticklabels([str(x) for x in xs])
+        ax.set_ylim(bottom=0)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_title(f"vs image size (R at preset)")
-    axes[1].set_title(f"vs proposals (side {results['base_size']} px)")
+    axes[0].set_title("vs image size (proposal counts of the preset)")
+    axes[1].set_title(f"vs proposals R (side {results['base_size']} px, pre-NMS {results['pre_nms']})")
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -90,7 +90,15 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "docs" / "figures" / "step_cost_scaling.png"))
+    p.add_argument("--replot", action="store_true", help="only redraw the figure from the JSON next to --out")
     args = p.parse_args(argv)
+    out = Path(args.out)
+    title = (f"{args.backbone} detector, one training step (forward + backward), 1 CPU thread; "
+             f"median of {args.reps} interleaved repetitions")
+    if args.replot:
+        results = json.loads(out.with_suffix(".json").read_text())
+        plot(results, out, title.replace(f"median of {args.reps}", f"median of {results['reps']}"))
+        return results
     torch.set_num_threads(args.threads)
     print(machine_line(args.threads, "cpu"))
     results: dict = {"backbone": args.backbone, "base_size": args.base_size, "pre_nms": args.pre_nms,
@@ -104,9 +112,7 @@ def main(argv=None) -> dict:
                     rpn_post_nms_top_n=r, rpn_pre_nms_top_n=args.pre_nms, weak_pre_nms_top_n=args.pre_nms)
         results["proposals"].append({"x": r, **m})
         print(f"R {r:7d}: " + "  ".join(f"{k} {1e3 * v:7.1f}" for k, v in m["cpu"].items()) + "  ms CPU/image")
-    out = Path(args.out)
-    plot(results, out, f"{args.backbone} detector, one training step (forward + backward), 1 CPU thread; "
-                       f"median of {args.reps} interleaved repetitions")
+    plot(results, out, title)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return results
