@@ -48,6 +48,17 @@ def in_colab() -> bool:
     return True
 
 
+def _inline_figures() -> None:
+    """Inside a Jupyter kernel, show figures inline even when ``MPLBACKEND=Agg`` is inherited (as in CI)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and getattr(shell, "kernel", None) is not None:
+        shell.run_line_magic("matplotlib", "inline")
+
+
 def setup(seed: int = 0, threads: int = 2, full: Optional[bool] = None, device: Optional[str] = None,
           deterministic: bool = True) -> NotebookConfig:
     """Seed every RNG, fix the thread count, choose the device and read the ``FULL`` switch.
@@ -64,6 +75,7 @@ def setup(seed: int = 0, threads: int = 2, full: Optional[bool] = None, device: 
         full = os.environ.get("WSBUS_FULL", "0").strip().lower() in ("1", "true", "yes")
     if device is None:
         device = os.environ.get("WSBUS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    _inline_figures()
     torch.set_num_threads(int(threads))
     random.seed(seed)
     np.random.seed(seed)
