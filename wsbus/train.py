@@ -777,15 +777,17 @@ class Trainer:
                 total = l_s
             else:
                 total = alpha * l_ws
-            # One collective per step: rank-averaged values for the log and a NaN/inf check every rank agrees on.
             values = torch.stack([terms[k].detach() for k in LOSS_KEYS] + [total.detach()])
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            # The backward is queued before the host reads the losses, so a GPU never idles waiting for that copy.
+            # One collective per step: rank-averaged values for the log and a NaN/inf check every rank agrees on;
+            # a non-finite loss stops the run before the optimiser step, so the weights stay the last good ones.
             values = all_reduce_mean(values.clone()).cpu()
             report = {k: float(v) for k, v in zip(LOSS_KEYS + ("loss",), values.tolist())}
             if not torch.isfinite(values).all():
                 report["alpha"] = alpha
                 raise NonFiniteLossError(step, report, self.last_checkpoint, self.last_checkpoint_step)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
             grad_norm = float("nan")
             if self.clip_grad_norm is not None:
                 self.scaler.unscale_(self.optimizer)
