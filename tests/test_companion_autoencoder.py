@@ -107,34 +107,42 @@ def test_pretraining_is_seeded_and_leaves_global_rng_alone():
 
 def test_encoder_weights_transfer_to_classifier():
     x = _blobs(24, 32)
-    ae = ConvAutoencoder(image_size=32, latent_dim=8)
-    pretrain_autoencoder(ae, x, steps=3, batch_size=8, progress=False)
-    before = {k: v.clone() for k, v in ae.encoder.state_dict().items()}
-    clf = classifier_from_encoder(ae, num_classes=3)
-    trunk = clf.backbone.trunk.state_dict()
-    assert trunk.keys() == before.keys()
-    for k in before:
-        assert torch.equal(trunk[k], before[k]), k
-    # the copy is independent: fine-tuning the classifier changes its trunk, never the autoencoder's encoder
-    labels = torch.arange(24) % 3
-    train_classifier(clf, x, labels, steps=3, batch_size=8, augment=False, progress=False)
-    assert any(not torch.equal(clf.backbone.trunk.state_dict()[k], before[k]) for k in before)
-    for k, v in ae.encoder.state_dict().items():
-        assert torch.equal(v, before[k]), k
+    for ae in (ConvAutoencoder(image_size=32, latent_dim=8), ConvVAE(image_size=32, latent_dim=8)):
+        pretrain_autoencoder(ae, x, steps=3, batch_size=8, progress=False)
+        bottleneck = ae.to_latent if isinstance(ae, ConvAutoencoder) else ae.to_mu
+        before = {**{f"trunk.{k}": v.clone() for k, v in ae.encoder.state_dict().items()},
+                  **{f"latent.{k}": v.clone() for k, v in bottleneck.state_dict().items()}}
+        clf = classifier_from_encoder(ae, num_classes=3)
+        assert clf.feature_dim == 8
+        got = clf.backbone.state_dict()
+        assert got.keys() == before.keys()
+        for k in before:
+            assert torch.equal(got[k], before[k]), k
+        # the classifier's features are the encoder's code z (the VAE's mean)
+        ae.eval()
+        with torch.no_grad():
+            z = ae.encode(x[:4]) if isinstance(ae, ConvAutoencoder) else ae.encode(x[:4])[0]
+            torch.testing.assert_close(clf.eval().features(x[:4]), z)
+        # the copy is independent: fine-tuning changes the classifier's encoder, never the autoencoder's
+        labels = torch.arange(24) % 3
+        train_classifier(clf, x, labels, steps=3, batch_size=8, augment=False, progress=False)
+        assert any(not torch.equal(clf.backbone.state_dict()[k], before[k]) for k in before)
+        for k, v in ae.encoder.state_dict().items():
+            assert torch.equal(v, before[f"trunk.{k}"]), k
 
 
 def test_label_budget_study_rows():
     x, y = _blobs(40, 32), torch.arange(40) % 3
-    ae = ConvAutoencoder(image_size=32, latent_dim=8)
-    st = label_budget_study(ae, x[:30], y[:30], x[30:], y[30:], budgets=(3, 6), seeds=(0, 1),
-                            methods=("scratch", "pretrained", "frozen"), steps=2, batch_size=4, progress=False)
-    assert len(st.rows) == 2 * 2 * 3
-    assert {r["method"] for r in st.rows} == {"scratch", "pretrained", "frozen"}
+    ae, vae = ConvAutoencoder(image_size=32, latent_dim=8), ConvVAE(image_size=32, latent_dim=8)
+    st = label_budget_study({"AE": ae, "VAE": vae}, x[:30], y[:30], x[30:], y[30:], budgets=(3, 6), seeds=(0, 1),
+                            frozen=True, steps=2, batch_size=4, progress=False)
+    assert len(st.rows) == 2 * 2 * 5
+    assert {r["method"] for r in st.rows} == {"scratch", "AE", "VAE", "AE (frozen)", "VAE (frozen)"}
     means = st.mean("accuracy")
     assert set(means["scratch"]) == {3, 6}
-    assert "| labels | scratch | pretrained | frozen |" in st.to_markdown()
-    with pytest.raises(ValueError, match="unknown methods"):
-        label_budget_study(ae, x, y, x, y, methods=("magic",), progress=False)
+    assert st.to_markdown().splitlines()[0] == "| labels | scratch | AE | VAE | AE (frozen) | VAE (frozen) |"
+    with pytest.raises(ValueError, match="share image size"):
+        label_budget_study({"a": ae, "b": ConvAutoencoder(image_size=32, latent_dim=4)}, x, y, x, y, progress=False)
 
 
 def test_shape_errors_name_the_problem():

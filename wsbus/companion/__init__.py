@@ -11,14 +11,14 @@
 * :mod:`~wsbus.companion.crops` - from :class:`~wsbus.data.Sample` records to image / crop tensors and splits;
 * :mod:`~wsbus.companion.figures` - the chapters' matplotlib figures.
 """
-from .autoencoder import (BudgetStudy, ConvAutoencoder, ConvVAE, ELBOTerms, classifier_from_encoder, elbo,
+from .autoencoder import (BudgetStudy, ConvAutoencoder, ConvVAE, ELBOTerms, EncoderBackbone, classifier_from_encoder, elbo,
                           gaussian_kl, label_budget_study, pretrain_autoencoder, reparameterize)
 from .classifier import (BACKBONES, DiagnosisClassifier, TinyBackbone, TinyTrunk, batch_indices, build_classifier,
                          default_augmentation, extract_features, predict_scores, seeded, train_classifier)
-from .crops import (CropSet, image_tensor, images_to_tensor, labels_tensor, load_samples, mass_crops,
-                    stratified_split, stratified_subset)
-from .metric_learning import (EmbeddingNet, all_pairs, batch_all_triplets, batch_hard_triplets, contrastive_loss, mine_pairs,
-                              mine_triplets, precision_at_k, retrieve, train_embedding, triplet_loss)
+from .crops import (CropSet, image_tensor, images_to_tensor, labels_tensor, load_samples, mass_crops, random_crops,
+                    region_crops, stratified_split, stratified_subset)
+from .metric_learning import (EmbeddingNet, all_pairs, batch_all_triplets, batch_hard_triplets, contrastive_loss,
+                              mine_pairs, mine_triplets, precision_at_k, retrieve, train_embedding, triplet_loss)
 from .metrics import (BinaryMetrics, ClassificationMetrics, binary_auc, binary_metrics, binary_roc_curve,
                       classification_metrics)
 from .transfer import (Domain, DomainMatrix, LinearHead, TransferStudy, cross_domain_matrix, fit_linear_head, mmd2,
@@ -27,12 +27,13 @@ from .transfer import (Domain, DomainMatrix, LinearHead, TransferStudy, cross_do
 __all__ = [
     # autoencoder
     "ConvAutoencoder", "ConvVAE", "ELBOTerms", "elbo", "gaussian_kl", "reparameterize", "pretrain_autoencoder",
-    "classifier_from_encoder", "label_budget_study", "BudgetStudy",
+    "EncoderBackbone", "classifier_from_encoder", "label_budget_study", "BudgetStudy",
     # classifier
     "BACKBONES", "TinyTrunk", "TinyBackbone", "DiagnosisClassifier", "build_classifier", "default_augmentation",
     "train_classifier", "predict_scores", "extract_features", "batch_indices", "seeded",
     # data
-    "CropSet", "image_tensor", "images_to_tensor", "labels_tensor", "mass_crops", "stratified_subset",
+    "CropSet", "image_tensor", "images_to_tensor", "labels_tensor", "mass_crops", "region_crops", "random_crops",
+    "stratified_subset",
     "stratified_split", "load_samples",
     # metric learning
     "EmbeddingNet", "contrastive_loss", "triplet_loss", "all_pairs", "mine_pairs", "mine_triplets",

@@ -1,8 +1,9 @@
 r"""Unlabeled pretraining: a convolutional autoencoder and a variational autoencoder, then fine-tuning on few labels.
 
-The encoder of both models is :class:`~wsbus.companion.classifier.TinyTrunk`, the trunk of
-``build_classifier("tiny")``: after pretraining on unlabeled images its weights load into the classifier
-unchanged (:func:`classifier_from_encoder`), which is then fine-tuned on a small labelled set.
+Both models share one encoder architecture, :math:`f(x) = z`: the convolutional
+:class:`~wsbus.companion.classifier.TinyTrunk` of ``build_classifier("tiny")``, flattened, then a linear
+bottleneck (the VAE's mean head :math:`\mu(x)`). After pretraining on unlabeled images the encoder becomes a
+classifier's backbone (:func:`classifier_from_encoder`), which is then fine-tuned on a small labelled set.
 
 Autoencoder (seed 000): :math:`L_{AE} = \frac{1}{N}\sum_i \lVert x_i - g(f(x_i)) \rVert^2` (mean squared error
 per pixel).
@@ -21,20 +22,20 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .classifier import (DiagnosisClassifier, TinyBackbone, TinyTrunk, _augment_batch, _device_of, batch_indices,
+from .classifier import (DiagnosisClassifier, TinyTrunk, _augment_batch, _device_of, batch_indices,
                          default_augmentation, predict_scores, seeded, train_classifier)
 from .crops import stratified_subset
 from .metrics import classification_metrics
 
 __all__ = ["ConvAutoencoder", "ConvVAE", "ELBOTerms", "elbo", "gaussian_kl", "reparameterize",
-           "pretrain_autoencoder", "classifier_from_encoder", "label_budget_study", "BudgetStudy"]
+           "pretrain_autoencoder", "EncoderBackbone", "classifier_from_encoder", "label_budget_study", "BudgetStudy"]
 
 
 def _up_block(cin: int, cout: int) -> nn.Sequential:
@@ -314,18 +315,45 @@ def pretrain_autoencoder(model: Union[ConvAutoencoder, ConvVAE], images: torch.T
     return history
 
 
-def classifier_from_encoder(autoencoder: Union[ConvAutoencoder, ConvVAE], num_classes: int = 3,
-                            dropout: float = 0.2) -> DiagnosisClassifier:
-    """A ``"tiny"`` :class:`~wsbus.companion.classifier.DiagnosisClassifier` whose trunk is a copy of the encoder.
+class EncoderBackbone(nn.Module):
+    """An autoencoder's encoder as a classifier backbone: ``x -> z`` (trunk, flatten, bottleneck linear).
 
-    Only the convolutional trunk transfers (the bottleneck layers are specific to reconstruction); the head is
-    freshly initialised. The copy lives on the encoder's device; the autoencoder itself is not modified.
+    For a :class:`ConvVAE` the bottleneck is the mean head ``mu(x)`` (the log-variance head is dropped: a
+    classifier wants the representation, not the noise). ``out_features`` is the latent size.
 
     Taught in ``book/10_autoencoder_pretraining.md``.
     """
-    backbone = TinyBackbone(autoencoder.in_channels, autoencoder.widths)
-    backbone.trunk.load_state_dict(copy.deepcopy(autoencoder.encoder.state_dict()))
-    clf = DiagnosisClassifier(backbone, num_classes=num_classes, dropout=dropout)
+
+    def __init__(self, autoencoder: Union[ConvAutoencoder, ConvVAE]) -> None:
+        super().__init__()
+        self.trunk = copy.deepcopy(autoencoder.encoder)
+        self.latent = copy.deepcopy(autoencoder.to_latent if isinstance(autoencoder, ConvAutoencoder)
+                                    else autoencoder.to_mu)
+        self.image_size = autoencoder.image_size
+        self.out_features = autoencoder.latent_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            raise ValueError(f"the encoder was built for {self.image_size}x{self.image_size} images, got shape "
+                             f"{tuple(x.shape)}")
+        return self.latent(self.trunk(x).flatten(1))
+
+
+def _config(ae) -> tuple:
+    return type(ae).__name__, ae.image_size, ae.latent_dim, ae.in_channels, ae.widths
+
+
+def classifier_from_encoder(autoencoder: Union[ConvAutoencoder, ConvVAE], num_classes: int = 3,
+                            dropout: float = 0.2) -> DiagnosisClassifier:
+    """A :class:`~wsbus.companion.classifier.DiagnosisClassifier` whose backbone is a copy of the encoder.
+
+    The semi-supervised recipe of seed 000: keep the feature extractor learned without labels, put a fresh
+    linear head on the code ``z = f(x)``, and fine-tune (or freeze it and train the head only). The copy lives
+    on the autoencoder's device; the autoencoder itself is not modified.
+
+    Taught in ``book/10_autoencoder_pretraining.md``.
+    """
+    clf = DiagnosisClassifier(EncoderBackbone(autoencoder), num_classes=num_classes, dropout=dropout)
     return clf.to(next(autoencoder.parameters()).device)
 
 
@@ -354,20 +382,24 @@ class BudgetStudy:
         return "\n".join(lines)
 
 
-def label_budget_study(autoencoder: Union[ConvAutoencoder, ConvVAE], train_images: torch.Tensor,
-                       train_labels: torch.Tensor, test_images: torch.Tensor, test_labels: torch.Tensor,
-                       budgets: Sequence[int] = (6, 12, 24, 48), *, seeds: Sequence[int] = (0,),
-                       methods: Sequence[str] = ("scratch", "pretrained"), steps: int = 150, batch_size: int = 16,
-                       lr: float = 2e-3, augment: bool = True, device=None,
-                       progress: bool = True) -> BudgetStudy:
-    """Fine-tune from the pretrained encoder vs train from scratch, at several label budgets.
+def label_budget_study(pretrained: Union[ConvAutoencoder, ConvVAE, Mapping[str, Union[ConvAutoencoder, ConvVAE]]],
+                       train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
+                       test_labels: torch.Tensor, budgets: Sequence[int] = (3, 9, 27, 81), *,
+                       seeds: Sequence[int] = (0, 1, 2), frozen: bool = False, steps: int = 80,
+                       batch_size: int = 16, lr: float = 2e-3, augment: bool = True, balanced: bool = True,
+                       device=None, progress: bool = True) -> BudgetStudy:
+    """Fine-tune from pretrained encoders vs train the same architecture from scratch, at several label budgets.
 
-    For each budget ``n`` and seed, ``n`` labelled images are drawn class-stratified from the training pool
-    (:func:`wsbus.companion.stratified_subset`); every method trains on exactly those images with the same
-    steps, optimiser, augmentation and head initialisation, and is scored on the same test set.
+    For each budget ``n`` and seed, ``n`` labelled items are drawn class-stratified from the training pool
+    (:func:`wsbus.companion.stratified_subset`). Every method trains on exactly those items with the same
+    steps, optimiser, augmentation (``augment``), class-balanced sampling (``balanced``) and the same initial
+    head, and is scored on the same test set:
 
-    Methods: ``"scratch"`` (random tiny classifier), ``"pretrained"`` (:func:`classifier_from_encoder`, all
-    layers fine-tuned), ``"frozen"`` (pretrained trunk frozen, only the linear head trained).
+    * ``"scratch"``: :func:`classifier_from_encoder` of a freshly initialised autoencoder of the same
+      architecture (so the only difference is where the encoder's weights come from);
+    * ``name`` for each pretrained model (``{"AE": ae, "VAE": vae}``; a single model is called
+      ``"pretrained"``): its encoder, fine-tuned with the head;
+    * ``name + " (frozen)"`` when ``frozen``: its encoder frozen, only the linear head trained (a linear probe).
 
     Returns
     -------
@@ -376,24 +408,32 @@ def label_budget_study(autoencoder: Union[ConvAutoencoder, ConvVAE], train_image
 
     Taught in ``book/10_autoencoder_pretraining.md``.
     """
-    unknown = set(methods) - {"scratch", "pretrained", "frozen"}
-    if unknown:
-        raise ValueError(f"unknown methods {sorted(unknown)}; choose among 'scratch', 'pretrained', 'frozen'")
+    models = {"pretrained": pretrained} if isinstance(pretrained, nn.Module) else dict(pretrained)
+    if not models:
+        raise ValueError("label_budget_study needs at least one pretrained autoencoder")
+    configs = {_config(m)[1:] for m in models.values()}
+    if len(configs) != 1:
+        raise ValueError(f"the pretrained encoders must share image size, latent size, channels and widths to be "
+                         f"compared with one scratch model; got {sorted(configs)}")
+    first = next(iter(models.values()))
+    device = _device_of(first, device)
     train_labels = torch.as_tensor(train_labels, dtype=torch.int64)
-    device = _device_of(autoencoder, device)
+    methods = [("scratch", None, False)] + [(n, m, False) for n, m in models.items()]
+    if frozen:
+        methods += [(f"{n} (frozen)", m, True) for n, m in models.items()]
     study = BudgetStudy()
     for budget in budgets:
         for seed in seeds:
             idx = stratified_subset(train_labels, int(budget), seed=seed)
-            for method in methods:
+            for name, source, freeze in methods:
                 with seeded(seed, device):
-                    # Same construction order for both, so the heads start from the same random weights.
-                    model = DiagnosisClassifier(TinyBackbone(autoencoder.in_channels, autoencoder.widths)) \
-                        if method == "scratch" else classifier_from_encoder(autoencoder)
+                    # A fresh autoencoder first in every case, so the head below gets the same random weights.
+                    fresh = ConvAutoencoder(first.image_size, first.latent_dim, first.in_channels, first.widths)
+                    model = classifier_from_encoder(fresh if source is None else source)
                 train_classifier(model, train_images[idx], train_labels[idx], steps=steps, batch_size=batch_size,
-                                 lr=lr, augment=augment, freeze_backbone=(method == "frozen"), device=device,
+                                 lr=lr, augment=augment, balanced=balanced, freeze_backbone=freeze, device=device,
                                  seed=seed, progress=progress)
                 m = classification_metrics(test_labels, predict_scores(model, test_images, device=device))
-                study.rows.append({"budget": int(budget), "seed": int(seed), "method": method,
+                study.rows.append({"budget": int(budget), "seed": int(seed), "method": name,
                                    "accuracy": m.accuracy, "auc_malignant": m.malignant.auc, "auc_mass": m.mass.auc})
     return study

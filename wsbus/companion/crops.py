@@ -20,7 +20,8 @@ from torchvision.ops import roi_align
 
 from wsbus.data.formats import CLASSES, DataError, Sample
 
-__all__ = ["CropSet", "image_tensor", "images_to_tensor", "labels_tensor", "mass_crops", "stratified_subset",
+__all__ = ["CropSet", "image_tensor", "images_to_tensor", "labels_tensor", "mass_crops", "region_crops",
+           "random_crops", "stratified_subset",
            "stratified_split", "load_samples"]
 
 
@@ -71,7 +72,8 @@ class CropSet:
     Attributes
     ----------
     images : float [N, 1, size, size] in [0, 1].
-    labels : int64 [N], the box labels (1 benign, 2 malignant).
+    labels : int64 [N], the box labels (1 benign, 2 malignant; 0 for the normal-tissue crops of
+        :func:`region_crops`).
     sample_index : int64 [N], index of the source sample in the list given to :func:`mass_crops`.
     windows : float32 [N, 4], the square crop window (x1, y1, x2, y2) in the source image's pixels.
     ids : list of str, the source sample's ``id`` per crop.
@@ -109,6 +111,29 @@ def _crop_window(box: np.ndarray, width: int, height: int, context: float) -> li
     return [out[0], out[1], out[0] + side, out[1] + side]
 
 
+def _cut(sample: Sample, boxes: np.ndarray, size: int, context: float) -> tuple:
+    wins = torch.tensor([_crop_window(b, sample.width, sample.height, context) for b in boxes], dtype=torch.float32)
+    img = _gray_uint8(sample).float().div_(255.0).unsqueeze(0)
+    crops = roi_align(img, [wins], output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return crops.clamp_(0.0, 1.0), wins
+
+
+def _check_crop_args(size: int, context: float) -> None:
+    if size < 8:
+        raise ValueError(f"size must be >= 8 pixels, got {size}")
+    if context < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+
+
+def _cropset(parts: list, size: int) -> CropSet:
+    if not parts:
+        return CropSet(torch.zeros(0, 1, size, size), torch.zeros(0, dtype=torch.int64),
+                       torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4), [])
+    crops, labels, index, windows, ids = zip(*parts)
+    return CropSet(torch.cat(crops), torch.cat(labels), torch.cat(index), torch.cat(windows),
+                   [i for chunk in ids for i in chunk])
+
+
 def mass_crops(samples: Sequence[Sample], size: int = 64, context: float = 0.25) -> CropSet:
     """Cut one square crop per annotated mass and resize it to ``size x size``.
 
@@ -117,8 +142,9 @@ def mass_crops(samples: Sequence[Sample], size: int = 64, context: float = 0.25)
     it fits. Resampling is :func:`torchvision.ops.roi_align` with ``aligned=True`` (half-pixel-correct bilinear,
     adaptive sampling ratio, so large boxes are averaged rather than aliased).
 
-    Normal images (strong, zero boxes) contribute no crop. Weak samples (boxes unknown) are an error: use the
-    detector's mass of interest (``book/05_mil_moi.md``) to get boxes for them first.
+    Normal images (strong, zero boxes) contribute no crop (see :func:`region_crops` for normal-tissue crops).
+    Weak samples (boxes unknown) are an error: use the detector's mass of interest (``book/05_mil_moi.md``) to
+    get boxes for them first.
 
     Taught in ``book/12_metric_learning.md``.
 
@@ -127,28 +153,93 @@ def mass_crops(samples: Sequence[Sample], size: int = 64, context: float = 0.25)
     DataError
         Naming the first weak sample.
     """
-    if size < 8:
-        raise ValueError(f"size must be >= 8 pixels, got {size}")
-    if context < 0:
-        raise ValueError(f"context must be >= 0, got {context}")
-    crops, labels, index, windows, ids = [], [], [], [], []
+    _check_crop_args(size, context)
+    parts = []
     for i, s in enumerate(samples):
         if s.boxes is None:
             raise DataError(f"sample {s.id!r}: mass_crops needs boxes but this sample is weak (boxes unknown)")
         if len(s.boxes) == 0:
             continue
-        wins = torch.tensor([_crop_window(b, s.width, s.height, context) for b in s.boxes], dtype=torch.float32)
-        img = _gray_uint8(s).float().div_(255.0).unsqueeze(0)
-        crops.append(roi_align(img, [wins], output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1,
-                               aligned=True))
-        labels.append(torch.as_tensor(s.labels, dtype=torch.int64))
-        index.append(torch.full((len(wins),), i, dtype=torch.int64))
-        windows.append(wins)
-        ids.extend([s.id] * len(wins))
-    if not crops:
-        return CropSet(torch.zeros(0, 1, size, size), torch.zeros(0, dtype=torch.int64),
-                       torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4), [])
-    return CropSet(torch.cat(crops).clamp_(0.0, 1.0), torch.cat(labels), torch.cat(index), torch.cat(windows), ids)
+        crops, wins = _cut(s, s.boxes, size, context)
+        parts.append((crops, torch.as_tensor(s.labels, dtype=torch.int64), torch.full((len(wins),), i),
+                      wins, [s.id] * len(wins)))
+    return _cropset(parts, size)
+
+
+def region_crops(samples: Sequence[Sample], size: int = 64, context: float = 0.25, normals_per_image: int = 1,
+                 seed: int = 0) -> CropSet:
+    """Three-class region crops: every mass (label 1 / 2) and, from each normal image, normal tissue (label 0).
+
+    This is the question the detector's RoI head answers for each proposal (background, benign or malignant,
+    ``book/03_faster_rcnn.md``), asked of hand-picked regions. A normal image has no box, so its windows are
+    *borrowed*: ``normals_per_image`` mass boxes of the same data set are drawn at random (``seed``) and placed
+    at the same relative position and size in the normal image. Normal crops then match the masses' depth and
+    scale, and a classifier cannot tell them apart by where or how big the window is, only by what is in it.
+    Crops come in sample order; for each sample first its masses.
+
+    Taught in ``book/11_cnn_diagnosis.md``.
+
+    Raises
+    ------
+    DataError
+        Naming the first weak sample.
+    ValueError
+        When there are normal images but no mass box to borrow a window from.
+    """
+    _check_crop_args(size, context)
+    if normals_per_image < 0:
+        raise ValueError(f"normals_per_image must be >= 0, got {normals_per_image}")
+    rel = []
+    for s in samples:
+        if s.boxes is None:
+            raise DataError(f"sample {s.id!r}: region_crops needs boxes but this sample is weak (boxes unknown)")
+        if len(s.boxes):
+            rel.append(s.boxes / np.array([s.width, s.height, s.width, s.height], dtype=np.float32))
+    rel = np.concatenate(rel) if rel else np.zeros((0, 4), np.float32)
+    parts = []
+    for i, s in enumerate(samples):
+        if len(s.boxes):
+            boxes, labels = s.boxes, torch.as_tensor(s.labels, dtype=torch.int64)
+        elif normals_per_image:
+            if len(rel) == 0:
+                raise ValueError("region_crops: normal images need mass boxes to borrow windows from, and these "
+                                 "samples have none")
+            pick = np.random.default_rng([int(seed), i]).integers(0, len(rel), normals_per_image)
+            boxes = rel[pick] * np.array([s.width, s.height, s.width, s.height], dtype=np.float32)
+            labels = torch.zeros(normals_per_image, dtype=torch.int64)
+        else:
+            continue
+        crops, wins = _cut(s, boxes, size, context)
+        parts.append((crops, labels, torch.full((len(wins),), i), wins, [s.id] * len(wins)))
+    return _cropset(parts, size)
+
+
+def random_crops(samples: Sequence[Sample], per_image: int = 2, size: int = 64, side: tuple = (0.2, 0.45),
+                 seed: int = 0) -> torch.Tensor:
+    """Unlabeled square crops at random places: ``[N * per_image, 1, size, size]``; no annotation is used.
+
+    Each window's side is a fraction ``U(side)`` of the image's shorter side, its position uniform inside the
+    image; the draws depend only on ``(seed, sample index)``. Weak samples are fine: this is the unlabeled pool
+    of ``book/10_autoencoder_pretraining.md``, on the same scale as the labelled mass crops.
+
+    Taught in ``book/10_autoencoder_pretraining.md``.
+    """
+    lo, hi = side
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"side must satisfy 0 < low <= high <= 1, got {side}")
+    if per_image < 1:
+        raise ValueError(f"per_image must be >= 1, got {per_image}")
+    out = []
+    for i, s in enumerate(samples):
+        rng = np.random.default_rng([int(seed), i])
+        sides = rng.uniform(lo, hi, per_image) * min(s.width, s.height)
+        x1 = rng.uniform(0, 1, per_image) * (s.width - sides)
+        y1 = rng.uniform(0, 1, per_image) * (s.height - sides)
+        boxes = np.stack([x1, y1, x1 + sides, y1 + sides], axis=1).astype(np.float32)
+        out.append(_cut(s, boxes, size, 0.0)[0])
+    if not out:
+        raise ValueError("random_crops: got an empty list of samples")
+    return torch.cat(out)
 
 
 def stratified_subset(labels, n: int, seed: int = 0, classes: Optional[Sequence[int]] = None) -> torch.Tensor:
@@ -228,16 +319,22 @@ def stratified_split(samples: Sequence[Sample], test_fraction: float = 0.3, seed
 
 
 def load_samples(spec: str = "phantom", n: int = 300, seed: int = 0, size: int = 128, **knobs) -> list:
-    """The companion chapters' data: ``"phantom"`` -> :func:`wsbus.data.make_phantom` ``(n, seed, size, **knobs)``;
-    anything else (``"busi:DIR"``, ``"busbra:DIR"``, ``"voc:DIR"``) -> :func:`wsbus.data.sources.load_source`
-    (``n``, ``size`` and ``knobs`` then do not apply: real data sets are used whole).
+    """The companion chapters' data by ``--data`` spec.
+
+    ``"phantom"`` (or ``"phantom:N"``, which overrides ``n``) -> :func:`wsbus.data.make_phantom`
+    ``(n, seed=seed, size=size, **knobs)``, e.g. ``scanner="B"``; a folder spec (``"busi:DIR"``,
+    ``"busbra:DIR"``, ``"voc:DIR"``) -> :func:`wsbus.data.sources.load_source` (whole data set; ``n``, ``size``
+    and ``seed`` do not apply, and phantom knobs are an error).
 
     Taught in ``book/13_transfer_domain_shift.md``.
     """
-    if spec == "phantom":
+    from wsbus.data.sources import load_source, parse_source
+
+    parsed = parse_source(spec)
+    if parsed.kind == "phantom":
         from wsbus.data import make_phantom
-        return make_phantom(n, seed=seed, size=size, **knobs)
+        count = n if spec.strip().lower() == "phantom" else int(parsed.n)
+        return make_phantom(count, seed=seed, size=size, **knobs)
     if knobs:
         raise ValueError(f"phantom knobs {sorted(knobs)} do not apply to data {spec!r}")
-    from wsbus.data.sources import load_source
     return list(load_source(spec))
