@@ -254,3 +254,21 @@ def test_self_train_argument_checks():
         self_train([s], [], [s], model_factory=lambda: None)
     with pytest.raises(ValueError, match="must not set 'mode'"):
         self_train([s], [s], [s], model_factory=lambda: None, trainer_kwargs={"mode": "weak"})
+
+
+def test_reconfigure_per_class_keeps_the_class_balance():
+    # four benign images ranked above two malignant ones: ranked together, the top half is all benign
+    weak = [_sample(i, 1, GT[1]) for i in range(1, 5)] + [_sample(i, 2, GT[2]) for i in range(5, 7)]
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    pseudo = [PseudoLabel(s.id, np.asarray(GT[1] if s.image_label == 1 else GT[2], np.float32), s.image_label, sc)
+              for s, sc in zip(weak, scores)]
+    together, _ = reconfigure([], weak, pseudo, 0.5)
+    assert [s.id for s in together] == ["w1", "w2", "w3"]
+    per_class, rest = reconfigure([], weak, pseudo, 0.5, per_class=True)
+    # benign: floor(4 * 0.5 + 0.5) = 2 moved, malignant: floor(2 * 0.5 + 0.5) = 1 moved; most confident first
+    assert [s.id for s in per_class] == ["w1", "w2", "w5"]
+    assert [s.id for s in rest] == ["w3", "w4", "w6"]
+    # a class whose images have no pseudo-label moves nothing; the others are unaffected
+    pseudo[4] = pseudo[5] = None
+    per_class, _ = reconfigure([], weak, pseudo, 1.0, per_class=True)
+    assert [s.id for s in per_class] == ["w1", "w2", "w3", "w4"]

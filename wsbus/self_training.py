@@ -201,6 +201,21 @@ def _ranking(pseudo: Sequence[Optional[PseudoLabel]]) -> List[int]:
     return sorted(have, key=lambda k: -pseudo[k].score)  # sorted() is stable
 
 
+def _moved(weak: Sequence[Sample], pseudo: Sequence[Optional[PseudoLabel]], fraction: float,
+           per_class: bool) -> List[int]:
+    """Indices of the weak images :func:`reconfigure` moves, most confident first (per class when asked)."""
+    if not per_class:
+        k = min(n_moved(len(weak), fraction), sum(p is not None for p in pseudo))
+        return _ranking(pseudo)[:k]
+    moved: List[int] = []
+    for label in sorted({s.image_label for s in weak}):
+        members = [i for i, s in enumerate(weak) if s.image_label == label]
+        ranked = _ranking([pseudo[i] for i in members])
+        k = min(n_moved(len(members), fraction), len(ranked))
+        moved += [members[j] for j in ranked[:k]]
+    return sorted(moved, key=lambda i: -pseudo[i].score)
+
+
 def n_moved(n_weak: int, fraction: float) -> int:
     """How many weak images a fraction asks to move: ``floor(fraction * n_weak + 0.5)`` (half rounds up).
 
@@ -217,7 +232,7 @@ def n_moved(n_weak: int, fraction: float) -> int:
 
 
 def reconfigure(strong: Sequence[Sample], weak: Sequence[Sample], pseudo: Sequence[Optional[PseudoLabel]],
-                fraction: float) -> Tuple[List[Sample], List[Sample]]:
+                fraction: float, *, per_class: bool = False) -> Tuple[List[Sample], List[Sample]]:
     """Move the most confident ``fraction`` of the weak images, with their pseudo-boxes, to the strong set.
 
     Parameters
@@ -228,6 +243,9 @@ def reconfigure(strong: Sequence[Sample], weak: Sequence[Sample], pseudo: Sequen
     fraction : share of the *whole* weak set to move, as in the paper's Table IV (``50 + 4974 * 0.5`` strong);
         :func:`n_moved` gives the count. Only images with a pseudo-label can move: when fewer have one, all of
         them move.
+    per_class : rank and move each image label separately (the top ``fraction`` of the benign and of the
+        malignant weak images), so the strong set keeps the weak set's class balance. The paper ranks all images
+        together (``False``, the default); a detector more confident on one class then moves mostly that class.
 
     Returns
     -------
@@ -243,8 +261,7 @@ def reconfigure(strong: Sequence[Sample], weak: Sequence[Sample], pseudo: Sequen
     """
     strong, weak = list(strong), list(weak)
     _check_aligned(pseudo, weak)
-    k = min(n_moved(len(weak), fraction), sum(p is not None for p in pseudo))
-    moved = _ranking(pseudo)[:k]
+    moved = _moved(weak, pseudo, fraction, per_class)
     moved_set = set(moved)
     new_strong = list(strong)
     for i in moved:
@@ -431,7 +448,7 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
                model_factory: Callable[[], nn.Module], initial: Optional[nn.Module] = None,
                fractions: Sequence[float] = (0.5, 0.75), steps: int = 1000, retrain: str = "scratch",
                retrain_steps: Optional[int] = None, device: Device = None, batch_size: int = 16,
-               score_thresh: float = 0.0, seed: int = 3, init_seed: int = 0,
+               score_thresh: float = 0.0, per_class: bool = False, seed: int = 3, init_seed: int = 0,
                trainer_kwargs: Optional[Mapping[str, Any]] = None, n_boot: int = 1000,
                progress: bool = True, on_step: Optional[Callable[[str, Any, Dict[str, Any]], None]] = None,
                ) -> SelfTrainingResult:
@@ -452,6 +469,7 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
     retrain_steps : steps of each retraining (default ``steps``).
     device : ``"cpu"``, ``"cuda"``...; default: the initial model's device, else CPU.
     batch_size, score_thresh : for :func:`pseudo_label` and the test-set detections.
+    per_class : move the top fraction of each image label separately (:func:`reconfigure`).
     seed : the Trainer's seed (data order, augmentation, sampling).
     trainer_kwargs : more :class:`wsbus.train.Trainer` arguments (``alpha``, ``lr``, ``n_strong``, ``n_weak``,
         ``stream``, ``transforms``...). With an empty reconfigured weak set the retraining runs in strong mode.
@@ -533,7 +551,7 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
     for q in fractions:
         t0 = time.perf_counter()
         name = _method_name(q)
-        new_strong, new_weak = reconfigure(strong, weak, result.pseudo, q)
+        new_strong, new_weak = reconfigure(strong, weak, result.pseudo, q, per_class=per_class)
         model = _build(model_factory, init_seed) if retrain == "scratch" else copy.deepcopy(initial)
         model = train(name, model, new_strong, new_weak, retrain_steps)
         evaluate(name, model, len(new_strong), len(new_weak), t0)
