@@ -234,6 +234,7 @@ def test_self_train_end_to_end_tiny_detector():
     assert names == ["initial", "retrained_50%", "retrained_100%"]
     assert steps == ["initial"] * 3 + ["retrained_50%"] * 3 + ["retrained_100%"] * 3
     assert len(res.pseudo) == len(weak) and res.precision is not None
+    assert len(res.moved["retrained_100%"]) == sum(p is not None for p in res.pseudo)
     n_lab = sum(p is not None for p in res.pseudo)
     assert res.sets["initial"] == (3, 8)
     assert res.sets["retrained_50%"] == (3 + min(4, n_lab), 8 - min(4, n_lab))
@@ -272,3 +273,15 @@ def test_reconfigure_per_class_keeps_the_class_balance():
     pseudo[4] = pseudo[5] = None
     per_class, _ = reconfigure([], weak, pseudo, 1.0, per_class=True)
     assert [s.id for s in per_class] == ["w1", "w2", "w3", "w4"]
+
+
+def test_precision_of_moved_ids(case):
+    strong, weak, model = case
+    pseudo = pseudo_label(model, weak)
+    prec = pseudo_box_precision(pseudo, weak)
+    moved, _ = reconfigure(strong, weak, pseudo, 1.0)
+    ids = [s.id for s in moved[1:]]
+    assert prec.of_ids(ids) == pytest.approx(0.75) and prec.of_ids(["w2"]) == 0.0
+    assert math.isnan(prec.of_ids([]))
+    with pytest.raises(KeyError, match="w3"):
+        prec.of_ids(["w3"])

@@ -323,6 +323,15 @@ class PseudoBoxPrecision:
         k = min(n_moved(self.n_weak, fraction), self.n_labelled)
         return float(self.correct[:k].mean()) if k else math.nan
 
+    def of_ids(self, ids: Sequence[str]) -> float:
+        """Precision over the pseudo-boxes of the given sample ids (e.g. the images a reconfiguration moved)."""
+        index = {i: k for k, i in enumerate(self.ids)}
+        missing = [i for i in ids if i not in index]
+        if missing:
+            raise KeyError(f"no pseudo-box for sample(s) {missing[:3]} ({len(missing)} in all)")
+        picked = [index[i] for i in ids]
+        return float(self.correct[picked].mean()) if picked else math.nan
+
     def as_dict(self, fractions: Sequence[float] = (0.5, 0.75)) -> Dict[str, Any]:
         """JSON-friendly summary: overall precision, precision of each moved fraction, counts."""
         def f(x: float) -> Optional[float]:
@@ -405,6 +414,7 @@ class SelfTrainingResult:
         initial model was passed in).
     detections : test-set detections by method name.
     sets : ``(n_strong, n_weak)`` by method name.
+    moved : ids of the weak images moved to the strong set, by retrained method name (most confident first).
     seconds : wall-clock seconds spent per method (training + evaluation) and on pseudo-labelling.
 
     Taught in ``book/07_self_training.md``.
@@ -417,6 +427,7 @@ class SelfTrainingResult:
     histories: Dict[str, Any] = field(default_factory=dict, repr=False)
     detections: Dict[str, List[Dict[str, torch.Tensor]]] = field(default_factory=dict, repr=False)
     sets: Dict[str, Tuple[int, int]] = field(default_factory=dict)
+    moved: Dict[str, List[str]] = field(default_factory=dict)
     seconds: Dict[str, float] = field(default_factory=dict)
 
     def table(self, fmt: str = "markdown") -> str:
@@ -429,8 +440,12 @@ class SelfTrainingResult:
         from .evaluate import to_json_methods
         qs = fractions if fractions is not None else [float(m.name.split("_")[1].rstrip("%")) / 100
                                                       for m in self.methods if m.name.startswith("retrained_")]
-        return {"methods": to_json_methods(self.methods),
-                "pseudo_box_precision": None if self.precision is None else self.precision.as_dict(qs)}
+        prec = None
+        if self.precision is not None:
+            prec = self.precision.as_dict(qs)
+            prec["moved"] = {name: {"n": len(ids), "precision": None if not ids else self.precision.of_ids(ids)}
+                             for name, ids in self.moved.items()}
+        return {"methods": to_json_methods(self.methods), "pseudo_box_precision": prec}
 
 
 def _method_name(fraction: float) -> str:
@@ -552,6 +567,7 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
         t0 = time.perf_counter()
         name = _method_name(q)
         new_strong, new_weak = reconfigure(strong, weak, result.pseudo, q, per_class=per_class)
+        result.moved[name] = [x.id for x in new_strong[len(strong):]]
         model = _build(model_factory, init_seed) if retrain == "scratch" else copy.deepcopy(initial)
         model = train(name, model, new_strong, new_weak, retrain_steps)
         evaluate(name, model, len(new_strong), len(new_weak), t0)
