@@ -66,7 +66,7 @@ def plot_reconstructions(images, rows: Mapping[str, torch.Tensor], n: int = 8, s
     return fig
 
 
-def plot_budget_curves(study, metric: str = "accuracy", ax=None):
+def plot_budget_curves(study, metric: str = "accuracy", ax=None, xlabel: str = "labelled examples"):
     """Mean metric vs number of labels, one line per method, from a :class:`~wsbus.companion.BudgetStudy`.
 
     Taught in ``book/10_autoencoder_pretraining.md``.
@@ -76,8 +76,11 @@ def plot_budget_curves(study, metric: str = "accuracy", ax=None):
     for method, by_budget in study.mean(metric).items():
         b = sorted(by_budget)
         ax.plot(b, [by_budget[k] for k in b], marker="o", label=method)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("labelled images")
+    budgets = sorted({b for d in study.mean(metric).values() for b in d})
+    ax.set_xscale("log")
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend()
