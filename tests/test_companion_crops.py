@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from wsbus.companion import (image_tensor, images_to_tensor, labels_tensor, mass_crops, stratified_split,
-                             stratified_subset)
+from wsbus.companion import (image_tensor, images_to_tensor, labels_tensor, load_samples, mass_crops, random_crops,
+                             region_crops, stratified_split, stratified_subset)
 from wsbus.data import DataError, Sample
 
 
@@ -100,3 +100,43 @@ def test_stratified_split_keeps_patients_together():
     assert {samples[i].image_label for i in test.tolist()} == {0, 1, 2}  # every class on both sides
     assert {samples[i].image_label for i in train.tolist()} == {0, 1, 2}
     assert len(test) == 6
+
+
+def test_region_crops_borrow_mass_windows_for_normal_images():
+    s = [_sample(0, 1, (10, 20, 30, 40)), _sample(1, 0), _sample(2, 2, (50, 10, 90, 50)), _sample(3, 0)]
+    crops = region_crops(s, size=16, context=0.0, normals_per_image=2, seed=0)
+    assert crops.labels.tolist() == [1, 0, 0, 2, 0, 0]
+    assert crops.sample_index.tolist() == [0, 1, 1, 2, 3, 3]
+    # every normal window is one of the two mass windows (same relative place and size: all images are 100 x 80)
+    masses = {tuple(w) for w in crops.windows[crops.labels > 0].tolist()}
+    for w in crops.windows[crops.labels == 0].tolist():
+        assert tuple(w) in masses
+    # the normal images are uniform (20): their crops are flat, the mass crops are bright inside
+    torch.testing.assert_close(crops.images[crops.labels == 0], torch.full((4, 1, 16, 16), 20 / 255))
+    assert torch.equal(region_crops(s, size=16, seed=3).windows, region_crops(s, size=16, seed=3).windows)
+    assert len(region_crops(s, size=16, normals_per_image=0)) == 2
+    with pytest.raises(ValueError, match="borrow"):
+        region_crops([_sample(0, 0)], size=16)
+    with pytest.raises(DataError, match="'s0'.*weak"):
+        region_crops([s[0].as_weak()], size=16)
+
+
+def test_random_crops_need_no_annotation():
+    weak = [_sample(0, 1, (10, 20, 30, 40)).as_weak(), _sample(1, 0).as_weak()]
+    x = random_crops(weak, per_image=3, size=16, side=(0.2, 0.5), seed=0)
+    assert x.shape == (6, 1, 16, 16) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert torch.equal(x, random_crops(weak, per_image=3, size=16, side=(0.2, 0.5), seed=0))
+    assert not torch.equal(x, random_crops(weak, per_image=3, size=16, side=(0.2, 0.5), seed=1))
+    with pytest.raises(ValueError, match="side"):
+        random_crops(weak, side=(0.5, 1.5))
+
+
+def test_load_samples_phantom_and_folder_specs():
+    a = load_samples("phantom", n=4, seed=2, size=64, scanner="B")
+    b = load_samples("phantom:4", seed=2, size=64, scanner="B")
+    assert len(a) == 4 and all(s.image.shape == (64, 64) for s in a)
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="do not apply"):
+        load_samples("busi:/nonexistent", scanner="B")
+    with pytest.raises(ValueError, match="unknown data source"):
+        load_samples("imagenet:/x")

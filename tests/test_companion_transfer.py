@@ -7,8 +7,8 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-from wsbus.companion import (Domain, build_classifier, cross_domain_matrix, fit_linear_head, mmd2, train_classifier,
-                             transfer_study)
+from wsbus.companion import (Domain, build_classifier, cross_domain_matrix, domain_from_samples, fit_linear_head, mmd2,
+                             train_classifier, transfer_study)
 
 torch.set_num_threads(1)
 
@@ -129,3 +129,14 @@ def test_transfer_study_methods():
         st.get("magic")
     with pytest.raises(ValueError, match="unknown methods"):
         transfer_study(model, tgt, methods=("magic",), progress=False)
+
+
+def test_domain_from_samples_splits_by_patient_then_crops():
+    from wsbus.companion import load_samples, region_crops, stratified_split
+    samples = load_samples("phantom", n=24, seed=4, size=64, scanner="C")
+    d = domain_from_samples(samples, size=16, test_fraction=0.3, seed=0)
+    tr, te = stratified_split(samples, test_fraction=0.3, seed=0)
+    ref = region_crops([samples[i] for i in te.tolist()], size=16, normals_per_image=2, seed=1)
+    torch.testing.assert_close(d.test_images, ref.images)
+    assert torch.equal(d.test_labels, ref.labels)
+    assert len(d.train_labels) == len(region_crops([samples[i] for i in tr.tolist()], size=16, normals_per_image=2))

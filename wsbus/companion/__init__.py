@@ -21,8 +21,8 @@ from .metric_learning import (EmbeddingNet, all_pairs, batch_all_triplets, batch
                               mine_pairs, mine_triplets, precision_at_k, retrieve, train_embedding, triplet_loss)
 from .metrics import (BinaryMetrics, ClassificationMetrics, binary_auc, binary_metrics, binary_roc_curve,
                       classification_metrics)
-from .transfer import (Domain, DomainMatrix, LinearHead, TransferStudy, cross_domain_matrix, fit_linear_head, mmd2,
-                       transfer_study)
+from .transfer import (Domain, DomainMatrix, LinearHead, TransferStudy, cross_domain_matrix, domain_from_samples,
+                       fit_linear_head, mmd2, transfer_study)
 
 __all__ = [
     # autoencoder
@@ -42,6 +42,6 @@ __all__ = [
     "BinaryMetrics", "ClassificationMetrics", "binary_roc_curve", "binary_auc", "binary_metrics",
     "classification_metrics",
     # transfer
-    "LinearHead", "fit_linear_head", "Domain", "DomainMatrix", "cross_domain_matrix", "TransferStudy",
+    "LinearHead", "fit_linear_head", "Domain", "domain_from_samples", "DomainMatrix", "cross_domain_matrix", "TransferStudy",
     "transfer_study", "mmd2",
 ]

@@ -27,7 +27,7 @@ from .classifier import (DiagnosisClassifier, _device_of, build_classifier, extr
                          train_classifier)
 from .metrics import classification_metrics
 
-__all__ = ["LinearHead", "fit_linear_head", "Domain", "DomainMatrix", "cross_domain_matrix", "transfer_study",
+__all__ = ["LinearHead", "fit_linear_head", "Domain", "domain_from_samples", "DomainMatrix", "cross_domain_matrix", "transfer_study",
            "TransferStudy", "mmd2", "METRICS"]
 
 METRICS = ("accuracy", "auc_malignant", "auc_mass", "sensitivity_malignant", "specificity_malignant")
@@ -120,6 +120,25 @@ class Domain(NamedTuple):
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+
+
+def domain_from_samples(samples: Sequence, size: int = 64, test_fraction: float = 0.3, seed: int = 0,
+                        normals_per_image: int = 2) -> Domain:
+    """One domain's train / test region crops: a patient-grouped split, then :func:`wsbus.companion.region_crops`.
+
+    The split is :func:`wsbus.companion.stratified_split` (``test_fraction``, ``seed``); the normal-tissue windows
+    of the test images are drawn with ``seed + 1`` so that they differ from the training ones.
+
+    Taught in ``book/13_transfer_domain_shift.md``.
+    """
+    from .crops import region_crops, stratified_split
+
+    train_idx, test_idx = stratified_split(samples, test_fraction=test_fraction, seed=seed)
+    train = region_crops([samples[i] for i in train_idx.tolist()], size=size, normals_per_image=normals_per_image,
+                         seed=seed)
+    test = region_crops([samples[i] for i in test_idx.tolist()], size=size, normals_per_image=normals_per_image,
+                        seed=seed + 1)
+    return Domain(train.images, train.labels, test.images, test.labels)
 
 
 def _scores(model, images: torch.Tensor, device) -> torch.Tensor:
