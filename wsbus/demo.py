@@ -212,7 +212,7 @@ def _panels_figure(test, detections: Mapping[str, Sequence[Mapping[str, Any]]], 
             truth.append(test[i])
             dets.append(d[i])
             titles.append(f"{name}\n{test[i].id}")
-    return detection_panels(images, truth, dets, ncols=len(idx), titles=titles, max_detections=3, ax_size=2.4)
+    return detection_panels(images, truth, dets, ncols=len(idx), titles=titles, ax_size=2.4)
 
 
 def _class_weights(spec: Union[str, Sequence[float], None], samples: Sequence[Any]) -> Optional[Tuple[float, ...]]:
