@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
-from wsbus.data.formats import DataError, Sample
+from wsbus.data.formats import Sample
 from wsbus.self_training import (PseudoBoxPrecision, PseudoLabel, detect, n_moved, pseudo_box_precision,
                                  pseudo_label, reconfigure, self_train)
 

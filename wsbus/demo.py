@@ -39,13 +39,12 @@ of CPU time each). Restricting the proposals also rescues the paper's map (seed 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch

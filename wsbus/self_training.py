@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou, clip_boxes_to_image
 
-from .data.formats import CLASSES, DataError, Sample
+from .data.formats import DataError, Sample
 
 __all__ = [
     "PseudoLabel", "PseudoBoxPrecision", "SelfTrainingResult", "detect", "pseudo_label", "reconfigure",
@@ -631,7 +632,6 @@ def self_train_from_checkpoint(checkpoint: Union[str, "os.PathLike[str]"], out_d
     Taught in ``book/07_self_training.md``.
     """
     import json
-    import os
     from pathlib import Path
 
     from .checkpoint import CheckpointError, load_checkpoint
