@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -104,6 +104,7 @@ class ConvAutoencoder(_Base):
         self.to_latent = nn.Linear(self.flat_dim, latent_dim)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The code ``z = f(x)``, ``[B, latent_dim]``."""
         self._check(x)
         return self.to_latent(self.encoder(x).flatten(1))
 
@@ -153,6 +154,8 @@ class ELBOTerms(NamedTuple):
 
     ``reconstruction`` = :math:`-\\log p_\\theta(x|z)` at one sample :math:`z \\sim q_\\phi(z|x)` (an unbiased
     estimate of :math:`-\\mathbb E_q[\\log p_\\theta(x|z)]`); ``kl`` = :math:`D_{KL}(q_\\phi(z|x) \\| p(z))`.
+
+    Taught in ``book/10_autoencoder_pretraining.md``.
     """
 
     reconstruction: torch.Tensor
@@ -259,7 +262,7 @@ class ConvVAE(_Base):
 
 def pretrain_autoencoder(model: Union[ConvAutoencoder, ConvVAE], images: torch.Tensor, *, steps: int = 300,
                          batch_size: int = 32, lr: float = 2e-3, weight_decay: float = 0.0, beta: float = 1.0,
-                         augment: Union[bool, callable, None] = False, device=None, seed: Optional[int] = 0,
+                         augment: Union[bool, Callable, None] = False, device=None, seed: Optional[int] = 0,
                          progress: bool = True, log_dir: Optional[str] = None) -> Dict[str, List[float]]:
     """Train an autoencoder or VAE on unlabeled images (Adam); returns the per-step loss terms.
 
@@ -359,7 +362,10 @@ def classifier_from_encoder(autoencoder: Union[ConvAutoencoder, ConvVAE], num_cl
 
 @dataclass
 class BudgetStudy:
-    """Result of :func:`label_budget_study`: one row per (budget, seed, method)."""
+    """Result of :func:`label_budget_study`: one row per (budget, seed, method).
+
+    Taught in ``book/10_autoencoder_pretraining.md``.
+    """
 
     rows: List[dict] = field(default_factory=list)
 

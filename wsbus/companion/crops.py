@@ -77,6 +77,8 @@ class CropSet:
     sample_index : int64 [N], index of the source sample in the list given to :func:`mass_crops`.
     windows : float32 [N, 4], the square crop window (x1, y1, x2, y2) in the source image's pixels.
     ids : list of str, the source sample's ``id`` per crop.
+
+    Taught in ``book/12_metric_learning.md``.
     """
 
     images: torch.Tensor

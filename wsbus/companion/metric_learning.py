@@ -15,7 +15,7 @@ Taught in ``book/12_metric_learning.md``.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -192,7 +192,7 @@ def batch_hard_triplets(embeddings: torch.Tensor, labels):
 def train_embedding(net: nn.Module, images: torch.Tensor, labels, *, loss: str = "triplet",
                     mining: Optional[str] = None, margin: Optional[float] = None, steps: int = 200,
                     batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4,
-                    augment: Union[bool, callable, None] = True, device=None, seed: Optional[int] = 0,
+                    augment: Union[bool, Callable, None] = True, device=None, seed: Optional[int] = 0,
                     progress: bool = True) -> List[float]:
     """Train an embedding with the contrastive or the triplet loss; returns the loss of every step.
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .classifier import (DiagnosisClassifier, _device_of, build_classifier, extract_features, predict_scores, seeded,
@@ -161,6 +160,8 @@ class DomainMatrix:
     values : ``{metric: float array [D, D]}``, ``values[m][i, j]`` = metric of the model trained on ``names[i]``
         evaluated on the test split of ``names[j]``.
     models : the trained model of each row.
+
+    Taught in ``book/13_transfer_domain_shift.md``.
     """
 
     names: List[str]
@@ -226,17 +227,22 @@ def cross_domain_matrix(domains: Mapping[str, Domain], *, backbone: str = "tiny"
 
 @dataclass
 class TransferStudy:
-    """Rows ``{"method", **metrics}`` of :func:`transfer_study`."""
+    """Rows ``{"method", **metrics}`` of :func:`transfer_study`.
+
+    Taught in ``book/13_transfer_domain_shift.md``.
+    """
 
     rows: List[dict]
 
     def to_markdown(self, metrics: Sequence[str] = ("accuracy", "auc_malignant"), digits: int = 3) -> str:
+        """One row per method, one column per metric."""
         lines = ["| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
         for r in self.rows:
             lines.append(f"| {r['method']} | " + " | ".join(f"{r[m]:.{digits}f}" for m in metrics) + " |")
         return "\n".join(lines)
 
     def get(self, method: str, metric: str = "accuracy") -> float:
+        """The ``metric`` of ``method``; ``KeyError`` naming the available methods when it is absent."""
         for r in self.rows:
             if r["method"] == method:
                 return r[metric]
