@@ -229,6 +229,43 @@ def _class_weights(spec: Union[str, Sequence[float], None], samples: Sequence[An
     return (0.0, inv[0] / sum(inv), inv[1] / sum(inv))
 
 
+def _phantom_split(cfg: DemoConfig, seed: int) -> Tuple[list, list, list, list]:
+    """The phantom of ``cfg`` and its patient-level split: ``(samples, strong, weak, test)``, shared by every run
+    of one seed (also by :func:`wsbus.ablation.run_ablation`)."""
+    from .data.phantom import make_phantom
+    from .data.splits import split
+
+    samples = make_phantom(cfg.n_images, seed=seed, size=cfg.size, **dict(cfg.phantom))
+    parts = split(samples, strong_fraction=cfg.strong_fraction, n_test=dict(cfg.n_test), seed=seed)
+    strong, weak, test = list(parts.strong), list(parts.weak), list(parts.test)
+    if not strong or not weak:
+        raise ValueError(f"the demo split left {len(strong)} strong and {len(weak)} weak images; "
+                         f"raise n_images or change strong_fraction ({cfg.strong_fraction})")
+    return samples, strong, weak, test
+
+
+def _detector_factory(cfg: DemoConfig, train_samples: Sequence[Any], rule_map: Any = None):
+    """A zero-argument builder of the demo's tiny detector (``rule_map`` overrides ``cfg.rule_map``)."""
+    from .models import build_detector
+
+    options = dict(min_size=cfg.size, max_size=max(cfg.size, 256),
+                   moi_rules=cfg.rule_map if rule_map is None else rule_map,
+                   mil_class_weights=_class_weights(cfg.mil_class_weights, train_samples), **dict(cfg.detector))
+
+    def factory():
+        return build_detector("tiny", **options)
+
+    return factory
+
+
+def _seeds(seed: int) -> Tuple[int, int]:
+    """``(init_seed, train_seed)`` of a demo seed: every run of that seed starts from the same weights and draws
+    the same mini-batches."""
+    from .seeding import derive_seed
+
+    return derive_seed(seed, "demo", "init", bits=32), derive_seed(seed, "demo", "train", bits=32)
+
+
 def _check_finding(by_name: Mapping[str, Any]) -> Dict[str, Any]:
     """The orderings the paper reports, as measured here (True/False), with the differences in points."""
     c = {k: float(m.overall) for k, m in by_name.items()}
@@ -246,14 +283,15 @@ def _check_finding(by_name: Mapping[str, Any]) -> Dict[str, Any]:
 class _Progress:
     """One tqdm bar over the training steps of every run (Trainer bars are off)."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, desc: str = "demo") -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, disable=not enabled, desc="demo", dynamic_ncols=True, file=sys.stderr,
+        self.desc = desc
+        self.bar = tqdm(total=total, disable=not enabled, desc=desc, dynamic_ncols=True, file=sys.stderr,
                         unit="step")
 
     def run(self, name: str) -> None:
-        self.bar.set_description(f"demo: {name}")
+        self.bar.set_description(f"{self.desc}: {name}")
 
     def step(self, *_: Any) -> None:
         self.bar.update(1)
@@ -294,11 +332,7 @@ def run_demo(out_dir: Union[str, os.PathLike] = "wsbus_demo", quick: bool = Fals
     The few-box runs share the same strong images; every run shares the test set and starts from the same
     initial weights, so the McNemar tests against ``joint`` are paired. Taught in ``book/01_introduction.md``.
     """
-    from .data.phantom import make_phantom
-    from .data.splits import split
     from .evaluate import MethodResult, add_p_values, corloc, paired_test, results_table, to_json_methods
-    from .models import build_detector
-    from .seeding import derive_seed
     from .self_training import _build, detect, self_train
     from .train import Trainer
 
@@ -311,23 +345,10 @@ def run_demo(out_dir: Union[str, os.PathLike] = "wsbus_demo", quick: bool = Fals
     timing: Dict[str, Dict[str, float]] = {}
 
     # --- data: one phantom, one patient-level split shared by every run -----------------------------------
-    samples = make_phantom(cfg.n_images, seed=seed, size=cfg.size, **dict(cfg.phantom))
-    parts = split(samples, strong_fraction=cfg.strong_fraction, n_test=dict(cfg.n_test), seed=seed)
-    strong, weak, test = list(parts.strong), list(parts.weak), list(parts.test)
-    if not strong or not weak:
-        raise ValueError(f"the demo split left {len(strong)} strong and {len(weak)} weak images; "
-                         f"raise n_images or change strong_fraction ({cfg.strong_fraction})")
+    samples, strong, weak, test = _phantom_split(cfg, seed)
     timing["data"] = {"wall": time.perf_counter() - t_start, "cpu": time.process_time() - c_start}
-
-    detector_options = dict(min_size=cfg.size, max_size=max(cfg.size, 256), moi_rules=cfg.rule_map,
-                            mil_class_weights=_class_weights(cfg.mil_class_weights, strong + weak),
-                            **dict(cfg.detector))
-
-    def factory():
-        return build_detector("tiny", **detector_options)
-
-    init_seed = derive_seed(seed, "demo", "init", bits=32)
-    train_seed = derive_seed(seed, "demo", "train", bits=32)
+    factory = _detector_factory(cfg, strong + weak)
+    init_seed, train_seed = _seeds(seed)
     common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, progress=False, tensorboard=False)
     runs: List[Tuple[str, str, Optional[list], Optional[list]]] = [
         ("strong_full", "strong", strong + weak, None),

@@ -274,7 +274,8 @@ def results_table(rows: Sequence[Row], kind: Literal["II", "IV", "V"] = "V",
     or ``None``), plus, depending on ``kind``:
 
     - ``"II"`` (ablation; one line per variant): ``aspect``, ``variant``. Columns Aspect | Variant | CorLoc [%] |
-      95% CI [%]; an aspect equal to the line above is left blank, as the paper groups its rows.
+      95% CI [%]; an aspect equal to the line above is left blank, as the paper groups its rows. When any row has
+      a ``p_value`` (e.g. against the proposed row, "-" for that row itself) a p-value column is added.
     - ``"IV"`` (self-training; methods as columns, e.g. initial / retrained 50 % / retrained 75 %): ``name``,
       ``n_strong``, ``n_weak``. Lines CorLoc, CI, # strong, # weak.
     - ``"V"`` (comparison with baselines; methods as columns): ``name``, ``n_strong``, ``n_weak``, ``p_value``
@@ -314,13 +315,18 @@ def results_table(rows: Sequence[Row], kind: Literal["II", "IV", "V"] = "V",
 
     if kind == "II":
         header = ["Aspect", "Variant", "CorLoc [%]", ci_head]
+        with_p = any(r.get("p_value") is not None for r in rows)
+        if with_p:
+            header.append("p-value")
         body, previous = [], None
         for i, r in enumerate(rows):
             aspect = _text(r, i, "aspect")
-            body.append(["" if aspect == previous else aspect, _text(r, i, "variant"),
-                         corloc_cell(r, i), ci_cell(r, i)])
+            line = ["" if aspect == previous else aspect, _text(r, i, "variant"), corloc_cell(r, i), ci_cell(r, i)]
+            if with_p:
+                line.append(format_p_value(r.get("p_value"), f"{_label(r, i)} p_value"))
+            body.append(line)
             previous = aspect
-        return _render(header, body, ["l", "l", "r", "r"], fmt)
+        return _render(header, body, ["l", "l", "r", "r"] + ["r"] * with_p, fmt)
 
     # Tables IV and V: one column per method.
     header = [""] + [_text(r, i, "name") for i, r in enumerate(rows)]

@@ -1,0 +1,239 @@
+"""``wsbus ablate``: the paper's Table II ablation, run on the embedded phantom.
+
+Taught in ``book/06_joint_training.md`` (section "A small ablation: Table II").
+
+Table II of Shin et al. (TMI 2019) changes one aspect of the proposed joint training at a time and reports CorLoc
+with a 95 % bootstrap CI for each variant. The proposed method is
+
+* MoI of benign images = most malignant region, of malignant images = most malignant region (:data:`wsbus.mil.PAPER`),
+* MIL scale factor alpha increased gradually (:func:`wsbus.schedules.gradual`),
+* strong and weak images combined in one mini-batch (``stream="combined"``),
+
+and the rows of :data:`TABLE_II_VARIANTS` each change one of these:
+
+====================================================  =====================================================
+Aspect                                                Variant
+====================================================  =====================================================
+MIL definition of MoI for images labelled B / M       most benign / most malignant
+                                                      most discriminative / most malignant
+                                                      most abnormal / most malignant
+MIL scale factor                                      static value (0.5)
+Combining weakly and strongly supervised data         alternating mini-batches from each set
+Proposed                                              most malignant / most malignant, gradual, combined
+====================================================  =====================================================
+
+:func:`run_ablation` trains every variant on one phantom split (the data, split, few boxed images, test set, initial
+weights and data order of ``wsbus demo`` for the same seed and :class:`~wsbus.demo.DemoConfig`), so the variants
+differ only in the aspect the row names, and the McNemar p-value of each row against "Proposed" is paired.
+
+**Alternating budget.** An alternating run of ``n`` steps alternates strong-only and weak-only mini-batches, so it
+sees each stream half as often as a combined run of ``n`` steps. By default (``alternating_budget="images"``) the
+alternating variant therefore trains ``2 n`` steps: both variants see the same number of strong and of weak images
+and do about the same amount of computation. ``alternating_budget="updates"`` keeps ``n`` steps (the same number
+of optimiser updates, half the images); the paper does not say which it compared.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional, Sequence, Union
+
+if TYPE_CHECKING:  # importing this module stays light (the CLI's parser reads TABLE_II_VARIANTS)
+    import torch
+
+    from .demo import DemoConfig
+
+__all__ = ["AblationVariant", "TABLE_II_VARIANTS", "AblationResult", "run_ablation"]
+
+_MOI = "MIL definition of MoI for images labelled B / M"
+_ALPHA = "MIL scale factor"
+_STREAM = "Combining weakly and strongly supervised data"
+
+
+@dataclass(frozen=True)
+class AblationVariant:
+    """One row of Table II: a joint-training configuration that differs from the proposed one in one aspect.
+
+    Attributes
+    ----------
+    key : short identifier (CLI ``--variants``, JSON, log file names).
+    aspect, variant : Table II's two text columns.
+    rule_map : MoI rule map (a :data:`wsbus.mil.RULE_MAPS` name or ``"<benign rule>/<malignant rule>"``).
+    alpha : ``"gradual"`` or a constant (the MIL scale factor).
+    stream : ``"combined"`` or ``"alternating"``.
+
+    Taught in ``book/06_joint_training.md``.
+    """
+
+    key: str
+    aspect: str
+    variant: str
+    rule_map: str = "paper"
+    alpha: Union[str, float] = "gradual"
+    stream: str = "combined"
+
+
+#: The six rows of the paper's Table II, in its order; the last one is the proposed method.
+TABLE_II_VARIANTS = (
+    AblationVariant("moi_benign", _MOI, "most benign region / most malignant region",
+                    rule_map="most_benign/most_malignant"),
+    AblationVariant("moi_discriminative", _MOI, "most discriminative region / most malignant region",
+                    rule_map="most_discriminative/most_malignant"),
+    AblationVariant("moi_abnormal", _MOI, "most abnormal region / most malignant region",
+                    rule_map="most_abnormal/most_malignant"),
+    AblationVariant("static_alpha", _ALPHA, "static value (0.5)", alpha=0.5),
+    AblationVariant("alternating", _STREAM, "alternating mini-batches from each set", stream="alternating"),
+    AblationVariant("proposed", "Proposed", "most malignant / most malignant, gradual increase, combined single "
+                                            "mini-batch"),
+)
+_BY_KEY = {v.key: v for v in TABLE_II_VARIANTS}
+
+
+@dataclass
+class AblationResult:
+    """What :func:`run_ablation` measured: one :class:`wsbus.evaluate.MethodResult` per variant (Table II order),
+    with ``aspect``/``variant`` set and ``p_value`` = McNemar's exact test against the proposed row.
+
+    Taught in ``book/06_joint_training.md``.
+    """
+
+    rows: List[Any]
+    variants: List[AblationVariant]
+    histories: Dict[str, Any] = field(repr=False)
+    config: Dict[str, Any] = field(default_factory=dict)
+
+    def table(self, fmt: Literal["markdown", "html"] = "markdown") -> str:
+        """The Table II-shaped table (Aspect | Variant | CorLoc [%] | 95 % CI [%] | p vs proposed)."""
+        from .evaluate import results_table
+
+        return results_table(self.rows, kind="II", fmt=fmt)
+
+    def to_json(self) -> Dict[str, Any]:
+        """Plain data: ``{"rows": [{"key", "aspect", "variant", "corloc": {...}, "ci", "p_value", ...}], "config"}``.
+        """
+        from .evaluate import to_json_methods
+
+        entries = to_json_methods(self.rows)
+        for entry, v, m in zip(entries, self.variants, self.rows):
+            entry.update(key=v.key, aspect=v.aspect, variant=v.variant, rule_map=v.rule_map,
+                         alpha=v.alpha, stream=v.stream, steps=len(self.histories[v.key]),
+                         p_value_test=None if v.key == "proposed" else "mcnemar_exact",
+                         n_test_images_with_mass=int(m.per_image.size))
+        return {"rows": entries, "config": self.config}
+
+
+def _variants(spec: Optional[Sequence[Union[str, AblationVariant]]]) -> List[AblationVariant]:
+    if spec is None:
+        return list(TABLE_II_VARIANTS)
+    out: List[AblationVariant] = []
+    for v in spec:
+        if isinstance(v, AblationVariant):
+            out.append(v)
+        elif v in _BY_KEY:
+            out.append(_BY_KEY[v])
+        else:
+            raise ValueError(f"unknown ablation variant {v!r}; use AblationVariant objects or keys from "
+                             f"{[k for k in _BY_KEY]}")
+    keys = [v.key for v in out]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"ablation variants must have distinct keys, got {keys}")
+    if "proposed" not in keys:
+        raise ValueError("the ablation needs the 'proposed' variant: every row is tested against it")
+    return out
+
+
+def run_ablation(out_dir: Union[str, os.PathLike, None] = "wsbus_ablation", quick: bool = False,
+                 device: Union[str, "torch.device", None] = None, seed: int = 0, progress: bool = True,
+                 config: Optional["DemoConfig"] = None,
+                 variants: Optional[Sequence[Union[str, AblationVariant]]] = None,
+                 alternating_budget: Literal["images", "updates"] = "images") -> AblationResult:
+    """Train every Table II variant on the phantom split of ``wsbus demo`` and tabulate CorLoc with 95 % CIs.
+
+    Parameters
+    ----------
+    out_dir : output folder (created) receiving ``ablation.json``, ``table_ii.md`` and ``logs/<key>.csv``;
+        ``None`` writes nothing.
+    quick : use :data:`wsbus.demo.QUICK` (a smoke run) instead of :data:`wsbus.demo.FULL`.
+    device : ``"cpu"``, ``"cuda"``, ...; default CUDA when available, else CPU.
+    seed : the demo seed: phantom, split, initial weights and data order (the same for every variant).
+    progress : one tqdm bar over all training steps.
+    config : a custom :class:`~wsbus.demo.DemoConfig` (overrides ``quick``). Its data, step count, batch sizes,
+        optimiser, MIL class weights and detector options are used; its ``rule_map`` and ``alpha`` are not (each
+        variant sets them).
+    variants : keys of :data:`TABLE_II_VARIANTS` or :class:`AblationVariant` objects; default all six. Must
+        include ``"proposed"``.
+    alternating_budget : ``"images"`` (alternating runs train twice the steps, so both streams are seen as often
+        as in a combined run) or ``"updates"`` (the same number of steps); see the module notes.
+
+    Returns
+    -------
+    AblationResult
+        ``.table()`` is the Table II-shaped Markdown table; ``.rows`` the per-variant results.
+
+    Taught in ``book/06_joint_training.md``.
+    """
+    from .demo import FULL, QUICK, _detector_factory, _phantom_split, _Progress, _resolve_device, _seeds, _write_json
+    from .evaluate import MethodResult, add_p_values, corloc
+    from .self_training import _build, detect
+    from .train import Trainer
+
+    if alternating_budget not in ("images", "updates"):
+        raise ValueError(f"alternating_budget must be 'images' or 'updates', got {alternating_budget!r}")
+    cfg = config if config is not None else (QUICK if quick else FULL)
+    chosen = _variants(variants)
+    dev = _resolve_device(device)
+    t_start, c_start = time.perf_counter(), time.process_time()
+    _, strong, weak, test = _phantom_split(cfg, seed)
+    init_seed, train_seed = _seeds(seed)
+
+    def steps_of(v: AblationVariant) -> int:
+        return 2 * cfg.steps if v.stream == "alternating" and alternating_budget == "images" else cfg.steps
+
+    bar = _Progress(total=sum(steps_of(v) for v in chosen), enabled=progress, desc="ablate")
+    rows: Dict[str, MethodResult] = {}
+    histories: Dict[str, Any] = {}
+    timing: Dict[str, Dict[str, float]] = {}
+    try:
+        for v in chosen:
+            bar.run(v.key)
+            t0, c0 = time.perf_counter(), time.process_time()
+            factory = _detector_factory(cfg, strong + weak, rule_map=v.rule_map)
+            trainer = Trainer(_build(factory, init_seed), strong, weak, mode="joint", stream=v.stream,
+                              alpha=v.alpha, n_strong=cfg.batch_strong, n_weak=cfg.batch_weak, steps=steps_of(v),
+                              lr=cfg.lr, weight_decay=cfg.weight_decay, seed=train_seed, device=dev, progress=False,
+                              tensorboard=False, callbacks=[bar.step])
+            histories[v.key] = trainer.fit()
+            result = corloc(detect(trainer.model, test, device=dev), test)
+            rows[v.key] = MethodResult.from_corloc(v.key, result, n_strong=len(strong), n_weak=len(weak),
+                                                   n_boot=cfg.n_boot, supervision="Weak & Semi", aspect=v.aspect,
+                                                   variant=v.variant)
+            timing[v.key] = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+    finally:
+        bar.close()
+
+    ordered = add_p_values([rows[v.key] for v in chosen], reference="proposed", test="mcnemar", n_boot=cfg.n_boot)
+    wall, cpu = time.perf_counter() - t_start, time.process_time() - c_start
+    config_json = {**cfg.as_dict(), "quick": bool(quick and config is None), "seed": int(seed), "device": str(dev),
+                   "alternating_budget": alternating_budget,
+                   "timing": {**timing, "total": {"wall": wall, "cpu": cpu}}}
+    config_json.pop("rule_map", None)
+    config_json.pop("alpha", None)
+    res = AblationResult(rows=ordered, variants=chosen, histories=histories, config=config_json)
+
+    note = ("\nJoint training on the phantom's few boxed + many image-labelled images; each row changes one aspect "
+            "of the proposed method. CorLoc on the test set (IoU > 0.5, score >= 0.5, class must match), 95 % "
+            f"percentile bootstrap CI over {cfg.n_boot} resamples of the test images; p: McNemar's exact test "
+            "against `proposed` on the same test images.\n")
+    if out_dir is not None:
+        out = Path(out_dir)
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        (out / "table_ii.md").write_text("# Table II (phantom)\n\n" + res.table() + note)
+        for key, h in histories.items():
+            h.to_csv(out / "logs" / f"{key}.csv")
+        _write_json(out / "ablation.json", res.to_json())
+    print(res.table() + note)
+    print(f"wall time {wall:.0f} s, CPU time {cpu:.0f} s on {dev}"
+          + (f"; outputs in {out_dir}" if out_dir is not None else ""))
+    return res
