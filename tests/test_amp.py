@@ -15,27 +15,10 @@ import pytest
 import torch
 from torchvision.models.detection._utils import BoxCoder
 
+from conftest import DETECTOR_SIZE, detector_images, strong_target
 from wsbus.models import LOSS_KEYS, build_detector
 
 torch.set_num_threads(1)
-
-SIZE = 64
-
-
-def _images(n, size=SIZE, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.rand(1, size, size, generator=g) for _ in range(n)]
-
-
-def _strong(label=1):
-    return {"boxes": torch.tensor([[10.0, 12.0, 40.0, 44.0]]), "labels": torch.tensor([label])}
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_detector("tiny", min_size=SIZE, max_size=SIZE, anchor_sizes=(16, 32),
-                          rpn_post_nms_top_n={"training": 60, "testing": 30}, box_batch_size_per_image=16)
 
 
 def test_bf16_trainer_run_is_finite_and_learns():
@@ -63,20 +46,20 @@ def test_bf16_trainer_run_is_finite_and_learns():
 
 
 @pytest.mark.parametrize("kind", ["strong", "weak", "joint"])
-def test_losses_under_autocast_are_float32_with_finite_gradients(model, kind):
-    targets = {"strong": [_strong(1), _strong(2)],
+def test_losses_under_autocast_are_float32_with_finite_gradients(tiny_detector, kind):
+    targets = {"strong": [strong_target(1), strong_target(2)],
                "weak": [{"image_label": 1}, {"image_label": 2}],
-               "joint": [_strong(2), {"image_label": 1}]}[kind]
-    model.train()
-    model.zero_grad(set_to_none=True)
+               "joint": [strong_target(2), {"image_label": 1}]}[kind]
+    tiny_detector.train()
+    tiny_detector.zero_grad(set_to_none=True)
     torch.manual_seed(1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = model(_images(2), targets)
+        losses = tiny_detector(detector_images(2), targets)
     assert set(losses) == set(LOSS_KEYS)
     for k, v in losses.items():
         assert v.dtype == torch.float32 and v.dim() == 0 and torch.isfinite(v), (k, v)
     sum(losses.values()).backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in tiny_detector.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     if kind != "strong":
         assert losses["loss_mil"] > 0
@@ -84,21 +67,21 @@ def test_losses_under_autocast_are_float32_with_finite_gradients(model, kind):
         assert losses["loss_classifier"] > 0
 
 
-def test_bf16_losses_are_close_to_float32(model):
-    model.train()
-    targets = [_strong(2), {"image_label": 1}, {"image_label": 2}]
+def test_bf16_losses_are_close_to_float32(tiny_detector):
+    tiny_detector.train()
+    targets = [strong_target(2), {"image_label": 1}, {"image_label": 2}]
     out = {}
     for name, enabled in (("fp32", False), ("bf16", True)):
         torch.manual_seed(5)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
-            out[name] = model(_images(3), targets)
+            out[name] = tiny_detector(detector_images(3), targets)
     for k in ("loss_objectness", "loss_classifier", "loss_mil"):
         # bfloat16 keeps ~3 significant digits; the sampled anchors/RoIs may differ where scores tie
         assert out["bf16"][k].item() == pytest.approx(out["fp32"][k].item(), rel=0.1, abs=0.02), k
 
 
-def test_boxes_are_decoded_in_float32_under_autocast(model):
-    model.eval()
+def test_boxes_are_decoded_in_float32_under_autocast(tiny_detector):
+    tiny_detector.eval()
     seen = {}
 
     def grab_head(module, inputs, output):
@@ -107,12 +90,12 @@ def test_boxes_are_decoded_in_float32_under_autocast(model):
     def grab_anchors(module, inputs, output):
         seen["anchors"] = output[0]
 
-    h1 = model.rpn.head.register_forward_hook(grab_head)
-    h2 = model.rpn.anchor_generator.register_forward_hook(grab_anchors)
+    h1 = tiny_detector.rpn.head.register_forward_hook(grab_head)
+    h2 = tiny_detector.rpn.anchor_generator.register_forward_hook(grab_anchors)
     try:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            detections = model(_images(1, size=SIZE))
-            (proposals, logits), = model.proposal_logits(_images(1, size=SIZE))
+            detections = tiny_detector(detector_images(1, size=DETECTOR_SIZE))
+            (proposals, logits), = tiny_detector.proposal_logits(detector_images(1, size=DETECTOR_SIZE))
     finally:
         h1.remove()
         h2.remove()
@@ -127,7 +110,7 @@ def test_boxes_are_decoded_in_float32_under_autocast(model):
     n, a4, h, w = deltas.shape
     deltas = deltas.view(n, a4 // 4, 4, h, w).permute(0, 3, 4, 1, 2).reshape(-1, 4).float()
     coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
-    candidates = coder.decode_single(deltas, seen["anchors"]).clamp(0, SIZE)
+    candidates = coder.decode_single(deltas, seen["anchors"]).clamp(0, DETECTOR_SIZE)
     dist = torch.cdist(proposals, candidates, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
     assert dist.max() < 1e-3
 

@@ -24,30 +24,15 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
 import wsbus
+from conftest import DETECTOR_SIZE, detector_images, strong_target
 from wsbus.models import LOSS_KEYS, build_detector
 from wsbus.models.detector import CachedAnchorGenerator
 
 torch.set_num_threads(1)
 
-SIZE = 64
 WSBUS_DIR = str(Path(wsbus.__file__).resolve().parent)
 TORCHVISION_DIR = str(Path(__import__("torchvision").__file__).resolve().parent)
 
-
-def _images(n, size=SIZE, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.rand(1, size, size, generator=g) for _ in range(n)]
-
-
-def _strong(label=1):
-    return {"boxes": torch.tensor([[10.0, 12.0, 40.0, 44.0]]), "labels": torch.tensor([label])}
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_detector("tiny", min_size=SIZE, max_size=SIZE, anchor_sizes=(16, 32),
-                          rpn_post_nms_top_n={"training": 60, "testing": 30}, box_batch_size_per_image=16)
 
 
 class HeadRows:
@@ -78,44 +63,46 @@ def _head_calls(model, images, targets, seed=0):
 # --------------------------------------------------------------------------------------------------------
 # the weak branch's RoI counts
 # --------------------------------------------------------------------------------------------------------
-def test_weak_only_batch_sends_one_roi_per_weak_image_with_gradient(model):
-    calls, losses = _head_calls(model, _images(3), [{"image_label": 1}, {"image_label": 2}, {"image_label": 0}])
+def test_weak_only_batch_sends_one_roi_per_weak_image_with_gradient(tiny_detector):
+    weak = [{"image_label": 1}, {"image_label": 2}, {"image_label": 0}]
+    calls, losses = _head_calls(tiny_detector, detector_images(3), weak)
     grad_rows = [n for n, g in calls if g]
     nograd_rows = [n for n, g in calls if not g]
     assert grad_rows == [3]                      # exactly one MoI per weak image in the gradient pass
     assert len(nograd_rows) == 1                 # one scoring pass for the whole mini-batch
-    assert 3 <= nograd_rows[0] <= 3 * model.roi_heads.weak_proposals
+    assert 3 <= nograd_rows[0] <= 3 * tiny_detector.roi_heads.weak_proposals
     assert losses["loss_mil"].requires_grad
 
 
-def test_joint_batch_adds_exactly_the_weak_images_to_the_strong_head_pass(model):
-    images = _images(3)
-    strong_calls, _ = _head_calls(model, images[:1], [_strong()], seed=4)
-    joint_calls, _ = _head_calls(model, images, [_strong(), {"image_label": 1}, {"image_label": 2}], seed=4)
+def test_joint_batch_adds_exactly_the_weak_images_to_the_strong_head_pass(tiny_detector):
+    images = detector_images(3)
+    strong_calls, _ = _head_calls(tiny_detector, images[:1], [strong_target()], seed=4)
+    joint = [strong_target(), {"image_label": 1}, {"image_label": 2}]
+    joint_calls, _ = _head_calls(tiny_detector, images, joint, seed=4)
     # strong only: one pass with gradient over the sampled RoIs, no scoring pass
     assert [g for _, g in strong_calls] == [True]
     (n_strong,) = [n for n, _ in strong_calls]
-    assert n_strong == model.roi_heads.fg_bg_sampler.batch_size_per_image
+    assert n_strong == tiny_detector.roi_heads.fg_bg_sampler.batch_size_per_image
     # joint: the same sampled RoIs plus one MoI per weak image, in ONE gradient pass; the scoring pass holds
     # only weak proposals (the strong image contributes no row to it)
     grad_rows = [n for n, g in joint_calls if g]
     nograd_rows = [n for n, g in joint_calls if not g]
     assert grad_rows == [n_strong + 2]
-    assert len(nograd_rows) == 1 and nograd_rows[0] <= 2 * model.roi_heads.weak_proposals
+    assert len(nograd_rows) == 1 and nograd_rows[0] <= 2 * tiny_detector.roi_heads.weak_proposals
 
 
-def test_weak_images_skip_anchor_matching(model, monkeypatch):
+def test_weak_images_skip_anchor_matching(tiny_detector, monkeypatch):
     seen = []
-    original = model.rpn.assign_targets_to_anchors
+    original = tiny_detector.rpn.assign_targets_to_anchors
 
     def spy(anchors, targets):
         seen.append(len(targets))
         return original(anchors, targets)
 
-    monkeypatch.setattr(model.rpn, "assign_targets_to_anchors", spy)
-    model.train()
-    model(_images(3), [_strong(), {"image_label": 1}, {"image_label": 2}])
-    losses = model(_images(2), [{"image_label": 1}, {"image_label": 2}])
+    monkeypatch.setattr(tiny_detector.rpn, "assign_targets_to_anchors", spy)
+    tiny_detector.train()
+    tiny_detector(detector_images(3), [strong_target(), {"image_label": 1}, {"image_label": 2}])
+    losses = tiny_detector(detector_images(2), [{"image_label": 1}, {"image_label": 2}])
     assert seen == [1]  # the strong image only; the weak-only batch matched nothing
     assert losses["loss_objectness"].item() == 0 and losses["loss_rpn_box_reg"].item() == 0
 
@@ -212,13 +199,13 @@ ALLOWED_TRAINING_SYNCS = collections.Counter({("models/detector.py", "_check_tar
 
 
 @pytest.mark.parametrize("kind", ["joint", "strong", "weak"])
-def test_training_forward_adds_no_unreviewed_host_syncs(model, kind):
-    targets = {"joint": [_strong(), {"image_label": torch.tensor(1)}, {"image_label": 2}],
-               "strong": [_strong(1), _strong(2), _strong(1)],
+def test_training_forward_adds_no_unreviewed_host_syncs(tiny_detector, kind):
+    targets = {"joint": [strong_target(), {"image_label": torch.tensor(1)}, {"image_label": 2}],
+               "strong": [strong_target(1), strong_target(2), strong_target(1)],
                "weak": [{"image_label": torch.tensor(1)}, {"image_label": torch.tensor(2)}, {"image_label": 0}]}[kind]
-    model.train()
+    tiny_detector.train()
     with SyncSites() as counter:
-        losses = model(_images(3), targets)
+        losses = tiny_detector(detector_images(3), targets)
     assert set(losses) == set(LOSS_KEYS)
     allowed = dict(ALLOWED_TRAINING_SYNCS)
     if kind == "weak":
@@ -226,10 +213,10 @@ def test_training_forward_adds_no_unreviewed_host_syncs(model, kind):
     assert dict(counter.sites) == allowed
 
 
-def test_eval_forward_adds_no_host_syncs(model):
-    model.eval()
+def test_eval_forward_adds_no_host_syncs(tiny_detector):
+    tiny_detector.eval()
     with torch.no_grad(), SyncSites() as counter:
-        model(_images(2))
+        tiny_detector(detector_images(2))
     assert dict(counter.sites) == {}
 
 
@@ -244,9 +231,9 @@ def test_sync_counter_would_catch_a_sync_added_to_the_weak_branch(monkeypatch):
         return original(self, logits, labels)
 
     monkeypatch.setattr(detector.WeakSemiRoIHeads, "select_moi", select_moi_with_item)
-    m = build_detector("tiny", min_size=SIZE, max_size=SIZE).train()
+    m = build_detector("tiny", min_size=DETECTOR_SIZE, max_size=DETECTOR_SIZE).train()
     with SyncSites() as counter:
-        m(_images(1), [{"image_label": torch.tensor(1)}])
+        m(detector_images(1), [{"image_label": torch.tensor(1)}])
     # attributed to the innermost wsbus frame, the weak branch that called the patched method
     assert counter.sites[("models/detector.py", "weak_moi_boxes")] == 1
     assert dict(counter.sites) != {("models/detector.py", "_check_targets"): 1}
@@ -265,21 +252,21 @@ def test_sync_counter_attributes_wsbus_sites():
 # --------------------------------------------------------------------------------------------------------
 def test_channels_last_feeds_the_backbone_nhwc_and_computes_the_same_losses():
     torch.manual_seed(0)
-    nchw = build_detector("tiny", min_size=SIZE, max_size=SIZE)
+    nchw = build_detector("tiny", min_size=DETECTOR_SIZE, max_size=DETECTOR_SIZE)
     torch.manual_seed(0)
-    nhwc = build_detector("tiny", min_size=SIZE, max_size=SIZE, channels_last=True)
+    nhwc = build_detector("tiny", min_size=DETECTOR_SIZE, max_size=DETECTOR_SIZE, channels_last=True)
     assert "channels_last" not in nhwc.config  # a layout option, not architecture: checkpoints load either way
     nhwc.load_state_dict(nchw.state_dict())
     assert nhwc.backbone[3].weight.is_contiguous(memory_format=torch.channels_last)
     formats = []
     nhwc.backbone[0].register_forward_hook(
         lambda m, i, o: formats.append(i[0].is_contiguous(memory_format=torch.channels_last)))
-    targets = [_strong(), {"image_label": 2}]
+    targets = [strong_target(), {"image_label": 2}]
     out = {}
     for name, m in (("nchw", nchw), ("nhwc", nhwc)):
         m.train()
         torch.manual_seed(3)
-        out[name] = m(_images(2), targets)
+        out[name] = m(detector_images(2), targets)
     assert formats == [True]
     for k in LOSS_KEYS:
         torch.testing.assert_close(out["nhwc"][k], out["nchw"][k], rtol=1e-4, atol=1e-5)
@@ -293,9 +280,9 @@ def test_cuda_sync_debug_mode_reports_only_the_reviewed_wsbus_lines():
     ``torch.tensor(x, device="cuda")``, invisible to :class:`SyncSites`) flags no other wsbus line."""
     import warnings
 
-    m = build_detector("tiny", min_size=SIZE, max_size=SIZE).cuda().train()
-    images = [im.cuda() for im in _images(3)]
-    targets = [{k: v.cuda() for k, v in _strong().items()}, {"image_label": torch.tensor(1, device="cuda")},
+    m = build_detector("tiny", min_size=DETECTOR_SIZE, max_size=DETECTOR_SIZE).cuda().train()
+    images = [im.cuda() for im in detector_images(3)]
+    targets = [{k: v.cuda() for k, v in strong_target().items()}, {"image_label": torch.tensor(1, device="cuda")},
                {"image_label": 2}]
     m(images, targets)  # warm-up: anchors cached, kernels loaded
     torch.cuda.synchronize()

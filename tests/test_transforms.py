@@ -113,6 +113,23 @@ def test_weak_samples_pass_through():
     assert out.dtype == torch.float32 and out.ndim == 3
 
 
+@pytest.mark.parametrize("make", [train_transforms, eval_transforms])
+def test_plain_grayscale_array_with_labels(make):
+    """An ``H x W`` numpy image with a labels tensor: the labels are not taken for the image (v2.ToImage's
+    heuristic picks the first plain tensor when no input is image-typed), and the result equals that of the
+    same image given as a ``tv_tensors.Image``."""
+    array = np.random.default_rng(4).integers(0, 256, (40, 100), dtype=np.uint8)
+    target = {"boxes": _boxes([[10, 10, 40, 30]], 40, 100), "labels": torch.tensor([2])}
+    out, got = apply(make(), array, dict(target), seed=3)
+    ref, want = apply(make(), tv_tensors.Image(torch.from_numpy(array)[None]), dict(target), seed=3)
+    assert out.shape == ref.shape and out.shape[0] == 1 and out.dtype == torch.float32
+    torch.testing.assert_close(out.as_subclass(torch.Tensor), ref.as_subclass(torch.Tensor), rtol=0, atol=0)
+    assert type(got["labels"]) is torch.Tensor and got["labels"].tolist() == [2]
+    assert got["boxes"].tolist() == want["boxes"].tolist()
+    weak_out, weak = apply(make(), array, {"image_label": torch.tensor(1)}, seed=3)  # a weak sample: 0-d label
+    assert weak_out.shape[0] == 1 and type(weak["image_label"]) is torch.Tensor and weak["image_label"].item() == 1
+
+
 def test_eval_transforms_only_convert():
     image = _img(seed=2)
     out, target = eval_transforms()(image, {"boxes": _boxes([[1, 2, 3, 4]], 40, 100)})

@@ -152,3 +152,45 @@ def test_plot_bootstrap_two_methods(tmp_path):
     assert "McNemar" not in fig.axes[0].get_title()
     with pytest.raises(TypeError, match="non-empty dict"):
         plot_bootstrap([a, b])
+
+
+def _bar_edges(ax, j):
+    """Left and right edges and heights of the histogram bars of the ``j``-th method (its ``hist`` container)."""
+    bars = list(ax.containers[j])
+    assert bars and all(isinstance(r, Rectangle) for r in bars)
+    left = np.array([r.get_x() for r in bars])
+    right = left + np.array([r.get_width() for r in bars])
+    return left, right, np.array([r.get_height() for r in bars])
+
+
+@pytest.mark.parametrize("n_a, n_b", [(37, 37), (37, 23)])
+def test_plot_bootstrap_bins_are_centred_on_the_corloc_lattice(n_a, n_b):
+    """CorLoc on n images takes the values k/n only: every bin is centred on one such value, its edges at
+    (k +- 0.5)/n, so each bin holds exactly the resamples with one k (no empty or double bins by aliasing)."""
+    from wsbus.evaluate import bootstrap_means
+
+    rng = np.random.default_rng(3)
+    a, b = rng.random(n_a) < 0.7, rng.random(n_b) < 0.4
+    fig = plot_bootstrap({"a": a, "b": b}, n_boot=400, seed=5)
+    ax = fig.axes[0]
+    if n_a == n_b:
+        boots = bootstrap_means(np.stack([a, b]), n_boot=400, seed=5)
+    else:
+        boots = np.stack([bootstrap_means(a, n_boot=400, seed=5), bootstrap_means(b, n_boot=400, seed=5)])
+    for j, (n, boot) in enumerate(((n_a, boots[0]), (n_b, boots[1]))):
+        left, right, heights = _bar_edges(ax, j)
+        np.testing.assert_allclose(right - left, 100 / n)                   # one lattice step wide
+        centres = (left + right) / 2 * n / 100
+        np.testing.assert_allclose(centres, np.round(centres), atol=1e-9)  # centred on k/n
+        k = np.round(boot * n).astype(int)
+        want = np.bincount(k - k.min())
+        assert np.round(centres).astype(int).tolist() == list(range(k.min(), k.max() + 1))
+        np.testing.assert_array_equal(heights, want)                        # each bar: the resamples with that k
+    # many lattice values: at most `bins` bins, each an odd number of values wide, still centred on one value
+    big = rng.random(5000) < 0.5
+    left, right, heights = _bar_edges(plot_bootstrap({"big": big}, n_boot=300, seed=1, bins=10).axes[0], 0)
+    assert len(left) <= 10 and heights.sum() == 300
+    width = np.round((right - left) * 5000 / 100).astype(int)
+    assert len(set(width.tolist())) == 1 and width[0] % 2 == 1
+    centres = (left + right) / 2 * 5000 / 100
+    np.testing.assert_allclose(centres, np.round(centres), atol=1e-6)

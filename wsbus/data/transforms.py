@@ -10,14 +10,19 @@ weakly labelled images; here boxes follow every geometric step (``tv_tensors.Bou
 pipeline serves strong and weak images. The crop never cuts a box by more than half: each side's crop is
 limited to a quarter of the box it would enter.
 
-Transforms take and return ``(image, target)`` where ``image`` is a ``tv_tensors.Image`` (or a ``[C, H, W]``
-tensor / ``H x W`` uint8 array) and ``target`` a dict that may hold ``"boxes"`` as
-``tv_tensors.BoundingBoxes`` in XYXY format; other entries pass through.
+Transforms take and return ``(image, target)`` where ``image`` is a ``tv_tensors.Image`` (or, through
+:func:`apply`, a ``[C, H, W]`` tensor, an ``H x W`` / ``H x W x C`` uint8 array or a PIL image) and ``target`` a
+dict that may hold ``"boxes"`` as ``tv_tensors.BoundingBoxes`` in XYXY format; other entries (``"labels"``,
+``"image_label"``...) pass through. :func:`apply` wraps a plain image as a ``tv_tensors.Image`` first: otherwise
+``v2.ToImage``'s heuristic, finding no image-typed input, would take the first plain tensor of the target (the
+labels) for the image.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
+import PIL.Image
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -153,8 +158,22 @@ def eval_transforms() -> v2.Compose:
     return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
 
 
+def _as_image(image: Any) -> Any:
+    """``image`` as a ``tv_tensors.Image``: an ``H x W`` (``H x W x C``) array or a PIL image becomes ``[1, H, W]``
+    (``[C, H, W]``), a plain ``[C, H, W]`` (or ``H x W``) tensor is wrapped; image-typed inputs are returned as is."""
+    if isinstance(image, (tv_tensors.Image, tv_tensors.Video)):
+        return image
+    if isinstance(image, (np.ndarray, PIL.Image.Image, torch.Tensor)):
+        return F.to_image(image)
+    return image
+
+
 def apply(transform: Optional[Callable], image: Any, target: Dict[str, Any], seed: Optional[int] = None):
     """Apply ``transform`` to ``(image, target)``, drawing its randomness from ``seed`` when one is given.
+
+    A plain image (``H x W`` or ``H x W x C`` array, PIL image, ``[C, H, W]`` tensor) is wrapped as a
+    ``tv_tensors.Image`` first, so that the pipeline's ``v2.ToImage`` and the geometric steps recognise it as the
+    image and pass the target's tensors (``"labels"``, ``"image_label"``) through untouched.
 
     With a seed, the global torch RNG is forked (``torch.random.fork_rng(devices=[])``), seeded, and restored
     afterwards: the result depends only on the inputs and the seed, and the caller's RNG state is untouched,
@@ -166,6 +185,7 @@ def apply(transform: Optional[Callable], image: Any, target: Dict[str, Any], see
     """
     if transform is None:
         return image, target
+    image = _as_image(image)
     if seed is None:
         return transform(image, target)
     with torch.random.fork_rng(devices=[]):

@@ -375,6 +375,26 @@ def plot_precision_vs_rank(confidences: Any, correct: Any, fractions: Sequence[f
 # --------------------------------------------------------------------------------------------------------------
 # Bootstrap distributions
 # --------------------------------------------------------------------------------------------------------------
+def _bootstrap_edges(outcomes: np.ndarray, boots: np.ndarray, bins: int, lo_all: float, hi_all: float) -> np.ndarray:
+    """Histogram edges, in percent, for the bootstrap means ``boots`` of the per-image ``outcomes``.
+
+    Integer outcomes (0/1 for CorLoc) on ``n`` images give means on the lattice ``k / n`` only: the bins are then
+    whole multiples of ``1 / n`` wide, an odd number ``m`` of lattice values each, with edges half-way between
+    lattice values (at ``(k - 0.5) / n``) and each bin centred on one value ``k / n``. Evenly spaced edges would
+    alias with the lattice: some bins would hold no possible value (empty gaps) and others two (double height).
+    Other outcomes get ``bins`` evenly spaced bins over ``[lo_all, hi_all]`` (percent), shared by all methods.
+    """
+    n = outcomes.size
+    if n and np.all(np.isfinite(outcomes)) and np.all(outcomes == np.round(outcomes)):
+        k_lo, k_hi = int(np.round(boots.min() * n)), int(np.round(boots.max() * n))
+        count = k_hi - k_lo + 1                  # lattice values in the range of the resamples
+        m = -(-count // max(1, bins))            # lattice values per bin, so that there are at most `bins` bins
+        m += 1 - m % 2                           # odd: the bin is centred on its middle lattice value
+        n_bins = -(-count // m)
+        return 100 * (k_lo - 0.5 + m * np.arange(n_bins + 1)) / n
+    return np.linspace(lo_all - 0.5, hi_all + 0.5, bins + 1)
+
+
 def plot_bootstrap(per_image: Mapping[str, Any], n_boot: int = 1000, level: float = 0.95, seed: int = 0,
                    bins: int = 30, ax_size: float = 4.0) -> Any:
     """Histograms of bootstrap CorLoc for one or more methods, with observed value and CI.
@@ -388,7 +408,9 @@ def plot_bootstrap(per_image: Mapping[str, Any], n_boot: int = 1000, level: floa
     ----------
     per_image : ``{method name: per-image outcomes}`` (e.g. ``CorLocResult.per_image``).
     n_boot, level, seed : as in :func:`wsbus.evaluate.bootstrap_ci`.
-    bins : histogram bins.
+    bins : largest number of histogram bins per method. With integer (e.g. 0/1) outcomes on ``n`` images, whose
+        bootstrap means are multiples of ``1 / n``, the bins follow that lattice: edges at ``(k - 0.5) / n``, each
+        bin centred on a value ``k / n`` (one value per bin unless the range needs more than ``bins`` of them).
 
     Returns
     -------
@@ -413,11 +435,10 @@ def plot_bootstrap(per_image: Mapping[str, Any], n_boot: int = 1000, level: floa
     fig = Figure(figsize=(ax_size * 1.5, ax_size))
     ax = fig.subplots()
     lo_all, hi_all = 100 * boots.min(), 100 * boots.max()
-    edges = np.linspace(lo_all - 0.5, hi_all + 0.5, bins + 1)
     for j, (name, a, b) in enumerate(zip(names, arrays, boots)):
         c = _METHOD_COLORS[j % len(_METHOD_COLORS)]
         lo, hi = percentile_interval(b, level)
-        ax.hist(100 * b, bins=edges, color=c, alpha=0.45,
+        ax.hist(100 * b, bins=_bootstrap_edges(a, b, bins, lo_all, hi_all), color=c, alpha=0.45,
                 label=f"{name}: {100 * a.mean():.2f}% [{100 * lo:.2f}–{100 * hi:.2f}]")
         ax.axvline(100 * a.mean(), color=c, linewidth=2.0)
         for v in (lo, hi):
