@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmark scripts: interleaved repetitions, medians of CPU and wall time, synthetic batches.
+"""Shared helpers of the benchmark scripts: common options, interleaved repetitions, medians of CPU and wall time,
+synthetic batches.
 
 Every benchmark runs its variants in ONE process, interleaved in a rotating order (so that no variant always runs
 first, after the same other one, or during the same burst of load from other processes), and reports medians.
@@ -8,16 +9,55 @@ it is what matters on a GPU (where CPU time only measures the Python and launch 
 """
 from __future__ import annotations
 
+import argparse
 import os
+import resource
 import statistics
 import time
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 
-def make_batch(n_images: int, size: int, seed: int = 0, width: Optional[int] = None):
-    """``n_images`` synthetic grayscale images ``[1, size, width]`` with one bright box each, and strong targets."""
+BACKBONES = ["tiny", "vgg16", "resnet18", "resnet50"]
+
+
+def parse_args(p: argparse.ArgumentParser, argv, *, size: int, reps: Tuple[int, int], warmup: Optional[int] = None,
+               device: bool = True, reps_help: str = "timed repetitions") -> argparse.Namespace:
+    """Add the options the detector benchmarks share, parse ``argv`` and apply them.
+
+    The options: ``--backbone`` (:data:`BACKBONES`, default tiny), ``--size`` (default 128 for tiny, ``size``
+    otherwise), ``--reps`` (default ``reps[0]`` for tiny, ``reps[1]`` otherwise), ``--warmup`` (only when a
+    ``warmup`` default is given), ``--threads`` (default 1) and ``--device`` (default cpu; not with
+    ``device=False``). Sets torch's intra-op threads and returns the namespace with ``size`` and ``reps`` resolved
+    and ``device`` a :class:`torch.device` (cpu when there is no ``--device``).
+    """
+    p.add_argument("--backbone", default="tiny", choices=BACKBONES)
+    p.add_argument("--size", type=int, default=None, help=f"image side (default 128 tiny, {size} otherwise)")
+    p.add_argument("--reps", type=int, default=None,
+                   help=f"{reps_help} (default {reps[0]} tiny, {reps[1]} otherwise)")
+    if warmup is not None:
+        p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--threads", type=int, default=1)
+    if device:
+        p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tiny = args.backbone == "tiny"
+    args.size = args.size or (128 if tiny else size)
+    args.reps = args.reps or (reps[0] if tiny else reps[1])
+    args.device = torch.device(getattr(args, "device", "cpu"))
+    return args
+
+
+def cuda_sync(device: torch.device) -> Optional[Callable[[], None]]:
+    """``torch.cuda.synchronize`` on a CUDA device (the ``sync`` of :func:`interleave`), else None."""
+    return torch.cuda.synchronize if device.type == "cuda" else None
+
+
+def make_batch(n_images: int, size: int, seed: int = 0, width: Optional[int] = None, device=None):
+    """``n_images`` synthetic grayscale images ``[1, size, width]`` with one bright box each, and strong targets
+    (both moved to ``device`` when one is given)."""
     width = width or size
     g = torch.Generator().manual_seed(seed)
     images, targets = [], []
@@ -29,7 +69,15 @@ def make_batch(n_images: int, size: int, seed: int = 0, width: Optional[int] = N
         images.append(img.clamp(0, 1))
         targets.append({"boxes": torch.tensor([[x1, y1, x2, y2]], dtype=torch.float32),
                         "labels": torch.tensor([1 + i % 2])})
+    if device is not None:
+        images = [im.to(device) for im in images]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     return images, targets
+
+
+def joint_targets(strong: Sequence[dict]) -> List[dict]:
+    """The joint batch's targets: the first image strong (its boxes), the next two weak (image labels 1 and 2)."""
+    return [strong[0], {"image_label": 1}, {"image_label": 2}]
 
 
 def interleave(variants: Mapping[str, Callable[[int], None]], reps: int, warmup: int = 2,
@@ -70,3 +118,9 @@ def machine_line(threads: int, device) -> str:
     except OSError:
         load = "load average n/a"
     return (f"torch {torch.__version__}, {threads} thread(s), device {device}, {os.cpu_count()} CPU cores, {load}")
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of the reaped child processes (``resource.getrusage(RUSAGE_CHILDREN)``)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime

@@ -29,26 +29,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleave, machine_line, make_batch, medians  # noqa: E402
+from _timing import (cuda_sync, interleave, joint_targets, machine_line, make_batch, medians,  # noqa: E402
+                     parse_args)
 
 from wsbus.models import build_detector  # noqa: E402
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", default="tiny", choices=["tiny", "vgg16", "resnet18", "resnet50"])
-    p.add_argument("--size", type=int, default=None, help="image side (default 128 tiny, 224 otherwise)")
     p.add_argument("--mode", default="train", choices=["train", "eval"])
-    p.add_argument("--reps", type=int, default=None, help="default 30 tiny, 4 otherwise")
-    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="add the torch.compile(backbone) variant")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    size = args.size or (128 if args.backbone == "tiny" else 224)
-    reps = args.reps or (30 if args.backbone == "tiny" else 4)
+    args = parse_args(p, argv, size=224, reps=(30, 4), warmup=2)
+    device, size, reps = args.device, args.size, args.reps
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 
     torch.manual_seed(0)
@@ -61,9 +53,8 @@ def main(argv=None) -> dict:
         compiled.backbone.compile()
         models["compiled"] = (compiled, False)
 
-    images, strong = make_batch(3, size)
-    images = [im.to(device) for im in images]
-    targets = [{k: v.to(device) for k, v in strong[0].items()}, {"image_label": 1}, {"image_label": 2}]
+    images, strong = make_batch(3, size, device=device)
+    targets = joint_targets(strong)
 
     def variant(model, amp):
         def run(rep):
@@ -87,8 +78,7 @@ def main(argv=None) -> dict:
         variant(*models["compiled"])(0)
         variant(*models["compiled"])(0)
         print(f"torch.compile(backbone): first two steps took {time.perf_counter() - t0:.1f} s (compilation)")
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
-    times = interleave({k: variant(*v) for k, v in models.items()}, reps, warmup=args.warmup, sync=sync)
+    times = interleave({k: variant(*v) for k, v in models.items()}, reps, warmup=args.warmup, sync=cuda_sync(device))
     print(f"backbone={args.backbone} size={size} mode={args.mode} amp dtype={amp_dtype} reps={reps} "
           f"(batch: 1 strong + 2 weak{'' if args.mode == 'train' else ', eval forward'})")
     result = {}

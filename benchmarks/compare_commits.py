@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleave, machine_line, make_batch, medians  # noqa: E402
+from _timing import interleave, joint_targets, machine_line, make_batch, medians, parse_args  # noqa: E402
 
 import wsbus.models  # noqa: E402
 
@@ -47,15 +47,8 @@ def import_at_commit(commit: str, into: Path):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("commit", help="the earlier commit (e.g. the one before the performance work)")
-    p.add_argument("--backbone", default="tiny", choices=["tiny", "vgg16", "resnet18", "resnet50"])
-    p.add_argument("--size", type=int, default=None, help="image side (default 128 tiny, 160 otherwise)")
-    p.add_argument("--reps", type=int, default=None, help="default 30 tiny, 3 otherwise")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    size = args.size or (128 if args.backbone == "tiny" else 160)
-    reps = args.reps or (30 if args.backbone == "tiny" else 3)
+    args = parse_args(p, argv, size=160, reps=(30, 3), warmup=2, device=False)
+    size, reps = args.size, args.reps
     with tempfile.TemporaryDirectory(prefix="wsbus_old_") as tmp:
         old_models = import_at_commit(args.commit, Path(tmp))
         torch.manual_seed(0)
@@ -64,7 +57,7 @@ def main(argv=None) -> dict:
         old.load_state_dict(new.state_dict())
         tv = new.as_torchvision()
         images, strong = make_batch(3, size)
-        joint = [strong[0], {"image_label": 1}, {"image_label": 2}]
+        joint = joint_targets(strong)
 
         def train(model, targets):
             def run(rep):

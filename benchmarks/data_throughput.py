@@ -20,7 +20,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import time
@@ -30,15 +29,10 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import machine_line  # noqa: E402
+from _timing import BACKBONES, children_cpu, machine_line  # noqa: E402
 
 from wsbus.data import DetectionDataset, collate, make_phantom, train_transforms  # noqa: E402
 from wsbus.models import build_detector  # noqa: E402
-
-
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def load_once(ds, n_images: int, workers: int, rep: int) -> tuple[float, float, float]:
@@ -49,7 +43,7 @@ def load_once(ds, n_images: int, workers: int, rep: int) -> tuple[float, float, 
     """
     items = [(i % len(ds), rep * n_images + i) for i in range(n_images)]
     batches = [items[i:i + 3] for i in range(0, n_images, 3)]
-    c0, k0, t0 = time.process_time(), _children_cpu(), time.perf_counter()
+    c0, k0, t0 = time.process_time(), children_cpu(), time.perf_counter()
     loader = DataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=collate)
     count, t_first = 0, None
     for images, _ in loader:
@@ -59,14 +53,14 @@ def load_once(ds, n_images: int, workers: int, rep: int) -> tuple[float, float, 
     t_end = time.perf_counter()
     del loader  # workers exit here; their CPU time reaches RUSAGE_CHILDREN once they are reaped
     assert count == n_images
-    cpu = (time.process_time() - c0) + (_children_cpu() - k0)
+    cpu = (time.process_time() - c0) + (children_cpu() - k0)
     return (t_end - t_first) / (n_images - first), t_first - t0, cpu / n_images
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=128, help="phantom image side")
-    p.add_argument("--backbone", default="tiny", choices=["tiny", "vgg16", "resnet18", "resnet50"])
+    p.add_argument("--backbone", default="tiny", choices=BACKBONES)
     p.add_argument("--images", type=int, default=60, help="images loaded per repetition (multiple of 3)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--reps", type=int, default=7)

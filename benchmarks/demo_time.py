@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -24,12 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import machine_line  # noqa: E402
-
-
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+from _timing import children_cpu, machine_line  # noqa: E402
 
 
 def run_once(full: bool, device: str) -> dict:
@@ -37,9 +31,9 @@ def run_once(full: bool, device: str) -> dict:
         cmd = [sys.executable, "-m", "wsbus", "demo", "--out", out, "--device", device]
         if not full:
             cmd.append("--quick")
-        c0, t0 = _children_cpu(), time.perf_counter()
+        c0, t0 = children_cpu(), time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
+        wall, cpu = time.perf_counter() - t0, children_cpu() - c0
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{proc.stderr[-3000:]}")
         results = json.loads((Path(out) / "results.json").read_text())

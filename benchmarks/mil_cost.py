@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleave, machine_line, make_batch, medians  # noqa: E402
+from _timing import cuda_sync, interleave, machine_line, make_batch, medians, parse_args  # noqa: E402
 
 from wsbus.losses import mil_loss  # noqa: E402
 from wsbus.mil import select_moi  # noqa: E402
@@ -34,23 +34,14 @@ from wsbus.models import build_detector  # noqa: E402
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", default="tiny", choices=["tiny", "vgg16", "resnet18", "resnet50"])
-    p.add_argument("--size", type=int, default=None, help="image side (default 128 tiny, 320 otherwise)")
     p.add_argument("--weak", type=int, default=2, help="weak images per mini-batch (reference: 2)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 60 tiny, 15 otherwise)")
     p.add_argument("--inner", type=int, default=20, help="calls per timed repetition of the small variants")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    size = args.size or (128 if args.backbone == "tiny" else 320)
-    reps = args.reps or (60 if args.backbone == "tiny" else 15)
+    args = parse_args(p, argv, size=320, reps=(60, 15))
+    device, size, reps = args.device, args.size, args.reps
     torch.manual_seed(0)
     model = build_detector(args.backbone, min_size=size, max_size=size).to(device).eval()
     heads = model.roi_heads
-    images, _ = make_batch(args.weak, size)
-    images = [im.to(device) for im in images]
+    images, _ = make_batch(args.weak, size, device=device)
     with torch.no_grad():
         image_list, _ = model.transform(images, None)
         features = model._backbone(image_list.tensors)
@@ -95,8 +86,7 @@ def main(argv=None) -> dict:
     variants = {"head_scoring": head_scoring, "select_moi": repeat(select_vectorised),
                 "select_moi_loop": repeat(select_loop), "mil_loss": repeat(loss)}
     per_call = {"head_scoring": 1, "select_moi": inner, "select_moi_loop": inner, "mil_loss": inner}
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
-    times = interleave(variants, reps, warmup=3, sync=sync)
+    times = interleave(variants, reps, warmup=3, sync=cuda_sync(device))
     print(machine_line(args.threads, device))
     print(f"backbone={args.backbone} size={size} weak images={args.weak} proposals/image={counts} reps={reps}")
     result = {}

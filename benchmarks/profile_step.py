@@ -28,7 +28,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import make_batch  # noqa: E402
+from _timing import joint_targets, make_batch, parse_args  # noqa: E402
 
 from wsbus.models import build_detector  # noqa: E402
 
@@ -75,21 +75,15 @@ class SyncCounter(TorchFunctionMode):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", default="tiny", choices=["tiny", "vgg16", "resnet18", "resnet50"])
-    p.add_argument("--size", type=int, default=None, help="image side (default 128 tiny, 320 otherwise)")
     p.add_argument("--mode", default="joint", choices=["joint", "strong", "eval"])
     p.add_argument("--view", default="ops", choices=["ops", "python", "syncs"])
-    p.add_argument("--reps", type=int, default=None, help="profiled steps (default 10 tiny, 2 otherwise)")
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rows", type=int, default=25)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    size = args.size or (128 if args.backbone == "tiny" else 320)
-    reps = args.reps or (10 if args.backbone == "tiny" else 2)
+    args = parse_args(p, argv, size=320, reps=(10, 2), device=False, reps_help="profiled steps")
+    size, reps = args.size, args.reps
     torch.manual_seed(0)
     model = build_detector(args.backbone, min_size=size, max_size=size)
     images, strong = make_batch(3, size)
-    targets = strong if args.mode == "strong" else [strong[0], {"image_label": 1}, {"image_label": 2}]
+    targets = strong if args.mode == "strong" else joint_targets(strong)
 
     def step(backward: bool = True):
         if args.mode == "eval":

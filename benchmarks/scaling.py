@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleave, machine_line, make_batch, medians  # noqa: E402
+from _timing import BACKBONES, interleave, joint_targets, machine_line, make_batch, medians  # noqa: E402
 from step_time import step_fn  # noqa: E402
 
 from wsbus.models import build_detector  # noqa: E402
@@ -42,7 +42,7 @@ def measure(backbone: str, size: int, reps: int, warmup: int, **options) -> dict
     ours = build_detector(backbone, min_size=size, max_size=size, **options).train()
     theirs = ours.as_torchvision().train()
     images, strong = make_batch(3, size)
-    joint = [strong[0], {"image_label": 1}, {"image_label": 2}]
+    joint = joint_targets(strong)
     times = interleave({"ours_joint": step_fn(ours, images, joint), "ours_strong": step_fn(ours, images, strong),
                         "torchvision_strong": step_fn(theirs, images, strong)}, reps, warmup=warmup)
     return {clock: {k: v / 3 for k, v in medians(times[clock]).items()} for clock in ("cpu", "wall")}
@@ -81,7 +81,7 @@ def plot(results: dict, out: Path, title: str) -> None:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", default="tiny", choices=["tiny", "vgg16", "resnet18", "resnet50"])
+    p.add_argument("--backbone", default="tiny", choices=BACKBONES)
     p.add_argument("--sizes", type=int, nargs="+", default=[96, 128, 192, 256, 384])
     p.add_argument("--proposals", type=int, nargs="+", default=[50, 100, 200, 400, 800])
     p.add_argument("--base-size", type=int, default=128)

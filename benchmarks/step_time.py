@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleave, machine_line, make_batch, medians  # noqa: E402
+from _timing import (cuda_sync, interleave, joint_targets, machine_line, make_batch, medians,  # noqa: E402
+                     parse_args)
 
 from wsbus.models import build_detector  # noqa: E402
 
@@ -41,34 +42,22 @@ def step_fn(model, images, targets):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", default="tiny", choices=["tiny", "vgg16", "resnet18", "resnet50"])
-    p.add_argument("--size", type=int, default=None, help="image side (default: 128 for tiny, 224 otherwise)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 40 tiny, 5 otherwise)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    size = args.size or (128 if args.backbone == "tiny" else 224)
-    reps = args.reps or (40 if args.backbone == "tiny" else 5)
+    args = parse_args(p, argv, size=224, reps=(40, 5), warmup=3)
+    device, size, reps = args.device, args.size, args.reps
 
     torch.manual_seed(0)
     ours = build_detector(args.backbone, min_size=size, max_size=size).to(device).train()
     theirs = ours.as_torchvision().to(device).train()  # deep copies of the same modules and weights
 
-    images, strong = make_batch(3, size)
-    images = [im.to(device) for im in images]
-    strong = [{k: v.to(device) for k, v in t.items()} for t in strong]
-    joint = [strong[0], {"image_label": 1}, {"image_label": 2}]
+    images, strong = make_batch(3, size, device=device)
+    joint = joint_targets(strong)
 
     variants = {
         "ours_strong": step_fn(ours, images, strong),
         "torchvision_strong": step_fn(theirs, images, strong),
         "ours_joint": step_fn(ours, images, joint),
     }
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
-    times = interleave(variants, reps, warmup=args.warmup, sync=sync)
+    times = interleave(variants, reps, warmup=args.warmup, sync=cuda_sync(device))
     cpu, wall = times["cpu"], times["wall"]
     print(machine_line(args.threads, device))
     print(f"backbone={args.backbone} size={size} threads={args.threads} device={device} reps={reps}")

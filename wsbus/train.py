@@ -198,17 +198,13 @@ def _as_dataset(data: Any, role: str, transforms: Any, seed: int) -> Optional[Da
     if data is None:
         return None
     if isinstance(data, (list, tuple)):
-        from .data.formats import DataError, Sample
+        from .data.dataset import DetectionDataset, _check_samples
 
         if len(data) == 0:
             raise ValueError(f"the {role} set is empty")
-        for k, s in enumerate(data):
-            if not isinstance(s, Sample):
-                raise TypeError(f"{role} set item {k}: expected a wsbus.data.Sample, got {type(s).__name__}")
-            if role == "strong" and not s.is_strong:
-                raise DataError(f"sample {s.id!r} is in the strong set but has no boxes (a weak sample); "
-                                f"strong training needs boxes (a normal image has an empty [0, 4] box array)")
-        from .data.dataset import DetectionDataset
+        _check_samples(data, role, item=f"{role} set item",
+                       no_boxes="is in the strong set but has no boxes (a weak sample); strong training needs "
+                                "boxes (a normal image has an empty [0, 4] box array)")
 
         if transforms == _DEFAULT:
             from .data.transforms import train_transforms

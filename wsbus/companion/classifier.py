@@ -245,6 +245,20 @@ def _augment_batch(x: torch.Tensor, augment: Optional[Callable]) -> torch.Tensor
     return torch.stack([augment(xi) for xi in x]).clamp_(0.0, 1.0)
 
 
+def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, where: str, step: int) -> float:
+    """One update from a scalar ``loss``: refuse a non-finite loss (:class:`FloatingPointError` naming ``where``
+    and ``step``), then zero the gradients, back-propagate and step ``opt``; returns the loss as a float.
+
+    Taught in ``book/11_cnn_diagnosis.md``.
+    """
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{where}: loss became {loss.item()} at step {step}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
 def train_classifier(model: DiagnosisClassifier, images: torch.Tensor, labels: torch.Tensor, *, steps: int = 200,
                      batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4,
                      backbone_lr: Optional[float] = None, augment: Union[bool, Callable, None] = True,
@@ -302,13 +316,7 @@ def train_classifier(model: DiagnosisClassifier, images: torch.Tensor, labels: t
         for step, idx in enumerate(tqdm(batches, desc="train classifier", disable=not progress)):
             x = _augment_batch(images[idx].to(device, non_blocking=True), augment)
             y = labels[idx].to(device)
-            loss = F.cross_entropy(model(x), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"train_classifier: loss became {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history.append(float(loss.detach()))
+            history.append(_optimizer_step(opt, F.cross_entropy(model(x), y), "train_classifier", step))
             if writer is not None:
                 writer.add_scalar("classifier/loss", history[-1], step)
     if writer is not None:

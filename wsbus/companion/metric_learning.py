@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .classifier import TinyBackbone, _augment_batch, _device_of, batch_indices, default_augmentation, seeded
+from .classifier import (TinyBackbone, _augment_batch, _device_of, _optimizer_step, batch_indices,
+                         default_augmentation, seeded)
 
 __all__ = ["EmbeddingNet", "contrastive_loss", "triplet_loss", "mine_pairs", "all_pairs", "mine_triplets",
            "batch_all_triplets", "batch_hard_triplets", "train_embedding", "retrieve", "precision_at_k"]
@@ -248,12 +249,7 @@ def train_embedding(net: nn.Module, images: torch.Tensor, labels, *, loss: str =
             else:
                 i, j, same = all_pairs(y) if mining == "all" else mine_pairs(y, len(idx), g)
                 value = contrastive_loss(e[i.to(device)], e[j.to(device)], same.to(device), margin)
-            if not torch.isfinite(value):
-                raise FloatingPointError(f"train_embedding: loss became {value.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-            history.append(float(value.detach()))
+            history.append(_optimizer_step(opt, value, "train_embedding", step))
     net.eval()
     return history
 

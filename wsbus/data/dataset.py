@@ -29,6 +29,21 @@ def _image_tensor(sample: Sample) -> tv_tensors.Image:
     return tv_tensors.Image(tensor)
 
 
+def _check_samples(samples: Sequence[Any], role: str, item: str = "item",
+                   no_boxes: str = "has no boxes but the dataset's role is 'strong' "
+                                   "(use role='weak', or give normal images an empty [0, 4] box array)") -> None:
+    """Raise unless every item is a :class:`Sample` (TypeError ``<item> <k>: expected ...``) and, for the
+    ``"strong"`` role, has boxes (DataError ``sample '<id>' <no_boxes>``).
+
+    Taught in ``book/02_data.md``.
+    """
+    for k, s in enumerate(samples):
+        if not isinstance(s, Sample):
+            raise TypeError(f"{item} {k}: expected a wsbus.data.Sample, got {type(s).__name__}")
+        if role == "strong" and not s.is_strong:
+            raise DataError(f"sample {s.id!r} {no_boxes}")
+
+
 class DetectionDataset(Dataset):
     """Samples as ``(image [C, H, W] float32 in [0, 1], target dict)`` pairs for the detector.
 
@@ -54,12 +69,7 @@ class DetectionDataset(Dataset):
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         samples = list(samples)
-        for k, s in enumerate(samples):
-            if not isinstance(s, Sample):
-                raise TypeError(f"item {k}: expected a wsbus.data.Sample, got {type(s).__name__}")
-            if role == "strong" and not s.is_strong:
-                raise DataError(f"sample {s.id!r} has no boxes but the dataset's role is 'strong' "
-                                f"(use role='weak', or give normal images an empty [0, 4] box array)")
+        _check_samples(samples, role)
         self.samples = samples
         self.role = role
         self.transforms = transforms if transforms is not None else eval_transforms()
