@@ -52,16 +52,18 @@ def test_bad_arguments():
 
 
 def test_training_learns_a_separable_task():
-    x, y = _toy(48)
-    m = build_classifier("tiny")
+    # 96 training images: with 36, held-out accuracy ranged 0.50-0.83 over initialisations (the net memorised);
+    # with 96 it was 0.79-1.00 over 8 initialisations. Seeded before building, so the test is deterministic.
+    x, y = _toy(120)
     torch.manual_seed(0)
-    hist = train_classifier(m, x[:36], y[:36], steps=120, batch_size=12, lr=3e-3, augment=False, progress=False)
+    m = build_classifier("tiny")
+    hist = train_classifier(m, x[:96], y[:96], steps=120, batch_size=12, lr=3e-3, augment=False, progress=False)
     assert len(hist) == 120
     assert sum(hist[-10:]) / 10 < 0.5 * sum(hist[:10]) / 10
-    p = predict_scores(m, x[36:])
-    assert p.shape == (12, 3)
-    torch.testing.assert_close(p.sum(1), torch.ones(12))
-    assert (p.argmax(1) == y[36:]).float().mean() >= 0.75
+    p = predict_scores(m, x[96:])
+    assert p.shape == (24, 3)
+    torch.testing.assert_close(p.sum(1), torch.ones(24))
+    assert (p.argmax(1) == y[96:]).float().mean() >= 0.75
 
 
 def test_training_is_seeded_and_leaves_global_rng_alone():
