@@ -141,3 +141,35 @@ def test_custom_variant_object(tmp_path):
                        variants=[v, "proposed"])
     assert res.rows[0].variant == "static value (0.1)" and set(res.histories["static_0.1"].column("alpha")) == {0.1}
     assert np.isfinite(res.histories["static_0.1"].column("loss_mil")).all()
+
+
+def test_cpu_threads_sets_and_restores_the_thread_count():
+    import torch
+
+    from wsbus.seeding import cpu_threads
+
+    before = torch.get_num_threads()
+    target = 2 if before == 1 else 1
+    with cpu_threads(target) as n:
+        assert n == target == torch.get_num_threads()
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError):
+        with cpu_threads(target):
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before          # restored on error too
+    with cpu_threads(None) as n:
+        assert n == before
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            with cpu_threads(bad):
+                pass
+
+
+@pytest.mark.slow
+def test_ablation_records_its_thread_count_and_restores_the_callers():
+    import torch
+
+    before = torch.get_num_threads()
+    res = run_ablation(None, config=replace(TINY, steps=1), device="cpu", progress=False, variants=["proposed"],
+                       threads=1)
+    assert res.config["torch_threads"] == 1 and torch.get_num_threads() == before

@@ -61,6 +61,7 @@ def test_demo_quick_writes_results_in_the_contract_format(tmp_path):
     assert set(results["finding"]["checks"]) == {"joint_above_strong_few", "strong_few_below_strong_full",
                                                  "weak_only_far_below"}
     assert results["timing"]["total"]["wall"] > 0
+    assert results["timing"]["torch_threads"] == 1          # the demo pins one thread (reproducible tables)
 
     table = (out / "table_v.md").read_text()
     assert all(n in table for n in METHODS) and "p-value" in table

@@ -148,7 +148,8 @@ def run_ablation(out_dir: Union[str, os.PathLike, None] = "wsbus_ablation", quic
                  device: Union[str, "torch.device", None] = None, seed: int = 0, progress: bool = True,
                  config: Optional["DemoConfig"] = None,
                  variants: Optional[Sequence[Union[str, AblationVariant]]] = None,
-                 alternating_budget: Literal["images", "updates"] = "images") -> AblationResult:
+                 alternating_budget: Literal["images", "updates"] = "images",
+                 threads: Optional[int] = 1) -> AblationResult:
     """Train every Table II variant on the phantom split of ``wsbus demo`` and tabulate CorLoc with 95 % CIs.
 
     Parameters
@@ -166,6 +167,8 @@ def run_ablation(out_dir: Union[str, os.PathLike, None] = "wsbus_ablation", quic
         include ``"proposed"``.
     alternating_budget : ``"images"`` (alternating runs train twice the steps, so both streams are seen as often
         as in a combined run) or ``"updates"`` (the same number of steps); see the module notes.
+    threads : torch CPU threads during the runs (restored afterwards; ``None`` keeps the current setting). One
+        thread, the default, makes the table repeat exactly, as in :func:`wsbus.demo.run_demo`.
 
     Returns
     -------
@@ -174,16 +177,25 @@ def run_ablation(out_dir: Union[str, os.PathLike, None] = "wsbus_ablation", quic
 
     Taught in ``book/06_joint_training.md``.
     """
+    from .seeding import cpu_threads
+
+    if alternating_budget not in ("images", "updates"):
+        raise ValueError(f"alternating_budget must be 'images' or 'updates', got {alternating_budget!r}")
+    with cpu_threads(threads):
+        return _run_ablation(out_dir, quick, device, seed, progress, config, variants, alternating_budget)
+
+
+def _run_ablation(out_dir, quick, device, seed, progress, config, variants, alternating_budget) -> AblationResult:
     from .demo import FULL, QUICK, _detector_factory, _phantom_split, _Progress, _resolve_device, _seeds, _write_json
     from .evaluate import MethodResult, add_p_values, corloc
     from .self_training import _build, detect
     from .train import Trainer
 
-    if alternating_budget not in ("images", "updates"):
-        raise ValueError(f"alternating_budget must be 'images' or 'updates', got {alternating_budget!r}")
     cfg = config if config is not None else (QUICK if quick else FULL)
     chosen = _variants(variants)
     dev = _resolve_device(device)
+    import torch
+
     t_start, c_start = time.perf_counter(), time.process_time()
     _, strong, weak, test = _phantom_split(cfg, seed)
     init_seed, train_seed = _seeds(seed)
@@ -216,7 +228,7 @@ def run_ablation(out_dir: Union[str, os.PathLike, None] = "wsbus_ablation", quic
     ordered = add_p_values([rows[v.key] for v in chosen], reference="proposed", test="mcnemar", n_boot=cfg.n_boot)
     wall, cpu = time.perf_counter() - t_start, time.process_time() - c_start
     config_json = {**cfg.as_dict(), "quick": bool(quick and config is None), "seed": int(seed), "device": str(dev),
-                   "alternating_budget": alternating_budget,
+                   "alternating_budget": alternating_budget, "torch_threads": torch.get_num_threads(),
                    "timing": {**timing, "total": {"wall": wall, "cpu": cpu}}}
     config_json.pop("rule_map", None)
     config_json.pop("alpha", None)

@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a smaller, faster version")
     _add_device(d)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch CPU threads (default 1: the table then repeats exactly; more threads change the "
+                        "order of floating-point sums and hence the numbers of these short runs)")
     d.set_defaults(func=cmd_demo)
 
     from .ablation import TABLE_II_VARIANTS  # light: no torch model is built at import
@@ -168,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--alternating-budget", choices=("images", "updates"), default="images",
                    help="'images': the alternating run trains twice the steps so it sees each stream as often "
                         "as a combined run (default); 'updates': the same number of steps")
+    a.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default 1, as for demo)")
     a.set_defaults(func=cmd_ablate)
 
     s = sub.add_parser("self-train", help="pseudo-boxes from a trained model, retrain with the top fractions "
@@ -427,7 +431,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise CliError("`wsbus demo` is not available yet: this installation has no wsbus.demo module")
     from .demo import run_demo
 
-    run_demo(args.out, quick=args.quick, device=args.device, seed=args.seed)
+    run_demo(args.out, quick=args.quick, device=args.device, seed=args.seed, threads=args.threads)
     return 0
 
 
@@ -436,7 +440,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from .ablation import run_ablation
 
     run_ablation(args.out, quick=args.quick, device=args.device, seed=args.seed, variants=args.variants,
-                 alternating_budget=args.alternating_budget)
+                 alternating_budget=args.alternating_budget, threads=args.threads)
     return 0
 
 
