@@ -145,3 +145,18 @@ def test_presets_are_consistent():
         d = cfg.as_dict()
         json.dumps(d)  # plain data for results.json
     assert QUICK.steps < FULL.steps and QUICK.n_images < FULL.n_images
+
+
+def test_demo_alpha_climbs_over_a_stretched_horizon():
+    from dataclasses import replace
+
+    from wsbus.demo import _alpha
+
+    a = _alpha(FULL, "gradual", FULL.steps)                       # default stretch 4: 30 stairs over 3200 steps
+    assert FULL.alpha_stretch == 4.0 and a(0) == pytest.approx(0.01)
+    assert a(FULL.steps - 1) == pytest.approx(1 - 0.99 * 0.9 ** 7)  # floor(799 / (3200 / 30)) = 7 stairs: 0.52
+    plain = _alpha(replace(FULL, alpha_stretch=1.0), "gradual", FULL.steps)
+    assert plain(FULL.steps - 1) == pytest.approx(1 - 0.99 * 0.9 ** 29)   # the paper's staircase scaled to the run
+    assert _alpha(FULL, 0.5, FULL.steps) == 0.5 and _alpha(FULL, "constant", 10) == "constant"
+    with pytest.raises(ValueError, match="alpha_stretch must be > 0"):
+        _alpha(replace(FULL, alpha_stretch=0.0), "gradual", 10)

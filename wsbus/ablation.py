@@ -161,8 +161,8 @@ def run_ablation(out_dir: Union[str, os.PathLike, None] = "wsbus_ablation", quic
     seed : the demo seed: phantom, split, initial weights and data order (the same for every variant).
     progress : one tqdm bar over all training steps.
     config : a custom :class:`~wsbus.demo.DemoConfig` (overrides ``quick``). Its data, step count, batch sizes,
-        optimiser, MIL class weights and detector options are used; its ``rule_map`` and ``alpha`` are not (each
-        variant sets them).
+        optimiser, MIL class weights, ``alpha_stretch`` and detector options are used; its ``rule_map`` and
+        ``alpha`` are not (each variant sets them).
     variants : keys of :data:`TABLE_II_VARIANTS` or :class:`AblationVariant` objects; default all six. Must
         include ``"proposed"``.
     alternating_budget : ``"images"`` (alternating runs train twice the steps, so both streams are seen as often
@@ -186,7 +186,8 @@ def run_ablation(out_dir: Union[str, os.PathLike, None] = "wsbus_ablation", quic
 
 
 def _run_ablation(out_dir, quick, device, seed, progress, config, variants, alternating_budget) -> AblationResult:
-    from .demo import FULL, QUICK, _detector_factory, _phantom_split, _Progress, _resolve_device, _seeds, _write_json
+    from .demo import FULL, QUICK, _alpha, _detector_factory, _phantom_split, _Progress, _resolve_device, _seeds, \
+        _write_json
     from .evaluate import MethodResult, add_p_values, corloc
     from .self_training import _build, detect
     from .train import Trainer
@@ -213,9 +214,9 @@ def _run_ablation(out_dir, quick, device, seed, progress, config, variants, alte
             t0, c0 = time.perf_counter(), time.process_time()
             factory = _detector_factory(cfg, strong + weak, rule_map=v.rule_map)
             trainer = Trainer(_build(factory, init_seed), strong, weak, mode="joint", stream=v.stream,
-                              alpha=v.alpha, n_strong=cfg.batch_strong, n_weak=cfg.batch_weak, steps=steps_of(v),
-                              lr=cfg.lr, weight_decay=cfg.weight_decay, seed=train_seed, device=dev, progress=False,
-                              tensorboard=False, callbacks=[bar.step])
+                              alpha=_alpha(cfg, v.alpha, steps_of(v)), n_strong=cfg.batch_strong,
+                              n_weak=cfg.batch_weak, steps=steps_of(v), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                              seed=train_seed, device=dev, progress=False, tensorboard=False, callbacks=[bar.step])
             histories[v.key] = trainer.fit()
             result = corloc(detect(trainer.model, test, device=dev), test)
             rows[v.key] = MethodResult.from_corloc(v.key, result, n_strong=len(strong), n_weak=len(weak),
