@@ -173,3 +173,53 @@ def test_ablation_records_its_thread_count_and_restores_the_callers():
     res = run_ablation(None, config=replace(TINY, steps=1), device="cpu", progress=False, variants=["proposed"],
                        threads=1)
     assert res.config["torch_threads"] == 1 and torch.get_num_threads() == before
+
+
+def _fake_result(seed, values, p_values):
+    from wsbus.ablation import AblationResult
+    from wsbus.evaluate import MethodResult
+
+    variants = [v for v in TABLE_II_VARIANTS if v.key in ("static_alpha", "alternating", "proposed")]
+    rows = [MethodResult(name=v.key, n_strong=1, n_weak=2, overall=x, p_value=p, aspect=v.aspect, variant=v.variant)
+            for v, x, p in zip(variants, values, p_values)]
+    return AblationResult(rows=rows, variants=variants, histories={}, config={"seed": seed})
+
+
+def test_summarize_ablations_by_hand():
+    from wsbus.ablation import summarize_ablations
+
+    results = [_fake_result(0, [0.80, 0.85, 0.85], [0.01, 1.0, None]),
+               _fake_result(3, [0.90, 0.70, 0.85], [0.20, 0.03, None])]
+    assert summarize_ablations(results) == (
+        "| Aspect | Variant | seed 0 [%] | seed 3 [%] | mean [%] | vs proposed: > / = / < |\n"
+        "|---|---|---:|---:|---:|:---:|\n"
+        "| MIL scale factor | static value (0.5) | 80.00 | 90.00 | 85.00 | 1 (0) / 0 / 1 (1) |\n"
+        "| Combining weakly and strongly supervised data | alternating mini-batches from each set | 85.00 | 70.00 "
+        "| 77.50 | 0 (0) / 1 / 1 (1) |\n"
+        "| Proposed | most malignant / most malignant, gradual increase, combined single mini-batch | 85.00 | 85.00 "
+        "| 85.00 | - |\n")
+    with pytest.raises(ValueError, match="at least one"):
+        summarize_ablations([])
+    other = _fake_result(1, [0.8, 0.8, 0.8], [0.5, 0.5, None])
+    other.variants = other.variants[::-1]
+    with pytest.raises(ValueError, match="different variants"):
+        summarize_ablations([results[0], other])
+
+
+@pytest.mark.slow
+def test_cli_ablate_over_seeds_writes_each_seed_and_a_summary(tmp_path, capsys):
+    from wsbus.cli import main
+
+    out = tmp_path / "abl"
+    assert main(["ablate", "--quick", "--seeds", "0", "1", "--variants", "static_alpha", "proposed",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    for s in (0, 1):
+        data = json.loads((out / f"seed_{s}" / "ablation.json").read_text())
+        assert data["config"]["seed"] == s and [r["key"] for r in data["rows"]] == ["static_alpha", "proposed"]
+    summary = (out / "summary.md").read_text()
+    table = summary.split("\n\n")[1]                     # after the "# Table II over seeds" title
+    assert table.startswith("| Aspect | Variant | seed 0 [%] | seed 1 [%] | mean [%] |")
+    assert table in capsys.readouterr().out
+    with pytest.raises(ValueError, match="distinct"):
+        from wsbus.ablation import run_ablations
+        run_ablations([0, 0], None, config=TINY)

@@ -45,7 +45,8 @@ if TYPE_CHECKING:  # importing this module stays light (the CLI's parser reads T
 
     from .demo import DemoConfig
 
-__all__ = ["AblationVariant", "TABLE_II_VARIANTS", "AblationResult", "run_ablation"]
+__all__ = ["AblationVariant", "TABLE_II_VARIANTS", "AblationResult", "run_ablation", "run_ablations",
+           "summarize_ablations"]
 
 _MOI = "MIL definition of MoI for images labelled B / M"
 _ALPHA = "MIL scale factor"
@@ -250,3 +251,74 @@ def _run_ablation(out_dir, quick, device, seed, progress, config, variants, alte
     print(f"wall time {wall:.0f} s, CPU time {cpu:.0f} s on {dev}"
           + (f"; outputs in {out_dir}" if out_dir is not None else ""))
     return res
+
+
+def summarize_ablations(results: Sequence[AblationResult], fmt: Literal["markdown", "html"] = "markdown",
+                        alpha: float = 0.05) -> str:
+    """Table II over several seeds: each variant's CorLoc per seed, the mean, and how often it beat the proposed row.
+
+    Columns: Aspect | Variant | seed s [%] ... | mean [%] | vs proposed, where "vs proposed" counts the seeds on
+    which the variant was above / equal to / below the proposed row, and in brackets those where McNemar's test
+    found the difference significant at ``alpha``. One run is one draw (a different seed is a different phantom,
+    split and initialisation); a difference that does not keep its sign over seeds is not a finding.
+
+    Taught in ``book/06_joint_training.md``.
+    """
+    from .metrics.tables import _render
+
+    results = list(results)
+    if not results:
+        raise ValueError("summarize_ablations needs at least one AblationResult")
+    keys = [v.key for v in results[0].variants]
+    for r in results[1:]:
+        if [v.key for v in r.variants] != keys:
+            raise ValueError(f"the results have different variants: {keys} vs {[v.key for v in r.variants]}")
+    seeds = [r.config.get("seed", i) for i, r in enumerate(results)]
+    header = ["Aspect", "Variant"] + [f"seed {s} [%]" for s in seeds] + ["mean [%]", "vs proposed: > / = / <"]
+    body, previous = [], None
+    for i, key in enumerate(keys):
+        rows = [r.rows[i] for r in results]
+        proposed = [next(m for m in r.rows if m.name == "proposed") for r in results]
+        values = [100.0 * m.overall for m in rows]
+        if key == "proposed":
+            versus = "-"
+        else:
+            above = sum(m.overall > p.overall for m, p in zip(rows, proposed))
+            below = sum(m.overall < p.overall for m, p in zip(rows, proposed))
+            sig_above = sum(m.overall > p.overall and m.p_value is not None and m.p_value < alpha
+                            for m, p in zip(rows, proposed))
+            sig_below = sum(m.overall < p.overall and m.p_value is not None and m.p_value < alpha
+                            for m, p in zip(rows, proposed))
+            versus = f"{above} ({sig_above}) / {len(rows) - above - below} / {below} ({sig_below})"
+        aspect = rows[0].aspect or ""
+        body.append(["" if aspect == previous else aspect, rows[0].variant or key]
+                    + [f"{v:.2f}" for v in values] + [f"{sum(values) / len(values):.2f}", versus])
+        previous = aspect
+    return _render(header, body, ["l", "l"] + ["r"] * (len(seeds) + 1) + ["c"], fmt)
+
+
+def run_ablations(seeds: Sequence[int], out_dir: Union[str, os.PathLike, None] = "wsbus_ablation",
+                  **kwargs: Any) -> List[AblationResult]:
+    """:func:`run_ablation` once per seed (outputs in ``out_dir/seed_<s>/``), then ``out_dir/summary.md`` with
+    :func:`summarize_ablations`. ``kwargs`` go to :func:`run_ablation`.
+
+    Taught in ``book/06_joint_training.md``.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    if "seed" in kwargs:
+        raise ValueError("pass the seeds as `seeds`, not `seed`")
+    results = []
+    for s in seeds:
+        sub = None if out_dir is None else Path(out_dir) / f"seed_{s}"
+        results.append(run_ablation(sub, seed=s, **kwargs))
+    summary = summarize_ablations(results)
+    note = ("\nCorLoc of each Table II variant on each seed (phantom, split and initial weights differ between "
+            "seeds); '> / = / <': on how many seeds the variant was above / equal to / below the proposed row, "
+            "in brackets how many of those differences McNemar's exact test found significant at 0.05.\n")
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "summary.md").write_text("# Table II over seeds (phantom)\n\n" + summary + note)
+    print(summary + note)
+    return results

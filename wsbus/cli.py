@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--quick", action="store_true", help="a smaller, faster version (a smoke run)")
     _add_device(a)
     a.add_argument("--seed", type=int, default=0, help="the demo seed (data, split, initial weights)")
+    a.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="repeat the whole ablation on these seeds (DIR/seed_<s>/) and write DIR/summary.md: each "
+                        "variant per seed, the mean, and on how many seeds it beat the proposed row")
     a.add_argument("--variants", nargs="+", default=None, choices=[v.key for v in TABLE_II_VARIANTS],
                    metavar="KEY", help="rows to train (default all): "
                                        + ", ".join(v.key for v in TABLE_II_VARIANTS) + "; must include proposed")
@@ -437,10 +440,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     """``wsbus ablate``: calls :func:`wsbus.ablation.run_ablation`. Taught in ``book/06_joint_training.md``."""
-    from .ablation import run_ablation
+    from .ablation import run_ablation, run_ablations
 
-    run_ablation(args.out, quick=args.quick, device=args.device, seed=args.seed, variants=args.variants,
-                 alternating_budget=args.alternating_budget, threads=args.threads)
+    kwargs = dict(quick=args.quick, device=args.device, variants=args.variants,
+                  alternating_budget=args.alternating_budget, threads=args.threads)
+    if args.seeds:
+        run_ablations(args.seeds, args.out, **kwargs)
+    else:
+        run_ablation(args.out, seed=args.seed, **kwargs)
     return 0
 
 
