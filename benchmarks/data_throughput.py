@@ -1,6 +1,6 @@
 """Data-loading throughput (DetectionDataset + train_transforms through a DataLoader) against what a step consumes.
 
-Loader: ``DataLoader(DetectionDataset(phantom, role="strong", transforms=train_transforms()), batch_size=3,
+Loader: ``DataLoader(DetectionDataset(phantom, kind="strong", transforms=train_transforms()), batch_size=3,
 num_workers=N, collate_fn=collate)`` over ``(index, aug_seed)`` items, as the Trainer draws them; one repetition
 loads ``--images`` images, for N = 0, 1, 2 worker processes (a fresh loader per repetition, so worker start-up is
 counted, as at every Trainer.fit). Step: a joint training step of ``build_detector(backbone)`` on 1 strong + 2
@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     samples = make_phantom(24, seed=0, size=args.size)
-    ds = DetectionDataset(samples, role="strong", transforms=train_transforms(), seed=0)
+    ds = DetectionDataset(samples, kind="strong", transforms=train_transforms(), seed=0)
 
     torch.manual_seed(0)
     model = build_detector(args.backbone, min_size=args.size, max_size=args.size).train()

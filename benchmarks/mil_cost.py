@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     images, _ = make_batch(args.weak, size, device=device)
     with torch.no_grad():
         image_list, _ = model.transform(images, None)
-        features = model._backbone(image_list.tensors)
+        features = model.features(image_list.tensors)
         proposals, _ = model.rpn(image_list, features, None)
     shapes = image_list.image_sizes
     candidates = [pr[: heads.weak_proposals] for pr in proposals]

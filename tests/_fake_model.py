@@ -122,11 +122,11 @@ class FakeDetector(nn.Module):
 class TinyBoxes(torch.utils.data.Dataset):
     """``n`` grey ``size`` x ``size`` images with one bright box (benign: wide, malignant: tall)."""
 
-    def __init__(self, n: int = 12, role: str = "strong", size: int = 24, seed: int = 0) -> None:
-        if role not in ("strong", "weak"):
-            raise ValueError(role)
+    def __init__(self, n: int = 12, kind: str = "strong", size: int = 24, seed: int = 0) -> None:
+        if kind not in ("strong", "weak"):
+            raise ValueError(kind)
         g = torch.Generator().manual_seed(seed)
-        self.role, self.items = role, []
+        self.kind, self.items = kind, []
         for _ in range(n):
             label = int(torch.randint(1, 3, (1,), generator=g))
             bw, bh = (10, 6) if label == 1 else (6, 10)
@@ -150,6 +150,6 @@ class TinyBoxes(torch.utils.data.Dataset):
                 img = img.flip(-1)
                 boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
             img = (img + 0.02 * torch.randn(img.shape, generator=g)).clamp(0, 1)
-        if self.role == "strong":
+        if self.kind == "strong":
             return img, {"boxes": boxes, "labels": torch.tensor([label]), "image_label": label, "index": i}
         return img, {"image_label": torch.tensor(label), "index": i}

@@ -11,27 +11,26 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from wsbus.ablation import TABLE_II_VARIANTS, AblationVariant, run_ablation
-from wsbus.demo import QUICK, run_demo
 from wsbus.evaluate import results_table
+from wsbus.experiments import PHANTOM_QUICK, TABLE_II_VARIANTS, AblationVariant, run_ablation, run_demo
 
-TINY = replace(QUICK, steps=4, n_boot=50)
+TINY = replace(PHANTOM_QUICK, steps=4, n_boot=50)
 
 
 def _losses(path):
     with open(path) as f:
         rows = list(csv.DictReader(f))
-    return [(int(r["step"]), r["kind"], float(r["loss_mil"]), float(r["loss_classifier"])) for r in rows]
+    return [(int(r["step"]), r["batch"], float(r["loss_mil"]), float(r["loss_classifier"])) for r in rows]
 
 
 def test_table_ii_variants_follow_the_paper():
     keys = [v.key for v in TABLE_II_VARIANTS]
     assert keys == ["moi_benign", "moi_discriminative", "moi_abnormal", "static_alpha", "alternating", "proposed"]
     proposed = TABLE_II_VARIANTS[-1]
-    assert (proposed.rule_map, proposed.alpha, proposed.stream) == ("paper", "gradual", "combined")
+    assert (proposed.rule_map, proposed.alpha, proposed.mixing) == ("paper", "gradual", "combined")
     # every other row changes exactly one aspect of the proposed method
     for v in TABLE_II_VARIANTS[:-1]:
-        changed = [a for a in ("rule_map", "alpha", "stream") if getattr(v, a) != getattr(proposed, a)]
+        changed = [a for a in ("rule_map", "alpha", "mixing") if getattr(v, a) != getattr(proposed, a)]
         assert len(changed) == 1, (v.key, changed)
     assert [v.rule_map.split("/")[0] for v in TABLE_II_VARIANTS[:3]] == [
         "most_benign", "most_discriminative", "most_abnormal"]
@@ -40,7 +39,7 @@ def test_table_ii_variants_follow_the_paper():
 @pytest.mark.slow
 def test_run_ablation_rows_files_and_streams(tmp_path):
     out = tmp_path / "abl"
-    res = run_ablation(out, config=TINY, device="cpu", progress=False,
+    res = run_ablation(out, recipe=TINY, device="cpu", progress=False,
                        variants=["moi_abnormal", "static_alpha", "alternating", "proposed"])
     assert [r.name for r in res.rows] == ["moi_abnormal", "static_alpha", "alternating", "proposed"]
     # p-values: McNemar against the proposed row, none for that row
@@ -54,15 +53,15 @@ def test_run_ablation_rows_files_and_streams(tmp_path):
     assert len(table.splitlines()) == 2 + 4 and table.splitlines()[-1].endswith("| - |")
     # the histories: alternating trains 2x the steps (same images per stream), static alpha stays 0.5
     h = res.histories
-    assert h["alternating"].column("kind") == ["strong", "weak"] * TINY.steps
+    assert h["alternating"].column("batch") == ["strong", "weak"] * TINY.steps
     assert set(h["static_alpha"].column("alpha")) == {0.5}
     assert h["proposed"].column("alpha") == sorted(h["proposed"].column("alpha"))
     # files
     data = json.loads((out / "ablation.json").read_text())
     assert [r["key"] for r in data["rows"]] == ["moi_abnormal", "static_alpha", "alternating", "proposed"]
-    assert data["rows"][2]["steps"] == 2 * TINY.steps and data["rows"][2]["stream"] == "alternating"
+    assert data["rows"][2]["steps"] == 2 * TINY.steps and data["rows"][2]["mixing"] == "alternating"
     assert data["config"]["alternating_budget"] == "images" and "rule_map" not in data["config"]
-    assert (out / "table_ii.md").read_text().startswith("# Table II (phantom)\n\n" + table)
+    assert (out / "table_ii.md").read_text().startswith("# Table II\n\n" + table)
     assert sorted(p.name for p in (out / "logs").iterdir()) == sorted(f"{k}.csv" for k in
                                                                      ("moi_abnormal", "static_alpha", "alternating",
                                                                       "proposed"))
@@ -78,9 +77,10 @@ def test_proposed_row_is_the_demo_joint_run_with_the_papers_rule_map(tmp_path):
     """Same seed, same data, same weights, same batches: the ablation's proposed row *is* the demo's joint run
     trained with the paper's rule map (an independent code path: run_demo's own loop)."""
     cfg = replace(TINY, rule_map="paper")
-    run_demo(tmp_path / "demo", config=cfg, device="cpu", progress=False, seed=1)
-    res = run_ablation(tmp_path / "abl", config=TINY, device="cpu", progress=False, seed=1, variants=["proposed"])
-    assert _losses(tmp_path / "abl" / "logs" / "proposed.csv") == _losses(tmp_path / "demo" / "logs" / "joint.csv")
+    run_demo(tmp_path / "demo", recipe=cfg, device="cpu", progress=False, seed=1)
+    res = run_ablation(tmp_path / "abl", recipe=TINY, device="cpu", progress=False, seed=1, variants=["proposed"])
+    assert _losses(tmp_path / "abl" / "logs" / "proposed.csv") == _losses(tmp_path / "demo" / "runs" / "joint" /
+                                                                       "log.csv")
     demo = json.loads((tmp_path / "demo" / "results.json").read_text())
     joint = next(m for m in demo["methods"] if m["name"] == "joint")
     assert joint["corloc"]["overall"] == pytest.approx(res.rows[0].overall)
@@ -88,21 +88,21 @@ def test_proposed_row_is_the_demo_joint_run_with_the_papers_rule_map(tmp_path):
 
 @pytest.mark.slow
 def test_alternating_budget_updates_keeps_the_step_count():
-    res = run_ablation(None, config=TINY, device="cpu", progress=False, variants=["alternating", "proposed"],
+    res = run_ablation(None, recipe=TINY, device="cpu", progress=False, variants=["alternating", "proposed"],
                        alternating_budget="updates")
-    assert res.histories["alternating"].column("kind") == ["strong", "weak"] * (TINY.steps // 2)
+    assert res.histories["alternating"].column("batch") == ["strong", "weak"] * (TINY.steps // 2)
     assert len(res.histories["proposed"]) == TINY.steps
 
 
 def test_bad_variants_are_explained():
     with pytest.raises(ValueError, match="unknown ablation variant 'nope'"):
-        run_ablation(None, config=TINY, variants=["nope", "proposed"])
+        run_ablation(None, recipe=TINY, variants=["nope", "proposed"])
     with pytest.raises(ValueError, match="needs the 'proposed' variant"):
-        run_ablation(None, config=TINY, variants=["alternating"])
+        run_ablation(None, recipe=TINY, variants=["alternating"])
     with pytest.raises(ValueError, match="distinct keys"):
-        run_ablation(None, config=TINY, variants=["proposed", "proposed"])
+        run_ablation(None, recipe=TINY, variants=["proposed", "proposed"])
     with pytest.raises(ValueError, match="alternating_budget"):
-        run_ablation(None, config=TINY, variants=["proposed"], alternating_budget="both")
+        run_ablation(None, recipe=TINY, variants=["proposed"], alternating_budget="both")
 
 
 def test_table_ii_p_value_column_exact():
@@ -130,14 +130,14 @@ def test_cli_ablate_help_lists_the_rows_without_importing_torch():
     for v in TABLE_II_VARIANTS:
         assert v.key in proc.stdout
     assert proc.stdout.strip().endswith("NO TORCH")
-    bad = subprocess.run([sys.executable, "-m", "wsbus", "ablate", "--variants", "bogus"], capture_output=True,
-                         text=True, timeout=120)
-    assert bad.returncode == 2 and "invalid choice: 'bogus'" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "wsbus", "ablate", "--variants", "bogus", "proposed", "--quick"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown ablation variant 'bogus'" in bad.stderr
 
 
 def test_custom_variant_object(tmp_path):
     v = AblationVariant("static_0.1", "MIL scale factor", "static value (0.1)", alpha=0.1)
-    res = run_ablation(None, config=replace(TINY, steps=2), device="cpu", progress=False,
+    res = run_ablation(None, recipe=replace(TINY, steps=2), device="cpu", progress=False,
                        variants=[v, "proposed"])
     assert res.rows[0].variant == "static value (0.1)" and set(res.histories["static_0.1"].column("alpha")) == {0.1}
     assert np.isfinite(res.histories["static_0.1"].column("loss_mil")).all()
@@ -170,13 +170,13 @@ def test_ablation_records_its_thread_count_and_restores_the_callers():
     import torch
 
     before = torch.get_num_threads()
-    res = run_ablation(None, config=replace(TINY, steps=1), device="cpu", progress=False, variants=["proposed"],
+    res = run_ablation(None, recipe=replace(TINY, steps=1), device="cpu", progress=False, variants=["proposed"],
                        threads=1)
     assert res.config["torch_threads"] == 1 and torch.get_num_threads() == before
 
 
 def _fake_result(seed, values, p_values):
-    from wsbus.ablation import AblationResult
+    from wsbus.experiments import AblationResult
     from wsbus.evaluate import MethodResult
 
     variants = [v for v in TABLE_II_VARIANTS if v.key in ("static_alpha", "alternating", "proposed")]
@@ -186,7 +186,7 @@ def _fake_result(seed, values, p_values):
 
 
 def test_summarize_ablations_by_hand():
-    from wsbus.ablation import summarize_ablations
+    from wsbus.experiments import summarize_ablations
 
     results = [_fake_result(0, [0.80, 0.85, 0.85], [0.01, 1.0, None]),
                _fake_result(3, [0.90, 0.70, 0.85], [0.20, 0.03, None])]
@@ -221,5 +221,5 @@ def test_cli_ablate_over_seeds_writes_each_seed_and_a_summary(tmp_path, capsys):
     assert table.startswith("| Aspect | Variant | seed 0 [%] | seed 1 [%] | mean [%] |")
     assert table in capsys.readouterr().out
     with pytest.raises(ValueError, match="distinct"):
-        from wsbus.ablation import run_ablations
-        run_ablations([0, 0], None, config=TINY)
+        from wsbus.experiments import run_ablations
+        run_ablations([0, 0], None, recipe=TINY)

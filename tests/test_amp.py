@@ -23,7 +23,7 @@ torch.set_num_threads(1)
 
 def test_bf16_trainer_run_is_finite_and_learns():
     from wsbus.data import make_phantom
-    from wsbus.train import Trainer
+    from wsbus.engine import Trainer
 
     data = make_phantom(24, seed=0, size=96)
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def test_boxes_are_decoded_in_float32_under_autocast(tiny_detector):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fp16_with_grad_scaler_on_cuda():
     from wsbus.data import make_phantom
-    from wsbus.train import Trainer
+    from wsbus.engine import Trainer
 
     data = make_phantom(12, seed=0, size=96)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""DetectionDataset and collate: targets per role, K = 0 normal images, seeded augmentation, DataLoader."""
+"""DetectionDataset and collate: targets per kind, K = 0 normal images, seeded augmentation, DataLoader."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +17,7 @@ def samples():
 
 
 def test_strong_targets(samples):
-    ds = DetectionDataset(samples, role="strong")
+    ds = DetectionDataset(samples, kind="strong")
     assert len(ds) == 12
     for i, s in enumerate(samples):
         image, target = ds[i]
@@ -33,22 +33,22 @@ def test_strong_targets(samples):
 
 
 def test_weak_targets_have_no_boxes(samples):
-    ds = DetectionDataset(samples, role="weak")
+    ds = DetectionDataset(samples, kind="weak")
     for i, s in enumerate(samples):
         image, target = ds[i]
         assert set(target) == {"image_label", "index"} and int(target["image_label"]) == s.image_label
     weak_only = [s.as_weak() for s in samples]
-    assert set(DetectionDataset(weak_only, role="weak")[0][1]) == {"image_label", "index"}
+    assert set(DetectionDataset(weak_only, kind="weak")[0][1]) == {"image_label", "index"}
 
 
-def test_eval_role_and_checks(samples):
+def test_eval_kind_and_checks(samples):
     mixed = [samples[0], samples[1].as_weak()]
-    ds = DetectionDataset(mixed, role="eval")
+    ds = DetectionDataset(mixed, kind="eval")
     assert "boxes" in ds[0][1] and "boxes" not in ds[1][1]
     with pytest.raises(DataError, match=r"sample 'ph1-00001' has no boxes"):
-        DetectionDataset(mixed, role="strong")
-    with pytest.raises(ValueError, match="role"):
-        DetectionDataset(samples, role="train")
+        DetectionDataset(mixed, kind="strong")
+    with pytest.raises(ValueError, match="kind"):
+        DetectionDataset(samples, kind="train")
     with pytest.raises(TypeError, match="item 0"):
         DetectionDataset([object()])
     with pytest.raises(IndexError):
@@ -57,19 +57,19 @@ def test_eval_role_and_checks(samples):
 
 
 def test_seeded_augmentation(samples):
-    ds = DetectionDataset(samples, role="strong", transforms=train_transforms(), seed=4)
+    ds = DetectionDataset(samples, kind="strong", transforms=train_transforms(), seed=4)
     a_img, a_t = ds[(3, 99)]
     b_img, b_t = ds[(3, 99)]
     c_img, _ = ds[(3, 100)]
     assert torch.equal(a_img, b_img) and torch.equal(a_t["boxes"], b_t["boxes"])
     assert not torch.equal(a_img, c_img)
-    other_seed = DetectionDataset(samples, role="strong", transforms=train_transforms(), seed=5)
+    other_seed = DetectionDataset(samples, kind="strong", transforms=train_transforms(), seed=5)
     assert not torch.equal(a_img, other_seed[(3, 99)][0])
     assert a_img.min() >= 0 and a_img.max() <= 1 and len(a_t["boxes"]) == len(samples[3].boxes)
 
 
 def test_collate_and_dataloader(samples):
-    ds = DetectionDataset(samples, role="strong", transforms=train_transforms())
+    ds = DetectionDataset(samples, kind="strong", transforms=train_transforms())
     images, targets = collate([ds[0], ds[1], ds[2]])
     assert len(images) == len(targets) == 3 and [t["index"] for t in targets] == [0, 1, 2]
     loader = DataLoader(ds, batch_size=5, collate_fn=collate)

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from _fake_model import FakeDetector, TinyBoxes  # noqa: E402
 from wsbus.checkpoint import load_checkpoint  # noqa: E402
-from wsbus.train import Trainer  # noqa: E402
+from wsbus.engine import Trainer  # noqa: E402
 
 STEPS = 6
 
@@ -34,13 +34,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_trainer(out, mode, stream, n_strong, n_weak, **kw):
+def make_trainer(out, mode, mixing, n_strong, n_weak, **kw):
     torch.manual_seed(0)
     # sampled=16 uses every proposal, so the in-model random sampling cannot differ between rank layouts
     model = FakeDetector(sampled=16)
     strong = TinyBoxes(10, "strong", seed=1) if mode != "weak" else None
     weak = TinyBoxes(14, "weak", seed=2) if mode != "strong" else None
-    return Trainer(model, strong, weak, mode=mode, stream=stream, n_strong=n_strong, n_weak=n_weak, alpha=0.5,
+    return Trainer(model, strong, weak, mode=mode, mixing=mixing, n_strong=n_strong, n_weak=n_weak, alpha=0.5,
                    steps=STEPS, out_dir=out, checkpoint_every=4, progress=False, tensorboard=False, **kw)
 
 
@@ -52,10 +52,10 @@ def torchrun(args, timeout=120):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode,stream", [("joint", "alternating")])
-def test_two_gloo_ranks_agree_and_match_one_process(tmp_path, mode, stream):
+@pytest.mark.parametrize("mode,mixing", [("joint", "alternating")])
+def test_two_gloo_ranks_agree_and_match_one_process(tmp_path, mode, mixing):
     out = tmp_path / "ddp"
-    proc = torchrun([str(HERE / "test_ddp.py"), "child", str(out), mode, stream])
+    proc = torchrun([str(HERE / "test_ddp.py"), "child", str(out), mode, mixing])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0 = torch.load(out / "rank0.pt", weights_only=True)
     r1 = torch.load(out / "rank1.pt", weights_only=True)
@@ -74,7 +74,7 @@ def test_two_gloo_ranks_agree_and_match_one_process(tmp_path, mode, stream):
     # One process with the global batch (2 strong + 2 weak) sees the same items and averages the same
     # per-image losses: the same weights up to float summation order.
     torch.set_num_threads(1)
-    single = make_trainer(tmp_path / "single", mode, stream, n_strong=2, n_weak=2)
+    single = make_trainer(tmp_path / "single", mode, mixing, n_strong=2, n_weak=2)
     single.fit()
     for k, v in single.model.state_dict().items():
         torch.testing.assert_close(v, r0[k], rtol=1e-4, atol=1e-6, msg=k)
@@ -83,8 +83,9 @@ def test_two_gloo_ranks_agree_and_match_one_process(tmp_path, mode, stream):
 @pytest.mark.slow
 def test_torchrun_module_entry_point_trains_the_tiny_detector(tmp_path):
     out = tmp_path / "cli"
-    proc = torchrun(["-m", "wsbus.train", "--data", "phantom:24", "--mode", "joint", "--steps", "3", "--out", str(out),
-                     "--checkpoint-every", "2", "--no-progress", "--no-tensorboard", "--device", "cpu"])
+    proc = torchrun(["-m", "wsbus", "train", "--data", "phantom:24", "--mode", "joint", "--steps", "3", "--out", str(out),
+                     "--checkpoint-every", "2", "--batch-strong", "1", "--batch-weak", "2", "--no-progress",
+                     "--no-tensorboard", "--device", "cpu"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("world size 2") == 1               # only rank 0 reports
     ck = load_checkpoint(out / "last.pt")
@@ -97,9 +98,9 @@ def test_torchrun_module_entry_point_trains_the_tiny_detector(tmp_path):
     model.load_state_dict(ck["model"])                           # the checkpoint rebuilds the detector
 
 
-def _child(out: str, mode: str, stream: str) -> None:
+def _child(out: str, mode: str, mixing: str) -> None:
     torch.set_num_threads(1)
-    tr = make_trainer(out, mode, stream, n_strong=1, n_weak=1)
+    tr = make_trainer(out, mode, mixing, n_strong=1, n_weak=1)
     assert tr.dist.world_size == 2 and tr.dist.backend == "gloo"
     tr.fit()
     torch.save(tr.model.state_dict(), Path(out) / f"rank{tr.dist.rank}.pt")

@@ -350,7 +350,7 @@ def test_large_backbones_build_and_run(backbone, channels, frozen):
     m = build_detector(backbone, min_size=64, max_size=64, rpn_pre_nms_top_n=200, rpn_post_nms_top_n=50,
                        anchor_sizes=(16, 32), box_batch_size_per_image=16, **extra)
     assert isinstance(m, WeakSemiFasterRCNN) and m.backbone.out_channels == channels
-    assert PRESETS[backbone]["representation_size"] == (1024 if backbone == "resnet50" else 512)
+    assert PRESETS[backbone].representation_size == (1024 if backbone == "resnet50" else 512)
     assert m.config["representation_size"] == (256 if backbone == "resnet50" else 512)
     assert m.config["box_nms_thresh"] == 0.3 and m.config["weak_proposals"] == 50
     assert sorted(n for n, p in m.backbone.named_parameters() if not p.requires_grad) == sorted(frozen)

@@ -26,7 +26,7 @@ from torchvision.models.detection.image_list import ImageList
 import wsbus
 from conftest import DETECTOR_SIZE, detector_images, strong_target
 from wsbus.models import LOSS_KEYS, build_detector
-from wsbus.models.detector import CachedAnchorGenerator
+from wsbus.models import CachedAnchorGenerator
 
 torch.set_num_threads(1)
 
@@ -70,7 +70,7 @@ def test_weak_only_batch_sends_one_roi_per_weak_image_with_gradient(tiny_detecto
     nograd_rows = [n for n, g in calls if not g]
     assert grad_rows == [3]                      # exactly one MoI per weak image in the gradient pass
     assert len(nograd_rows) == 1                 # one scoring pass for the whole mini-batch
-    assert 3 <= nograd_rows[0] <= 3 * tiny_detector.roi_heads.weak_proposals
+    assert 3 <= nograd_rows[0] <= 3 * tiny_detector.rpn.weak_post_nms_top_n
     assert losses["loss_mil"].requires_grad
 
 
@@ -88,7 +88,7 @@ def test_joint_batch_adds_exactly_the_weak_images_to_the_strong_head_pass(tiny_d
     grad_rows = [n for n, g in joint_calls if g]
     nograd_rows = [n for n, g in joint_calls if not g]
     assert grad_rows == [n_strong + 2]
-    assert len(nograd_rows) == 1 and nograd_rows[0] <= 2 * tiny_detector.roi_heads.weak_proposals
+    assert len(nograd_rows) == 1 and nograd_rows[0] <= 2 * tiny_detector.rpn.weak_post_nms_top_n
 
 
 def test_weak_images_skip_anchor_matching(tiny_detector, monkeypatch):
@@ -194,7 +194,7 @@ class SyncSites(TorchFunctionMode):
 
 # The reviewed sites: one reduced validation flag per training forward, and rpn_loss's two nonzero() calls, which
 # follow torchvision's sampler's own syncs on the same labels (see the comment in wsbus/losses.py).
-ALLOWED_TRAINING_SYNCS = collections.Counter({("models/detector.py", "_check_targets"): 1,
+ALLOWED_TRAINING_SYNCS = collections.Counter({("models/checks.py", "check_targets"): 1,
                                               ("losses.py", "rpn_loss"): 2})
 
 
@@ -222,21 +222,21 @@ def test_eval_forward_adds_no_host_syncs(tiny_detector):
 
 def test_sync_counter_would_catch_a_sync_added_to_the_weak_branch(monkeypatch):
     """The counter is not blind: a ``.item()`` slipped into the weak branch shows up as a new site."""
-    from wsbus.models import detector
+    from wsbus.models import WeakSemiRoIHeads
 
-    original = detector.WeakSemiRoIHeads.select_moi
+    original = WeakSemiRoIHeads.select_moi
 
     def select_moi_with_item(self, logits, labels):
         labels.sum().item()  # the kind of regression the training test must catch
         return original(self, logits, labels)
 
-    monkeypatch.setattr(detector.WeakSemiRoIHeads, "select_moi", select_moi_with_item)
+    monkeypatch.setattr(WeakSemiRoIHeads, "select_moi", select_moi_with_item)
     m = build_detector("tiny", min_size=DETECTOR_SIZE, max_size=DETECTOR_SIZE).train()
     with SyncSites() as counter:
         m(detector_images(1), [{"image_label": torch.tensor(1)}])
     # attributed to the innermost wsbus frame, the weak branch that called the patched method
-    assert counter.sites[("models/detector.py", "weak_moi_boxes")] == 1
-    assert dict(counter.sites) != {("models/detector.py", "_check_targets"): 1}
+    assert counter.sites[("models/roi_heads.py", "weak_moi_boxes")] == 1
+    assert dict(counter.sites) != {("models/checks.py", "check_targets"): 1}
 
 
 def test_sync_counter_attributes_wsbus_sites():

@@ -24,19 +24,19 @@ import torch  # noqa: E402
 
 from _fake_model import FakeDetector, TinyBoxes  # noqa: E402
 from wsbus.checkpoint import CheckpointError, atomic_save, load_checkpoint  # noqa: E402
-from wsbus.train import Trainer  # noqa: E402
+from wsbus.engine import Trainer  # noqa: E402
 
 torch.set_num_threads(1)
 
 
-def make_trainer(out, mode="joint", stream="combined", init_seed=0, steps=12, n_strong_images=10,
+def make_trainer(out, mode="joint", mixing="combined", init_seed=0, steps=12, n_strong_images=10,
                  n_weak=2, **kw):
     torch.manual_seed(init_seed)
     model = FakeDetector()
     strong = TinyBoxes(n_strong_images, "strong", seed=1) if mode != "weak" else None
     weak = TinyBoxes(16, "weak", seed=2) if mode != "strong" else None
     kw.setdefault("checkpoint_every", 4)
-    return Trainer(model, strong, weak, mode=mode, stream=stream, n_weak=n_weak, alpha=0.5, steps=steps,
+    return Trainer(model, strong, weak, mode=mode, mixing=mixing, n_weak=n_weak, alpha=0.5, steps=steps,
                    out_dir=out, progress=False, tensorboard=False, **kw)
 
 
@@ -56,16 +56,16 @@ def assert_same_state(a: dict, b: dict) -> None:
 # in-process
 # --------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode,stream", [("strong", "combined"), ("weak", "combined"), ("joint", "combined"),
+@pytest.mark.parametrize("mode,mixing", [("strong", "combined"), ("weak", "combined"), ("joint", "combined"),
                                          ("joint", "alternating")])
-def test_resume_is_exact_in_every_mode(tmp_path, mode, stream):
-    ref = make_trainer(tmp_path / "ref", mode, stream)
+def test_resume_is_exact_in_every_mode(tmp_path, mode, mixing):
+    ref = make_trainer(tmp_path / "ref", mode, mixing)
     ref.fit()
-    first = make_trainer(tmp_path / "run", mode, stream)
+    first = make_trainer(tmp_path / "run", mode, mixing)
     first.fit(steps=7)                                  # checkpoints at 4 and at the end (7)
     # A fresh model with another initialisation and a disturbed global RNG: the checkpoint must restore all.
     torch.manual_seed(1234)
-    second = make_trainer(tmp_path / "run", mode, stream, init_seed=99)
+    second = make_trainer(tmp_path / "run", mode, mixing, init_seed=99)
     assert not torch.equal(second.model.rpn.weight, first.model.rpn.weight)
     hist = second.fit(resume=True)
     assert second.step == 12 and hist.steps == list(range(12))
@@ -109,8 +109,8 @@ def test_resume_refuses_a_different_run(tmp_path):
         make_trainer(tmp_path, n_weak=3).fit(resume=True)
     with pytest.raises(CheckpointError, match=r"n_strong_images.*\n.*strong stream n"):
         make_trainer(tmp_path, n_strong_images=11).fit(resume=True)
-    with pytest.raises(CheckpointError, match="stream"):
-        make_trainer(tmp_path, stream="alternating").fit(resume=True)
+    with pytest.raises(CheckpointError, match="mixing"):
+        make_trainer(tmp_path, mixing="alternating").fit(resume=True)
 
 
 def test_resume_without_checkpoint_starts_from_zero(tmp_path):

@@ -14,8 +14,9 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from wsbus.data.formats import Sample
-from wsbus.self_training import (PseudoBoxPrecision, PseudoLabel, detect, n_moved, pseudo_box_precision,
-                                 pseudo_label, reconfigure, self_train)
+from wsbus.inference import detect
+from wsbus.self_training import (PseudoBoxPrecision, PseudoLabel, n_moved, pseudo_box_precision, pseudo_label,
+                                 reconfigure, self_train)
 
 H = W = 40
 

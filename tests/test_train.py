@@ -15,13 +15,13 @@ import torch  # noqa: E402
 from _fake_model import FakeDetector, TinyBoxes  # noqa: E402
 from wsbus.checkpoint import load_checkpoint  # noqa: E402
 from wsbus.seeding import derive_seed  # noqa: E402
-from wsbus.train import (History, NonFiniteLossError, StreamBatchSampler, Trainer, step_batches,  # noqa: E402
-                         stream_batch, stream_positions)
+from wsbus.engine import (History, NonFiniteLossError, StreamBatchSampler, Trainer, step_batches,  # noqa: E402
+                          stream_batch, stream_positions)
 
 torch.set_num_threads(1)
 
 
-def trainer(mode="joint", stream="combined", seed=0, **kw):
+def trainer(mode="joint", mixing="combined", seed=0, **kw):
     torch.manual_seed(seed)
     strong = TinyBoxes(10, "strong", seed=1) if mode != "weak" else None
     weak = TinyBoxes(14, "weak", seed=2) if mode != "strong" else None
@@ -29,7 +29,7 @@ def trainer(mode="joint", stream="combined", seed=0, **kw):
     kw.setdefault("tensorboard", False)
     kw.setdefault("steps", 6)
     model = kw.pop("model", None) or FakeDetector()
-    return Trainer(model, strong, weak, mode=mode, stream=stream, **kw)
+    return Trainer(model, strong, weak, mode=mode, mixing=mixing, **kw)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -59,16 +59,16 @@ def test_rank_shards_tile_the_global_batch():
 
 
 def test_step_batches_and_positions_agree():
-    for mode, stream in (("strong", "combined"), ("weak", "combined"), ("joint", "combined"),
+    for mode, mixing in (("strong", "combined"), ("weak", "combined"), ("joint", "combined"),
                          ("joint", "alternating")):
         used = {"strong": 0, "weak": 0}
         for k in range(9):
-            for name, index in step_batches(k, mode, stream):
+            for name, index in step_batches(k, mode, mixing):
                 assert index == used[name]          # batches are consumed in order, none skipped
                 used[name] += 1
-            assert stream_positions(k + 1, mode, stream) == used
+            assert stream_positions(k + 1, mode, mixing) == used
     assert [step_batches(k, "joint", "alternating")[0][0] for k in range(4)] == ["strong", "weak"] * 2
-    with pytest.raises(ValueError, match="stream"):
+    with pytest.raises(ValueError, match="mixing"):
         step_batches(0, "joint", "interleaved")
 
 
@@ -91,7 +91,7 @@ STRONG = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_re
 def test_combined_joint_loss_is_ls_plus_alpha_lws():
     tr = trainer(alpha=lambda step: 0.1 * step)
     hist = tr.fit()
-    assert hist.column("kind") == ["combined"] * 6
+    assert hist.column("batch") == ["strong+weak"] * 6
     for r in hist:
         assert r["alpha"] == pytest.approx(0.1 * r["step"])
         ls = sum(r[k] for k in STRONG)
@@ -100,11 +100,11 @@ def test_combined_joint_loss_is_ls_plus_alpha_lws():
 
 
 def test_alternating_stream_alternates():
-    tr = trainer(stream="alternating", alpha=0.25, steps=7)
+    tr = trainer(mixing="alternating", alpha=0.25, steps=7)
     hist = tr.fit()
-    assert hist.column("kind") == ["strong", "weak", "strong", "weak", "strong", "weak", "strong"]
+    assert hist.column("batch") == ["strong", "weak", "strong", "weak", "strong", "weak", "strong"]
     for r in hist:
-        if r["kind"] == "strong":
+        if r["batch"] == "strong":
             assert r["loss_mil"] == 0 and r["loss"] == pytest.approx(sum(r[k] for k in STRONG), rel=1e-6)
         else:
             assert all(r[k] == 0 for k in STRONG)
@@ -113,10 +113,10 @@ def test_alternating_stream_alternates():
 
 def test_strong_and_weak_modes():
     s = trainer("strong").fit()
-    assert set(s.column("kind")) == {"strong"} and set(s.column("alpha")) == {0.0}
+    assert set(s.column("batch")) == {"strong"} and set(s.column("alpha")) == {0.0}
     assert all(r["loss_mil"] == 0 and r["loss"] > 0 for r in s)
     w = trainer("weak").fit()
-    assert set(w.column("kind")) == {"weak"} and set(w.column("alpha")) == {1.0}
+    assert set(w.column("batch")) == {"weak"} and set(w.column("alpha")) == {1.0}
     assert all(r["loss"] == r["loss_mil"] > 0 for r in w)
     # weak-only training never touches the RPN head: it gets no gradient from L_ws
     tr = trainer("weak")
@@ -129,7 +129,7 @@ def test_gradual_alpha_by_name_spans_the_run():
     tr = trainer(alpha="gradual", steps=60)
     assert tr.alpha(0) == pytest.approx(0.01)
     assert tr.alpha(59) == pytest.approx(1 - 0.99 * 0.9 ** 29)
-    assert tr.config()["alpha"].startswith("Gradual(")
+    assert tr.settings()["alpha"]["schedule"] == "gradual"
 
 
 def test_loss_falls_on_the_fake_model():
@@ -169,7 +169,7 @@ def test_bf16_autocast_on_cpu_trains():
     assert tr.amp_dtype == torch.bfloat16 and not tr.scaler.is_enabled()
     hist = tr.fit()
     assert all(math.isfinite(v) for v in hist.losses)
-    assert tr.config()["amp_dtype"] == "bfloat16"
+    assert tr.settings()["amp_dtype"] == "bfloat16"
 
 
 def test_clip_grad_norm_bounds_the_update():
@@ -193,7 +193,7 @@ def test_logs_csv_tensorboard_and_train_log(tmp_path):
     with open(tmp_path / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
-    assert set(rows[0]) == {"step", "kind", "loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier",
+    assert set(rows[0]) == {"step", "batch", "loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier",
                             "loss_box_reg", "loss_mil", "alpha", "lr", "grad_norm", "time"}
     assert float(rows[0]["lr"]) == 5e-4 and float(rows[0]["alpha"]) == 0.5
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
@@ -224,7 +224,7 @@ def test_bad_configurations_are_refused():
     with pytest.raises(ValueError, match="needs strong"):
         Trainer(FakeDetector(), None, TinyBoxes(4, "weak"), mode="strong")
     with pytest.raises(ValueError, match="joint mode only"):
-        Trainer(FakeDetector(), TinyBoxes(4, "strong"), mode="strong", stream="alternating")
+        Trainer(FakeDetector(), TinyBoxes(4, "strong"), mode="strong", mixing="alternating")
     with pytest.raises(ValueError, match="mode must be one of"):
         Trainer(FakeDetector(), TinyBoxes(4, "strong"), mode="semi")
     with pytest.raises(ValueError, match="n_weak must be an integer >= 1"):
@@ -235,7 +235,7 @@ def test_bad_configurations_are_refused():
         Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(0, "weak"))
     with pytest.raises(ValueError, match="resume=True needs out_dir"):
         trainer().fit(resume=True)
-    with pytest.raises(ValueError, match="role 'weak' was passed as the strong set"):
+    with pytest.raises(ValueError, match="kind 'weak' was passed as the strong set"):
         Trainer(FakeDetector(), TinyBoxes(4, "weak"), mode="strong")
     with pytest.warns(UserWarning, match="mode 'strong' does not use the 4 weak images"):
         Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(4, "weak"), mode="strong")
@@ -244,7 +244,7 @@ def test_bad_configurations_are_refused():
 
 
 def test_a_boxed_dataset_in_the_weak_stream_is_an_error():
-    with pytest.raises(ValueError, match="role 'strong' was passed as the weak set"):
+    with pytest.raises(ValueError, match="kind 'strong' was passed as the weak set"):
         Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(4, "strong"))
 
     class NoRole(torch.utils.data.Dataset):      # a user dataset that does not say what it is
@@ -322,7 +322,7 @@ def test_tiny_detector_learns_to_localise_the_phantom_masses(phantom):
     g = torch.Generator().manual_seed(0)
     sizes = torch.tensor([[s.boxes[0, 2] - s.boxes[0, 0], s.boxes[0, 3] - s.boxes[0, 1]] for s in train])
     hits, chance = [], []
-    ds = DetectionDataset(test, role="eval")
+    ds = DetectionDataset(test, kind="eval")
     with torch.no_grad():
         for i in range(len(ds)):
             image, target = ds[i]
@@ -341,13 +341,13 @@ def test_tiny_detector_learns_to_localise_the_phantom_masses(phantom):
 def test_tiny_detector_joint_and_weak_modes_give_finite_losses(phantom):
     train, _ = phantom
     strong, weak = train[:10], train[10:]
-    for mode, stream in (("joint", "combined"), ("joint", "alternating"), ("weak", "combined")):
-        tr = Trainer(_tiny(), strong if mode != "weak" else None, weak, mode=mode, stream=stream, steps=3,
+    for mode, mixing in (("joint", "combined"), ("joint", "alternating"), ("weak", "combined")):
+        tr = Trainer(_tiny(), strong if mode != "weak" else None, weak, mode=mode, mixing=mixing, steps=3,
                      progress=False, tensorboard=False, alpha="gradual")
         hist = tr.fit()
         assert all(math.isfinite(r[k]) for r in hist for k in ("loss", "loss_mil", "loss_classifier"))
         assert any(r["loss_mil"] > 0 for r in hist)
-        if mode == "joint" and stream == "combined":
+        if mode == "joint" and mixing == "combined":
             assert all(r["loss_objectness"] > 0 and r["loss_mil"] > 0 for r in hist)
 
 

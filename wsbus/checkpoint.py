@@ -12,15 +12,16 @@ leaves either the previous checkpoint or the new one, plus at most a stray tempo
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Union
+from typing import Any, Callable, Dict, Iterable, List, Union
 
 import torch
 
-__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "REQUIRED_KEYS", "atomic_save", "load_checkpoint",
-           "remove_stale_temporaries"]
+__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "REQUIRED_KEYS", "atomic_save", "atomic_write_text",
+           "atomic_write_json", "load_checkpoint", "remove_stale_temporaries"]
 
 #: Format version written under ``"version"``; bump when the layout changes incompatibly.
 CHECKPOINT_VERSION = 1
@@ -48,6 +49,29 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _atomic_write(path: PathLike, write: Callable[[Any], None], mode: str) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it onto ``path``, fsync the
+    directory; on any error remove the temporary file and leave ``path`` as it was."""
+    path = Path(path)
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+    return path
+
+
 def atomic_save(obj: Any, path: PathLike) -> Path:
     """Save ``obj`` with ``torch.save`` so that ``path`` is replaced atomically.
 
@@ -66,24 +90,18 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
 
     Taught in ``book/06_joint_training.md``.
     """
-    path = Path(path)
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-    return path
+    return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
+def atomic_write_text(text: str, path: PathLike) -> Path:
+    """Write ``text`` to ``path`` atomically (as :func:`atomic_save`): a reader never sees half a file."""
+    return _atomic_write(path, lambda f: f.write(text), "w")
+
+
+def atomic_write_json(obj: Any, path: PathLike) -> Path:
+    """Write ``obj`` as indented JSON (plus a final newline) to ``path`` atomically (as :func:`atomic_save`).
+    Non-JSON values are written with ``str``."""
+    return atomic_write_text(json.dumps(obj, indent=2, default=str) + "\n", path)
 
 
 def remove_stale_temporaries(directory: PathLike, names: Iterable[str] = ("last.pt",)) -> List[Path]:
@@ -110,7 +128,7 @@ def remove_stale_temporaries(directory: PathLike, names: Iterable[str] = ("last.
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None] = "cpu",
                     require: Iterable[str] = REQUIRED_KEYS) -> Dict[str, Any]:
-    """Load a checkpoint written by :class:`wsbus.train.Trainer` with ``torch.load(weights_only=True)``.
+    """Load a checkpoint written by :class:`wsbus.engine.Trainer` with ``torch.load(weights_only=True)``.
 
     Parameters
     ----------

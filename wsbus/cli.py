@@ -1,32 +1,33 @@
-"""The ``wsbus`` command line (also ``python -m wsbus``): ``train``, ``evaluate``, ``self-train``, ``demo``,
-``ablate``, ``fetch``.
+"""The ``wsbus`` command line (also ``python -m wsbus``): ``train``, ``evaluate``, ``self-train``, ``experiment``,
+``demo``, ``ablate``, ``fetch``.
 
-Taught in ``book/06_joint_training.md`` (train, resume, torchrun), ``book/07_self_training.md`` (self-train) and
-``book/08_evaluation.md`` (evaluate).
+The library never imports this module. It imports the library lazily, inside each command, so that ``--help`` and
+``--version`` answer at once, without loading torch. Training settings not given on the command line come from the
+recipe of the data source (:func:`wsbus.experiments.recipe_for`; ``--recipe`` picks another).
 
 Examples
 --------
 ::
 
-    wsbus train --data phantom --mode joint --steps 2000 --out runs/joint
+    wsbus train --data phantom --mode joint --out runs/joint
     wsbus train --data phantom --mode joint --steps 4000 --out runs/joint --resume   # continue, bit for bit
-    torchrun --nproc_per_node=2 -m wsbus train --data busi:data/Dataset_BUSI_with_GT --mode joint ...
+    torchrun --nproc_per_node=2 -m wsbus train --data busbra:BUSBRA --mode joint --out runs/joint
     wsbus evaluate --checkpoint runs/joint/last.pt
     wsbus self-train --checkpoint runs/joint/last.pt --fractions 0.5 0.75 --out runs/self_training
+    wsbus experiment --data busbra:BUSBRA --seeds 0 1 2 --out runs/busbra
     wsbus demo --quick
     wsbus ablate --variants proposed moi_abnormal alternating --out runs/table_ii
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -39,10 +40,10 @@ class CliError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# parser
+# argument types and shared options
 # ---------------------------------------------------------------------------------------------------------
 
-def _checked(convert, ok, expected: str):
+def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
     """An argparse ``type``: ``convert(text)``, refused with ``expected <expected>, got '<text>'`` when the
     conversion fails or ``ok(value)`` is false."""
     def parse(text: str):
@@ -59,6 +60,9 @@ def _checked(convert, ok, expected: str):
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 _fraction = _checked(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
+_positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+_RECIPES = ("phantom", "real", "paper")
+_DATA_HELP = "phantom, phantom:N, voc:DIR, busi:DIR or busbra:DIR"
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -67,31 +71,44 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                         "'cuda' means each process's own GPU)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``wsbus`` argument parser. Taught in ``book/06_joint_training.md``."""
-    from . import __version__
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch CPU threads (default 1: a table then repeats exactly on the same machine; more "
+                        "threads change the order of floating-point sums and hence the numbers of short runs)")
 
-    parser = argparse.ArgumentParser(
-        prog="wsbus", description="Joint weakly- and semi-supervised Faster R-CNN for breast ultrasound "
-                                  "(Shin et al., IEEE TMI 2019).")
-    parser.add_argument("--version", action="version", version=f"wsbus {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+def _add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """Options that override the recipe's training settings (None: the recipe's)."""
+    p.add_argument("--recipe", choices=_RECIPES, default=None,
+                   help="settings preset: phantom, real (real scans on a CPU) or paper (VGG16, 60k steps, the "
+                        "paper's MoI map); default phantom for the phantom, real otherwise")
+    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the recipe's)")
+    p.add_argument("--backbone", default=None, help="vgg16 (the paper), resnet18, resnet50 or tiny "
+                                                    "(default: the recipe's)")
+    p.add_argument("--size", type=_positive_int, default=None,
+                   help="the detector's input scale (min size; max size twice it) and the phantom's image side "
+                        "(default: the recipe's)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the parser, one function per command
+# ---------------------------------------------------------------------------------------------------------
+
+def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a detector (strong, weak or joint); resumable; DDP under torchrun",
                        description="Split the data, train, and keep DIR/last.pt, DIR/log.csv, DIR/config.json "
-                                   "and DIR/split.json. Under `torchrun --nproc_per_node=K -m wsbus train ...` "
-                                   "it trains data-parallel: the per-process batch is --batch-strong + "
-                                   "--batch-weak images and the global batch K times that.")
-    t.add_argument("--data", required=True, help="phantom, phantom:N, voc:DIR, busi:DIR or busbra:DIR")
+                                   "and DIR/split.json. Settings not given come from the recipe of the data "
+                                   "source. Under `torchrun --nproc_per_node=K -m wsbus train ...` it trains "
+                                   "data-parallel: the per-process batch is --batch-strong + --batch-weak images "
+                                   "and the global batch K times that.")
+    t.add_argument("--data", required=True, help=_DATA_HELP)
     t.add_argument("--mode", choices=("strong", "weak", "joint"), default="joint",
                    help="strong: boxes only (baseline); weak: image labels only (MIL baseline, every training "
                         "image used without its boxes); joint: L_s + alpha L_ws (default)")
-    t.add_argument("--stream", choices=("combined", "alternating"), default="combined",
-                   help="joint mode: one mini-batch of both kinds per step (default) or alternating steps")
-    t.add_argument("--steps", type=_positive_int, default=60000, help="total training steps (reference 60000)")
+    t.add_argument("--mixing", choices=("combined", "alternating"), default=None,
+                   help="joint mode: both streams in every mini-batch (the paper's, default) or alternating steps")
     t.add_argument("--out", required=True, help="output folder (last.pt, log.csv, config.json, split.json)")
-    t.add_argument("--backbone", default=None,
-                   help="vgg16 (the paper), resnet18, resnet50 or tiny; default tiny on the phantom, else vgg16")
+    _add_recipe_options(t)
     t.add_argument("--pretrained", action="store_true", help="ImageNet backbone weights (downloads them)")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--n-strong", type=_positive_int, default=None, help="strong (boxed) training images")
@@ -102,32 +119,31 @@ def build_parser() -> argparse.ArgumentParser:
     g2.add_argument("--test-fraction", type=_fraction, default=None, help="fraction of images for test "
                                                                            "(default 0.2)")
     t.add_argument("--split-seed", type=int, default=0, help="seed of the patient-level split (default 0)")
-    t.add_argument("--alpha", default="0.5", help="MIL weight: a number (default 0.5) or 'gradual'")
-    t.add_argument("--rule-map", default="paper",
-                   help="MoI rules: paper (default), reference (the TF1 code's), a Table II name or "
-                        "'<benign rule>/<malignant rule>'")
-    t.add_argument("--batch-strong", type=_positive_int, default=1, help="strong images per step (default 1)")
-    t.add_argument("--batch-weak", type=_positive_int, default=2, help="weak images per step (default 2)")
-    t.add_argument("--lr", type=float, default=5e-4, help="learning rate (Adam; default 5e-4)")
-    t.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
+    t.add_argument("--alpha", default=None, help="MIL weight: a number or 'gradual' (default: the recipe's)")
+    t.add_argument("--rule-map", default=None,
+                   help="MoI rules: paper, reference (the TF1 code's), a Table II name or "
+                        "'<benign rule>/<malignant rule>' (default: the recipe's)")
+    t.add_argument("--batch-strong", type=_positive_int, default=None, help="strong images per step")
+    t.add_argument("--batch-weak", type=_positive_int, default=None, help="weak images per step")
+    t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (Adam)")
+    t.add_argument("--weight-decay", type=float, default=None, help="weight decay")
     t.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
-    t.add_argument("--clip-grad-norm", type=float, default=None, help="clip the gradient norm to this value")
+    t.add_argument("--clip-grad-norm", type=_positive_float, default=None, help="clip the gradient norm")
     t.add_argument("--resume", action="store_true", help="continue from DIR/last.pt (starts afresh if none)")
     t.add_argument("--checkpoint-every", type=_positive_int, default=1000, help="steps between checkpoints")
     t.add_argument("--keep-every", type=_positive_int, default=None, help="also keep DIR/step_XXXXXX.pt")
     t.add_argument("--log-every", type=_positive_int, default=20, help="steps between progress/TensorBoard "
                                                                        "updates")
     _add_device(t)
-    t.add_argument("--seed", type=int, default=3, help="training seed (reference 3)")
+    t.add_argument("--seed", type=int, default=3, help="training seed (reference 3); the initial weights too")
     t.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
     t.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader workers (default 0)")
-    t.add_argument("--size", type=_positive_int, default=None,
-                   help="phantom image side (default 128) and the detector's input scale (min size; max size "
-                        "5/3 of it); default: the backbone's preset")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard events")
     t.set_defaults(func=cmd_train)
 
+
+def _evaluate_parser(sub) -> None:
     e = sub.add_parser("evaluate", help="CorLoc per class and overall with 95%% bootstrap CIs")
     e.add_argument("--checkpoint", required=True, help="a checkpoint written by `wsbus train` (DIR/last.pt)")
     e.add_argument("--data", default=None, help="data spec (default: the one the checkpoint was trained on)")
@@ -142,41 +158,72 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="also write the results to this JSON file")
     e.set_defaults(func=cmd_evaluate)
 
+
+def _experiment_parser(sub) -> None:
+    x = sub.add_parser("experiment", help="the paper's Table V + IV protocol on a data source: strong_full, "
+                                          "strong_few, weak_only, joint, joint_self_training",
+                       description="Train the five methods on one patient-level split with shared initial "
+                                   "weights, evaluate them on the same test images, and write DIR/results.json, "
+                                   "DIR/table_v.md, DIR/table_iv.md and figures. Started again with the same "
+                                   "arguments it resumes, skipping finished methods. Settings not given come from "
+                                   "the recipe of the data source.")
+    x.add_argument("--data", default="phantom", help=_DATA_HELP + " (default phantom)")
+    x.add_argument("--out", default="experiment_out", help="output folder (default experiment_out)")
+    _add_recipe_options(x)
+    x.add_argument("--n-strong", type=_positive_int, default=None, help="boxed training images")
+    x.add_argument("--n-test", type=_positive_int, default=None, help="test images")
+    x.add_argument("--n-val", type=_non_negative_int, default=None,
+                   help="validation images held out from the training patients")
+    x.add_argument("--evaluate-on", choices=("test", "val"), default="test",
+                   help="score the test set (default; report it once) or the validation set (choosing settings)")
+    x.add_argument("--seed", type=int, default=0, help="split, initial weights and data order (default 0)")
+    x.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="repeat on these seeds (DIR/seed_<s>/) and write DIR/summary.md and DIR/summary.json")
+    x.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="a subset of strong_full strong_few weak_only joint joint_self_training")
+    x.add_argument("--quick", action="store_true", help="the recipe's smoke version")
+    _add_device(x)
+    _add_threads(x)
+    x.add_argument("--no-progress", action="store_true", help="no progress bar")
+    x.set_defaults(func=cmd_experiment)
+
+
+def _demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="the main job on the embedded phantom: strong vs weak vs joint "
                                     "(+ self-training), Table V-shaped results with CIs")
     d.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     d.add_argument("--quick", action="store_true", help="a smaller, faster version")
     _add_device(d)
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--threads", type=_positive_int, default=1,
-                   help="torch CPU threads (default 1: the table then repeats exactly; more threads change the "
-                        "order of floating-point sums and hence the numbers of these short runs)")
+    _add_threads(d)
     d.set_defaults(func=cmd_demo)
 
-    from .ablation import TABLE_II_VARIANTS  # light: no torch model is built at import
 
+def _ablate_parser(sub) -> None:
     a = sub.add_parser("ablate", help="the paper's Table II on the embedded phantom: each row changes one aspect "
                                       "of the proposed joint training (MoI rule, static alpha, alternating)",
-                       description="Train every Table II variant on the phantom split of `wsbus demo` (same seed: "
+                       description="Train every Table II variant on the split of `wsbus experiment` (same seed: "
                                    "same data, boxed images, test set and initial weights) and print CorLoc with "
                                    "95 %% bootstrap CIs and McNemar p-values against the proposed method. Writes "
                                    "DIR/table_ii.md, DIR/ablation.json and DIR/logs/.")
     a.add_argument("--out", default="ablation_out", help="output folder (default ablation_out)")
     a.add_argument("--quick", action="store_true", help="a smaller, faster version (a smoke run)")
     _add_device(a)
-    a.add_argument("--seed", type=int, default=0, help="the demo seed (data, split, initial weights)")
+    a.add_argument("--seed", type=int, default=0, help="the experiment seed (data, split, initial weights)")
     a.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="repeat the whole ablation on these seeds (DIR/seed_<s>/) and write DIR/summary.md: each "
                         "variant per seed, the mean, and on how many seeds it beat the proposed row")
-    a.add_argument("--variants", nargs="+", default=None, choices=[v.key for v in TABLE_II_VARIANTS],
-                   metavar="KEY", help="rows to train (default all): "
-                                       + ", ".join(v.key for v in TABLE_II_VARIANTS) + "; must include proposed")
+    a.add_argument("--variants", nargs="+", default=None, metavar="KEY",
+                   help="rows to train (default all): moi_benign, moi_discriminative, moi_abnormal, static_alpha, "
+                        "alternating, proposed; must include proposed")
     a.add_argument("--alternating-budget", choices=("images", "updates"), default="images",
                    help="'images': the alternating run trains twice the steps so it sees each stream as often "
                         "as a combined run (default); 'updates': the same number of steps")
-    a.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default 1, as for demo)")
+    _add_threads(a)
     a.set_defaults(func=cmd_ablate)
 
+
+def _self_train_parser(sub) -> None:
     s = sub.add_parser("self-train", help="pseudo-boxes from a trained model, retrain with the top fractions "
                                           "moved to the strong set (Table IV)",
                        description="Self-training (Shin et al. Table IV) from a `wsbus train` checkpoint: the "
@@ -202,10 +249,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_self_train)
 
+
+def _fetch_parser(sub) -> None:
     f = sub.add_parser("fetch", help="download a public data set (sha256-checked, safely extracted)")
     f.add_argument("name", help="data set name, e.g. busi or busbra")
     f.add_argument("--dest", default="data", help="destination folder (default data)")
     f.set_defaults(func=cmd_fetch)
+
+
+_COMMANDS = (_train_parser, _evaluate_parser, _self_train_parser, _experiment_parser, _demo_parser, _ablate_parser,
+             _fetch_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``wsbus`` argument parser (no torch import)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="wsbus", description="Joint weakly- and semi-supervised Faster R-CNN for breast ultrasound "
+                                  "(Shin et al., IEEE TMI 2019).")
+    parser.add_argument("--version", action="version", version=f"wsbus {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
     return parser
 
 
@@ -213,207 +279,168 @@ def build_parser() -> argparse.ArgumentParser:
 # helpers
 # ---------------------------------------------------------------------------------------------------------
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _rule_map_spec(name: str) -> str:
-    return "reference_code" if name == "reference" else name
-
-
-def _detector_size_options(size: Optional[int]) -> Dict[str, int]:
-    if size is None:
-        return {}
-    return {"min_size": int(size), "max_size": int(math.ceil(size * 1000 / 600))}
-
-
 def _setup_logging(is_main: bool) -> None:
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(message)s",
                         stream=sys.stderr)
 
 
-def _ids(samples) -> List[str]:
-    return [s.id for s in samples]
+def _recipe(args: argparse.Namespace, kind: str, **fields: Any):
+    """The recipe of ``--recipe`` (default: the data source's), with the command line's overrides."""
+    from .experiments import RECIPES, recipe_for
+
+    recipe = RECIPES[args.recipe] if args.recipe else recipe_for(kind, getattr(args, "quick", False))
+    changes = {k: v for k, v in dict(steps=args.steps, backbone=args.backbone, **fields).items() if v is not None}
+    if args.size is not None:
+        changes.update(size=args.size, max_size=2 * args.size)
+    return recipe.replace(**changes) if changes else recipe
+
+
+def _alpha_spec(text: Optional[str]) -> Any:
+    if text is None or text.strip().lower() == "gradual":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise CliError(f"--alpha must be a number or 'gradual', got {text!r}") from None
+
+
+def _plain(args: argparse.Namespace) -> Dict[str, Any]:
+    """The parsed arguments as JSON-friendly data (without the handler)."""
+    return {k: v for k, v in vars(args).items() if k != "func"}
 
 
 # ---------------------------------------------------------------------------------------------------------
-# train
+# commands
 # ---------------------------------------------------------------------------------------------------------
+
+def _train_split(args: argparse.Namespace, samples):
+    from .data import split
+
+    params: Dict[str, Any] = {"seed": args.split_seed}
+    if args.n_strong is not None:
+        params["n_strong"] = args.n_strong
+    else:
+        params["strong_fraction"] = args.strong_fraction if args.strong_fraction is not None else 0.2
+    if args.n_test is not None:
+        params["n_test"] = args.n_test
+    else:
+        params["test_fraction"] = args.test_fraction if args.test_fraction is not None else 0.2
+    parts = split(samples, **params)
+    strong, weak = {"strong": (parts.strong, None), "weak": (None, parts.strong + parts.weak),
+                    "joint": (parts.strong, parts.weak)}[args.mode]
+    for name, got in (("strong", strong), ("weak", weak)):
+        if got is not None and not got:
+            raise CliError(f"the split of {args.data} left no {name} training image ({params}); change "
+                           f"--n-strong/--strong-fraction")
+    ids = {role: [s.id for s in getattr(parts, role)] for role in ("strong", "weak", "test")}
+    return params, ids, strong, weak
+
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``wsbus train``: split, build, train, checkpoint. Taught in ``book/06_joint_training.md``."""
-    import torch
-
-    from .data import split as split_samples
+    """``wsbus train``: split, build, train, checkpoint."""
+    from .checkpoint import atomic_write_json
     from .data.sources import load_source, parse_source
     from .distributed import cleanup_distributed, init_distributed
+    from .engine import Trainer
     from .models import build_detector
-    from .seeding import seed_everything
-    from .train import Trainer
+    from .seeding import seeded
 
     info, device = init_distributed(args.device)
     _setup_logging(info.is_main)
     try:
-        kind = parse_source(args.data).kind
-        backbone = args.backbone or ("tiny" if kind == "phantom" else "vgg16")
-        phantom_size = args.size or 128
-        samples = load_source(args.data, size=phantom_size, seed=0)
-        split_params: Dict[str, Any] = {"seed": args.split_seed}
-        if args.n_strong is not None:
-            split_params["n_strong"] = args.n_strong
-        else:
-            split_params["strong_fraction"] = args.strong_fraction if args.strong_fraction is not None else 0.2
-        if args.n_test is not None:
-            split_params["n_test"] = args.n_test
-        else:
-            split_params["test_fraction"] = args.test_fraction if args.test_fraction is not None else 0.2
-        parts = split_samples(samples, **split_params)
-        split_ids = {"strong": _ids(parts.strong), "weak": _ids(parts.weak), "test": _ids(parts.test)}
-        if args.mode == "strong":
-            strong, weak = parts.strong, None
-        elif args.mode == "weak":   # the weak-only baseline learns from every training image, without boxes
-            strong, weak = None, list(parts.strong) + list(parts.weak)
-        else:
-            strong, weak = parts.strong, parts.weak
-        if strong is not None and not strong:
-            raise CliError(f"the split of {args.data} left no strong training image ({split_params})")
-        if weak is not None and not weak:
-            raise CliError(f"the split of {args.data} left no weak training image ({split_params}); "
-                           f"lower --n-strong/--strong-fraction")
-
+        recipe = _recipe(args, parse_source(args.data).kind, rule_map=args.rule_map, batch_strong=args.batch_strong,
+                         batch_weak=args.batch_weak, lr=args.lr, weight_decay=args.weight_decay, mixing=args.mixing)
+        samples = load_source(args.data, size=recipe.size, seed=0)
+        split_params, split_ids, strong, weak = _train_split(args, samples)
         out = Path(args.out)
         split_file = out / "split.json"
         if args.resume and split_file.is_file():
-            with open(split_file) as fh:
-                saved = json.load(fh)
+            saved = json.loads(split_file.read_text())
             for role in ("strong", "weak", "test"):
                 if saved.get(role) != split_ids[role]:
                     raise CliError(f"--resume: the {role} images differ from {split_file} (the data or the split "
                                    f"options changed since the run started)")
-
-        seed_everything(args.seed)          # the model's initial weights
-        model = build_detector(backbone, num_classes=3, pretrained=args.pretrained,
-                               moi_rules=_rule_map_spec(args.rule_map), **_detector_size_options(args.size))
-        metadata = {"data": args.data, "phantom_size": phantom_size, "split": split_params,
-                    "split_ids": split_ids, "argv": list(sys.argv)}
-        trainer = Trainer(model, strong, weak, mode=args.mode, stream=args.stream, n_strong=args.batch_strong,
-                          n_weak=args.batch_weak, alpha=args.alpha, lr=args.lr, weight_decay=args.weight_decay,
-                          optimizer=args.optimizer, steps=args.steps, device=device, amp=args.amp,
-                          clip_grad_norm=args.clip_grad_norm, out_dir=out, checkpoint_every=args.checkpoint_every,
-                          keep_every=args.keep_every, log_every=args.log_every, seed=args.seed,
-                          num_workers=args.workers, progress=not args.no_progress,
-                          tensorboard=not args.no_tensorboard, metadata=metadata)
+        with seeded(args.seed):  # the model's initial weights
+            model = build_detector(**recipe.detector_options(list(strong or []) + list(weak or []),
+                                                             pretrained=args.pretrained))
+        alpha = recipe.alpha_schedule(recipe.steps, _alpha_spec(args.alpha))
+        metadata = {"data": args.data, "phantom_size": recipe.size, "split": split_params, "split_ids": split_ids,
+                    "argv": list(sys.argv)}
+        joint = dict(alpha=alpha, mixing=recipe.mixing) if args.mode == "joint" else {}
+        trainer = Trainer(model, strong, weak, mode=args.mode, steps=recipe.steps, optimizer=args.optimizer,
+                          device=device, amp=args.amp, clip_grad_norm=args.clip_grad_norm, out_dir=out,
+                          checkpoint_every=args.checkpoint_every, keep_every=args.keep_every,
+                          log_every=args.log_every, seed=args.seed, num_workers=args.workers,
+                          progress=not args.no_progress, tensorboard=not args.no_tensorboard, metadata=metadata,
+                          **recipe.trainer_options(), **joint)
         if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            _write_json(split_file, {"data": args.data, "params": split_params, **split_ids})
-            _write_json(out / "config.json", {"command": "train", "args": _vars_plain(args), "model": model.config,
-                                              "trainer": trainer.config()})
+            atomic_write_json({"data": args.data, "params": split_params, **split_ids}, split_file)
+            atomic_write_json({"command": "train", "args": _plain(args), "recipe": recipe.as_dict(),
+                               "model": model.config, "trainer": trainer.settings()}, out / "config.json")
         history = trainer.fit(resume=args.resume)
         if info.is_main:
-            last = history[-1] if len(history) else None
-            tail = f", last loss {last['loss']:.4f}" if last else ""
-            print(f"trained {args.mode} ({args.stream}) to step {trainer.step} on {trainer.device}, "
+            tail = f", last loss {history[-1]['loss']:.4f}" if len(history) else ""
+            print(f"trained {args.mode} ({trainer.config.mixing}) to step {trainer.step} on {trainer.device}, "
                   f"world size {info.world_size}{tail}; checkpoint {out / 'last.pt'}")
     finally:
         cleanup_distributed()
     return 0
 
 
-def _vars_plain(args: argparse.Namespace) -> Dict[str, Any]:
-    """The parsed arguments as JSON-friendly data (without the handler)."""
-    return {k: v for k, v in vars(args).items() if k != "func"}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# evaluate
-# ---------------------------------------------------------------------------------------------------------
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """``wsbus evaluate``: CorLoc per class and overall with bootstrap CIs. Taught in ``book/08_evaluation.md``."""
-    from .checkpoint import load_checkpoint
+    """``wsbus evaluate``: CorLoc per class and overall with bootstrap CIs."""
+    from .checkpoint import atomic_write_json, load_checkpoint
     from .data.sources import load_source
     from .distributed import resolve_device
     from .evaluate import corloc
-    from .models import build_detector
-    from .self_training import detect
+    from .experiments import checkpoint_split
+    from .inference import detect, load_detector
 
-    device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, map_location="cpu", require=("model", "config"))
-    config = ckpt["config"]
-    model_config = dict(config.get("model") or {})
-    if not model_config:
-        raise CliError(f"checkpoint {args.checkpoint!r} has no model config; it was not written by `wsbus train`")
-    meta = config.get("metadata") or {}
-    model_config["pretrained"] = False            # the checkpoint holds the weights; nothing to download
-    model = build_detector(**model_config)
-    model.load_state_dict(ckpt["model"])
-    model.to(device)
-
-    spec = args.data or meta.get("data")
-    if not spec:
-        raise CliError(f"checkpoint {args.checkpoint!r} does not say which data it was trained on; pass --data")
-    samples = load_source(spec, size=int(meta.get("phantom_size", 128)), seed=0)
+    model = load_detector(ckpt, device=resolve_device(args.device))
+    source = f"checkpoint {str(args.checkpoint)!r}"
     if args.split == "test":
-        test_ids = (meta.get("split_ids") or {}).get("test")
-        if test_ids is None:
-            raise CliError(f"checkpoint {args.checkpoint!r} holds no test split; use --split all")
-        by_id = {s.id: s for s in samples}
-        missing = [i for i in test_ids if i not in by_id]
-        if missing:
-            raise CliError(f"{len(missing)} test image(s) of the checkpoint are not in {spec} "
-                           f"(e.g. {missing[:3]}); is it the same data?")
-        samples = [by_id[i] for i in test_ids]
+        spec, sets = checkpoint_split(ckpt, source, args.data, roles=("test",))
+        samples = sets["test"]
+    else:
+        spec = args.data or ((ckpt["config"] or {}).get("metadata") or {}).get("data")
+        if not spec:
+            raise CliError(f"{source} does not say which data it was trained on; pass --data")
+        samples = load_source(spec, size=int(((ckpt["config"] or {}).get("metadata") or {}).get("phantom_size", 128)))
     weak = [s.id for s in samples if not s.is_strong]
     if weak:
         raise CliError(f"{len(weak)} image(s) of {spec} have no boxes (e.g. {weak[:3]}); CorLoc needs boxes")
     if not samples:
         raise CliError(f"no images to evaluate in {spec} ({args.split})")
-
-    detections = detect(model, samples, device=device, batch_size=args.batch_size)
-    result = corloc(detections, samples, iou_thresh=args.iou, score_thresh=args.score_thresh)
+    result = corloc(detect(model, samples, batch_size=args.batch_size), samples, iou_thresh=args.iou,
+                    score_thresh=args.score_thresh)
     cis = result.ci(n_boot=args.n_boot, seed=args.seed)
-    step = ckpt.get("step", "?")
-    print(f"CorLoc of {args.checkpoint} (step {step}) on {len(samples)} {args.split} images of {spec} "
-          f"(IoU > {args.iou:g}, score >= {args.score_thresh:g}, 95% bootstrap CI over {args.n_boot} resamples)")
+    print(f"CorLoc of {args.checkpoint} (step {ckpt.get('step', '?')}) on {len(samples)} {args.split} images of "
+          f"{spec} (IoU > {args.iou:g}, score >= {args.score_thresh:g}, 95% bootstrap CI over {args.n_boot} "
+          f"resamples)")
     print(f"{'class':<10} {'images':>6} {'CorLoc':>8}   95% CI")
     rows = {}
     for key in ("benign", "malignant", "overall"):
         v, (lo, hi), n = getattr(result, key), cis[key], result.n_images[key]
         fmt = (lambda x: "   n/a" if math.isnan(x) else f"{100 * x:6.2f}")
         print(f"{key:<10} {n:>6} {fmt(v):>7}%   [{fmt(lo).strip()}, {fmt(hi).strip()}]")
-        rows[key] = {"corloc": None if math.isnan(v) else v, "ci": [None if math.isnan(lo) else lo,
-                                                                    None if math.isnan(hi) else hi], "n": n}
+        rows[key] = {"corloc": None if math.isnan(v) else v,
+                     "ci": [None if math.isnan(lo) else lo, None if math.isnan(hi) else hi], "n": n}
     if args.json:
-        _write_json(Path(args.json), {"checkpoint": str(args.checkpoint), "step": step, "data": spec,
-                                      "split": args.split, "corloc": rows})
+        atomic_write_json({"checkpoint": str(args.checkpoint), "step": ckpt.get("step"), "data": spec,
+                           "split": args.split, "corloc": rows}, Path(args.json))
     return 0
 
 
-# ---------------------------------------------------------------------------------------------------------
-# self-train
-# ---------------------------------------------------------------------------------------------------------
-
 def cmd_self_train(args: argparse.Namespace) -> int:
-    """``wsbus self-train``: calls :func:`wsbus.self_training.self_train_from_checkpoint`.
+    """``wsbus self-train``: :func:`wsbus.experiments.self_train_from_checkpoint`."""
+    from .experiments import self_train_from_checkpoint
 
-    Taught in ``book/07_self_training.md``.
-    """
-    from .self_training import self_train_from_checkpoint
-
-    alpha = args.alpha
-    if alpha is not None and alpha.strip().lower() != "gradual":
-        try:
-            alpha = float(alpha)
-        except ValueError:
-            raise CliError(f"--alpha must be a number or 'gradual', got {args.alpha!r}") from None
     result = self_train_from_checkpoint(
         args.checkpoint, args.out, data=args.data, fractions=args.fractions, steps=args.steps,
-        retrain=args.retrain, alpha=alpha, device=args.device, seed=args.seed, batch_size=args.batch_size,
-        score_thresh=args.score_thresh, n_boot=args.n_boot, progress=not args.no_progress)
+        retrain=args.retrain, alpha=_alpha_spec(args.alpha), device=args.device, seed=args.seed,
+        batch_size=args.batch_size, score_thresh=args.score_thresh, n_boot=args.n_boot,
+        progress=not args.no_progress)
     print(result.table())
     if result.precision is not None:
         p = result.precision
@@ -424,23 +451,34 @@ def cmd_self_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------------------
-# demo, fetch
-# ---------------------------------------------------------------------------------------------------------
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """``wsbus experiment``: :func:`wsbus.experiments.run_experiment` (or ``run_experiments`` over seeds)."""
+    from .data.sources import parse_source
+    from .experiments import METHODS, run_experiment, run_experiments
+
+    recipe = _recipe(args, parse_source(args.data).kind, n_test=args.n_test, n_val=args.n_val)
+    if args.n_strong is not None:
+        recipe = recipe.replace(n_strong=args.n_strong, strong_fraction=None)
+    kwargs = dict(recipe=recipe, methods=args.methods or METHODS, device=args.device, threads=args.threads,
+                  progress=not args.no_progress, evaluate_on=args.evaluate_on)
+    if args.seeds:
+        run_experiments(args.data, args.out, seeds=args.seeds, **kwargs)
+    else:
+        run_experiment(args.data, args.out, seed=args.seed, **kwargs)
+    return 0
+
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """``wsbus demo``: calls :func:`wsbus.demo.run_demo`. Taught in ``book/01_introduction.md``."""
-    if importlib.util.find_spec("wsbus.demo") is None:
-        raise CliError("`wsbus demo` is not available yet: this installation has no wsbus.demo module")
-    from .demo import run_demo
+    """``wsbus demo``: :func:`wsbus.experiments.run_demo`."""
+    from .experiments import run_demo
 
     run_demo(args.out, quick=args.quick, device=args.device, seed=args.seed, threads=args.threads)
     return 0
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    """``wsbus ablate``: calls :func:`wsbus.ablation.run_ablation`. Taught in ``book/06_joint_training.md``."""
-    from .ablation import run_ablation, run_ablations
+    """``wsbus ablate``: :func:`wsbus.experiments.run_ablation` (or ``run_ablations`` over seeds)."""
+    from .experiments import run_ablation, run_ablations
 
     kwargs = dict(quick=args.quick, device=args.device, variants=args.variants,
                   alternating_budget=args.alternating_budget, threads=args.threads)
@@ -452,9 +490,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    """``wsbus fetch NAME``: calls :func:`wsbus.data.download.fetch`. Taught in ``book/09_real_data.md``."""
-    if importlib.util.find_spec("wsbus.data.download") is None:
-        raise CliError("`wsbus fetch` is not available yet: this installation has no wsbus.data.download module")
+    """``wsbus fetch NAME``: :func:`wsbus.data.download.fetch`."""
     from .data.download import fetch
 
     result = fetch(args.name, dest=args.dest)
@@ -473,8 +509,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Expected failures (bad data, bad arguments, a checkpoint of another run, a missing folder) print
     ``wsbus: error: <message>`` and return 2; a non-finite loss returns 3. Set ``WSBUS_DEBUG=1`` for the
     traceback.
-
-    Taught in ``book/06_joint_training.md``.
     """
     parser = build_parser()
     args = parser.parse_args(argv)       # --version and --help exit here, before torch is imported
@@ -483,7 +517,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ERROR
     from .checkpoint import CheckpointError
     from .data.formats import DataError
-    from .train import NonFiniteLossError
+    from .engine import NonFiniteLossError
     try:
         return int(args.func(args) or 0)
     except NonFiniteLossError as exc:

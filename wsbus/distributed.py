@@ -16,7 +16,7 @@ from typing import Optional, Union
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "default_device", "resolve_device", "init_distributed", "dist_info", "is_main_process",
+__all__ = ["DistInfo", "default_device", "resolve_device", "model_device", "init_distributed", "dist_info", "is_main_process",
            "barrier", "all_reduce_mean", "all_reduce_sum", "cleanup_distributed"]
 
 DeviceLike = Union[str, torch.device, None]
@@ -78,6 +78,14 @@ def resolve_device(device: DeviceLike = None, local_rank: int = 0) -> torch.devi
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
     return dev
+
+
+def model_device(model: "torch.nn.Module", device: DeviceLike = None) -> torch.device:
+    """``device`` when given, else the device of ``model``'s first parameter (CPU for a model without any)."""
+    if device is not None:
+        return torch.device(device)
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def dist_info() -> DistInfo:

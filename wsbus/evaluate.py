@@ -38,6 +38,7 @@ from .metrics.tables import (
     format_ci,
     format_p_value,
     format_percent,
+    render_table,
     results_table,
     to_json_methods,
 )
@@ -46,6 +47,6 @@ __all__ = [
     "MASS_CLASSES", "CorLocResult", "corloc", "average_precision", "image_scores", "image_auc",
     "sensitivity_specificity", "false_positives_per_normal_image", "evaluate_detections",
     "PairedTestResult", "bootstrap_ci", "bootstrap_means", "mcnemar_exact", "paired_test", "percentile_interval",
-    "MethodResult", "add_p_values", "format_ci", "format_p_value", "format_percent", "results_table",
+    "MethodResult", "add_p_values", "format_ci", "format_p_value", "format_percent", "render_table", "results_table",
     "to_json_methods",
 ]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["REFERENCE_MIL_WEIGHTS", "rpn_loss", "fast_rcnn_loss", "mil_loss"]
+__all__ = ["REFERENCE_MIL_WEIGHTS", "rpn_loss", "fast_rcnn_loss", "mil_loss", "mil_loss_unchecked"]
 
 #: Class weights ``(w_N, w_B, w_M)`` of the reference code's MIL loss (``train_bus.py``:
 #: ``[0, WS_MAL_PCT, 1 - WS_MAL_PCT]`` with ``WS_MAL_PCT = 933 / 4224 = 0.2209``, the fraction of malignant
@@ -240,11 +240,12 @@ def mil_loss(
     if class_weights is not None and torch.as_tensor(class_weights).numel() != num_classes:
         raise ValueError(f"mil_loss: {torch.as_tensor(class_weights).numel()} class weights for {num_classes} "
                          f"classes")
-    return _mil_loss(moi_logits, image_labels, class_weights, reduction)
+    return mil_loss_unchecked(moi_logits, image_labels, class_weights, reduction)
 
 
-def _mil_loss(moi_logits: Tensor, image_labels: Tensor, class_weights: Optional[Union[Sequence[float], Tensor]],
-              reduction: str = "weighted_mean") -> Tensor:
+def mil_loss_unchecked(moi_logits: Tensor, image_labels: Tensor,
+                       class_weights: Optional[Union[Sequence[float], Tensor]],
+                       reduction: str = "weighted_mean") -> Tensor:
     """:func:`mil_loss` without input validation, for callers that validated the labels already (the detector
     checks them where they enter): the label range check is a host-device synchronisation on a GPU."""
     b, num_classes = moi_logits.shape

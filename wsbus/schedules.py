@@ -5,19 +5,22 @@ r"""Schedules of the MIL scale factor :math:`\alpha` in :math:`L = L_s + \alpha 
   :math:`\alpha(\text{step}) = 1 - 0.99 \cdot 0.9^{\lfloor \text{step} / 2000 \rfloor}` over 60k iterations
   (``train_bus.py``: ``1 - tf.train.exponential_decay(0.99, global_step, 2000, 0.9, staircase=True)``).
 
-Schedules are small picklable classes (frozen dataclasses) with ``__call__(step) -> float`` and a readable
-``__repr__``, so a checkpoint can store them and a log can print them. Any callable ``step -> float`` is
+Schedules are small frozen dataclasses with ``__call__(step) -> float`` and a readable ``__repr__``;
+:func:`describe_schedule` turns one into plain data (what a checkpoint stores) and
+:func:`schedule_from_description` turns that back into the same schedule. Any callable ``step -> float`` is
 accepted wherever a schedule is (see :func:`as_schedule`).
 
 Taught in ``book/06_joint_training.md``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
-__all__ = ["Constant", "Gradual", "constant", "gradual", "as_schedule", "plot_schedules", "SCHEDULES"]
+__all__ = ["Constant", "Gradual", "constant", "gradual", "as_schedule", "describe_schedule", "schedule_from_description",
+           "plot_schedules", "SCHEDULES"]
 
 #: Iterations of the reference run, and its staircase length.
 REFERENCE_STEPS = 60000
@@ -141,6 +144,28 @@ def as_schedule(spec: Union[float, int, str, Callable[[int], float]], **kwargs) 
             raise TypeError(f"options {sorted(kwargs)} cannot be applied to a callable schedule")
         return spec
     raise TypeError(f"cannot make an alpha schedule from {type(spec).__name__}: {spec!r}")
+
+
+def describe_schedule(schedule: Callable[[int], float]) -> dict:
+    """Plain data naming a schedule: ``{"schedule": "constant", "value": ...}``, ``{"schedule": "gradual",
+    "step_size": ..., "start": ..., "end": ..., "decay": ...}``, or ``{"schedule": "callable", "name": ...}`` for
+    any other callable (which :func:`schedule_from_description` cannot rebuild). Checkpoints store it; a resumed
+    run compares it."""
+    if isinstance(schedule, (Constant, Gradual)):
+        return {"schedule": type(schedule).__name__.lower(), **dataclasses.asdict(schedule)}
+    return {"schedule": "callable", "name": getattr(schedule, "__qualname__", type(schedule).__qualname__)}
+
+
+def schedule_from_description(description: Mapping) -> Callable[[int], float]:
+    """The schedule :func:`describe_schedule` described. Raises ``ValueError`` for a custom callable, which
+    cannot be rebuilt from its name."""
+    kinds = {"constant": Constant, "gradual": Gradual}
+    d = dict(description)
+    kind = d.pop("schedule", None)
+    if kind not in kinds:
+        raise ValueError(f"cannot rebuild the alpha schedule {description!r}: only constant and gradual schedules "
+                         f"can be restored; pass the schedule explicitly")
+    return kinds[kind](**d)
 
 
 def plot_schedules(schedules: Optional[Sequence[Callable[[int], float]]] = None, total_steps: int = REFERENCE_STEPS,

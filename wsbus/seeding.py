@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
-__all__ = ["derive_seed", "generator", "get_rng_state", "set_rng_state", "seed_everything", "cpu_threads"]
+__all__ = ["derive_seed", "generator", "get_rng_state", "set_rng_state", "seed_everything", "seeded", "cpu_threads"]
 
 _MASK63 = (1 << 63) - 1
 
@@ -118,6 +118,24 @@ def set_rng_state(state: Dict[str, Any]) -> None:
                          float(npst["cached_gaussian"])))
     py = state["python"]
     random.setstate((int(py["version"]), tuple(int(v) for v in py["internal"]), py["gauss_next"]))
+
+
+@contextlib.contextmanager
+def seeded(seed: Optional[int], device: "torch.device | str | None" = None) -> Iterator[None]:
+    """Run a block under ``torch.manual_seed(seed)`` without disturbing the caller's RNG streams (the global torch
+    generator, and that of ``device`` when it is a GPU, are forked and restored). ``seed=None`` runs the block
+    unseeded. Used wherever a model must be built or trained from the same initial state every time.
+
+    Taught in ``book/11_cnn_diagnosis.md``.
+    """
+    if seed is None:
+        yield
+        return
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
 
 
 @contextlib.contextmanager

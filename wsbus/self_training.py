@@ -35,75 +35,17 @@ from torch import nn
 from torchvision.ops import box_iou, clip_boxes_to_image
 
 from .data.formats import DataError, Sample
+from .distributed import model_device
+from .engine import Trainer
+from .evaluate import MethodResult, corloc, results_table, to_json_methods
+from .inference import detect
+from .seeding import seeded
+from .viz.detections import plot_precision_vs_rank
 
-__all__ = [
-    "PseudoLabel", "PseudoBoxPrecision", "SelfTrainingResult", "detect", "pseudo_label", "reconfigure",
-    "n_moved", "pseudo_box_precision", "self_train", "self_train_from_checkpoint",
-]
+__all__ = ["PseudoLabel", "PseudoBoxPrecision", "SelfTrainingResult", "pseudo_label", "reconfigure", "n_moved",
+           "pseudo_box_precision", "self_train"]
 
 Device = Union[str, torch.device, None]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Running a detector over samples
-# ---------------------------------------------------------------------------------------------------------
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _image_tensor(sample: Sample) -> torch.Tensor:
-    """A sample's image as float32 [C, H, W] in [0, 1] (no augmentation), as the evaluation transform gives."""
-    img = torch.from_numpy(np.ascontiguousarray(sample.image))
-    img = img[None] if img.ndim == 2 else img.permute(2, 0, 1)
-    return img.to(torch.float32).div_(255.0)
-
-
-def detect(model: nn.Module, samples: Sequence[Sample], *, device: Device = None,
-           batch_size: int = 16) -> List[Dict[str, torch.Tensor]]:
-    """Run a detector in eval mode over samples: one ``dict(boxes, labels, scores)`` per sample, on the CPU.
-
-    Parameters
-    ----------
-    model : a torchvision-style detector (e.g. :func:`wsbus.models.build_detector`); its train/eval mode is
-        restored afterwards.
-    samples : the images (their boxes, if any, are not used).
-    device : where to run; default the model's device. The model is moved there.
-    batch_size : images per forward pass.
-
-    Returns
-    -------
-    list of dict with ``boxes`` float [D, 4] (input pixel coordinates), ``labels`` int64 [D], ``scores`` [D].
-
-    Notes
-    -----
-    Taught in ``book/07_self_training.md``.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    samples = list(samples)
-    for k, s in enumerate(samples):
-        if not isinstance(s, Sample):
-            raise TypeError(f"item {k}: expected a wsbus.data.Sample, got {type(s).__name__}")
-    dev = torch.device(device) if device is not None else _model_device(model)
-    model.to(dev)
-    was_training = model.training
-    model.eval()
-    out: List[Dict[str, torch.Tensor]] = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(samples), batch_size):
-                chunk = samples[start:start + batch_size]
-                images = [_image_tensor(s).to(dev) for s in chunk]
-                for s, det in zip(chunk, model(images)):
-                    for key in ("boxes", "labels", "scores"):
-                        if key not in det:
-                            raise KeyError(f"sample {s.id!r}: the detector's output lacks {key!r} "
-                                           f"(got {sorted(det)})")
-                    out.append({k: det[k].detach().cpu() for k in ("boxes", "labels", "scores")})
-    finally:
-        model.train(was_training)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -343,7 +285,6 @@ class PseudoBoxPrecision:
 
     def figure(self, fractions: Sequence[float] = (0.5, 0.75)):
         """The precision-vs-rank curve (:func:`wsbus.viz.detections.plot_precision_vs_rank`)."""
-        from .viz.detections import plot_precision_vs_rank
         return plot_precision_vs_rank(self.scores, self.correct, fractions=fractions)
 
 
@@ -411,7 +352,7 @@ class SelfTrainingResult:
     pseudo : the pseudo-labels of the weak set (aligned with it).
     precision : :class:`PseudoBoxPrecision`, or ``None`` when the weak set has no hidden boxes.
     models : the trained models by method name.
-    histories : the training :class:`wsbus.train.History` by method name (``"initial"`` is absent when an
+    histories : the training :class:`wsbus.engine.History` by method name (``"initial"`` is absent when an
         initial model was passed in).
     detections : test-set detections by method name.
     sets : ``(n_strong, n_weak)`` by method name.
@@ -433,12 +374,10 @@ class SelfTrainingResult:
 
     def table(self, fmt: str = "markdown") -> str:
         """The Table IV-shaped table (:func:`wsbus.evaluate.results_table` with ``kind="IV"``)."""
-        from .evaluate import results_table
         return results_table(self.methods, kind="IV", fmt=fmt)
 
     def to_json(self, fractions: Optional[Sequence[float]] = None) -> Dict[str, Any]:
         """``{"methods": [...], "pseudo_box_precision": {...} | None}`` in ``results.json``'s format."""
-        from .evaluate import to_json_methods
         qs = fractions if fractions is not None else [float(m.name.split("_")[1].rstrip("%")) / 100
                                                       for m in self.methods if m.name.startswith("retrained_")]
         prec = None
@@ -453,13 +392,6 @@ def _method_name(fraction: float) -> str:
     return f"retrained_{100 * float(fraction):g}%"
 
 
-def _build(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
-    """``factory()`` with the global torch RNG seeded for it and restored afterwards (same init every call)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        return factory()
-
-
 def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[Sample], *,
                model_factory: Callable[[], nn.Module], initial: Optional[nn.Module] = None,
                fractions: Sequence[float] = (0.5, 0.75), steps: int = 1000, retrain: str = "scratch",
@@ -467,7 +399,7 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
                score_thresh: float = 0.0, per_class: bool = False, seed: int = 3, init_seed: int = 0,
                trainer_kwargs: Optional[Mapping[str, Any]] = None, n_boot: int = 1000,
                progress: bool = True, on_step: Optional[Callable[[str, Any, Dict[str, Any]], None]] = None,
-               ) -> SelfTrainingResult:
+               out_dir: Union[str, "os.PathLike[str]", None] = None) -> SelfTrainingResult:
     """Self-training as in the paper's Table IV: joint model → pseudo-boxes → retrain for each fraction.
 
     Parameters
@@ -476,7 +408,7 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
         pseudo-box precision, never for training) and the test set (with boxes) for CorLoc.
     model_factory : builds a fresh detector, e.g. ``lambda: build_detector("tiny")``; called under a fixed torch
         seed (``init_seed``) so the initial and every retrained model start from the same weights.
-    initial : an already trained joint model; when ``None`` one is trained with :class:`wsbus.train.Trainer`
+    initial : an already trained joint model; when ``None`` one is trained with :class:`wsbus.engine.Trainer`
         (``mode="joint"``) for ``steps`` steps.
     fractions : shares of the weak set moved to the strong set (paper: 0.5 and 0.75).
     steps : training steps of the initial model.
@@ -487,12 +419,14 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
     batch_size, score_thresh : for :func:`pseudo_label` and the test-set detections.
     per_class : move the top fraction of each image label separately (:func:`reconfigure`).
     seed : the Trainer's seed (data order, augmentation, sampling).
-    trainer_kwargs : more :class:`wsbus.train.Trainer` arguments (``alpha``, ``lr``, ``n_strong``, ``n_weak``,
-        ``stream``, ``transforms``...). With an empty reconfigured weak set the retraining runs in strong mode.
+    trainer_kwargs : more :class:`wsbus.engine.Trainer` arguments (``alpha``, ``lr``, ``n_strong``, ``n_weak``,
+        ``mixing``, ``transforms``...). With an empty reconfigured weak set the retraining runs in strong mode.
     n_boot : bootstrap resamples of the CorLoc CIs.
     progress : show the Trainer's progress bars.
     on_step : optional ``f(method_name, trainer, record)`` called after every training step (for an outer
         progress bar).
+    out_dir : when given, every model trains with checkpoints in ``out_dir/<method name>`` and resumes from them
+        (an interrupted self-training continues where it stopped).
 
     Returns
     -------
@@ -502,9 +436,6 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
     -----
     Taught in ``book/07_self_training.md``.
     """
-    from .evaluate import MethodResult, corloc
-    from .train import Trainer
-
     if retrain not in ("scratch", "finetune"):
         raise ValueError(f"retrain must be 'scratch' or 'finetune', got {retrain!r}")
     fractions = [float(q) for q in fractions]
@@ -519,14 +450,12 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
         raise ValueError("the test set has no benign or malignant image: CorLoc is undefined")
     retrain_steps = steps if retrain_steps is None else int(retrain_steps)
     kwargs = dict(trainer_kwargs or {})
-    for key in ("mode", "steps", "seed", "device", "callbacks"):
+    for key in ("mode", "steps", "seed", "device", "callbacks", "out_dir"):
         if key in kwargs:
             raise ValueError(f"trainer_kwargs must not set {key!r}; self_train sets it")
     kwargs.setdefault("progress", progress)
     kwargs.setdefault("tensorboard", False)
-    if device is None:
-        device = _model_device(initial) if initial is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = model_device(initial, device) if initial is not None else torch.device(device or "cpu")
 
     result = SelfTrainingResult(methods=[], pseudo=[], precision=None)
 
@@ -534,12 +463,14 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
         mode = "joint" if w else "strong"
         kw = dict(kwargs)
         if mode == "strong":
-            for key in ("alpha", "stream", "n_weak"):
+            for key in ("alpha", "mixing", "n_weak"):
                 kw.pop(key, None)
         callbacks = [] if on_step is None else [lambda trainer, record: on_step(name, trainer, record)]
+        run_dir = None if out_dir is None else os.path.join(out_dir, name.replace("%", "pct"))
+        kw.setdefault("checkpoint_every", max(1, n_steps // 10))
         trainer = Trainer(model, s, w if w else None, mode=mode, steps=n_steps, seed=seed, device=device,
-                          callbacks=callbacks, **kw)
-        result.histories[name] = trainer.fit()
+                          callbacks=callbacks, out_dir=run_dir, **kw)
+        result.histories[name] = trainer.fit(resume=run_dir is not None)
         return trainer.model
 
     def evaluate(name: str, model: nn.Module, n_s: int, n_w: int, started: float) -> None:
@@ -554,7 +485,9 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
 
     t0 = time.perf_counter()
     if initial is None:
-        initial = train("initial", _build(model_factory, init_seed), strong, weak, steps)
+        with seeded(init_seed):
+            model = model_factory()
+        initial = train("initial", model, strong, weak, steps)
     initial.to(device)
     evaluate("initial", initial, len(strong), len(weak), t0)
 
@@ -569,145 +502,11 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
         name = _method_name(q)
         new_strong, new_weak = reconfigure(strong, weak, result.pseudo, q, per_class=per_class)
         result.moved[name] = [x.id for x in new_strong[len(strong):]]
-        model = _build(model_factory, init_seed) if retrain == "scratch" else copy.deepcopy(initial)
+        if retrain == "scratch":
+            with seeded(init_seed):
+                model = model_factory()
+        else:
+            model = copy.deepcopy(initial)
         model = train(name, model, new_strong, new_weak, retrain_steps)
         evaluate(name, model, len(new_strong), len(new_weak), t0)
-    return result
-
-
-# ---------------------------------------------------------------------------------------------------------
-# From a `wsbus train` checkpoint (the `wsbus self-train` command)
-# ---------------------------------------------------------------------------------------------------------
-def _alpha_from_description(description: Any) -> Union[str, float]:
-    """The alpha spec of a checkpoint's trainer config (stored as a description) for the retraining."""
-    if isinstance(description, (int, float)) and not isinstance(description, bool):
-        return float(description)
-    text = str(description or "")
-    if text.startswith("Gradual("):
-        return "gradual"  # the paper's staircase, rescaled to the retraining's length
-    if text.startswith("Constant(value="):
-        return float(text[len("Constant(value="):].rstrip(")"))
-    raise ValueError(f"cannot recover the MIL weight alpha from the checkpoint's description {description!r}; "
-                     f"pass alpha explicitly (--alpha)")
-
-
-def self_train_from_checkpoint(checkpoint: Union[str, "os.PathLike[str]"], out_dir: Union[str, "os.PathLike[str]"],
-                               *, data: Optional[str] = None, fractions: Sequence[float] = (0.5, 0.75),
-                               steps: Optional[int] = None, retrain: str = "scratch",
-                               alpha: Union[str, float, None] = None, device: Device = None,
-                               seed: Optional[int] = None, batch_size: int = 16, score_thresh: float = 0.0,
-                               n_boot: int = 1000, progress: bool = True) -> SelfTrainingResult:
-    """Self-train from a checkpoint of ``wsbus train``: its model, data spec and split, written to ``out_dir``.
-
-    The checkpoint's model is the initial model; its strong / weak / test images are those recorded in the
-    checkpoint's split (``config["metadata"]["split_ids"]``), reloaded from ``data`` (default: the checkpoint's
-    data spec). Each retraining uses the checkpoint's trainer settings (batch sizes, stream, lr, weight decay,
-    optimizer, seed, alpha) unless overridden.
-
-    Parameters
-    ----------
-    checkpoint : ``DIR/last.pt`` of a ``wsbus train`` run (best a joint one, as in the paper).
-    out_dir : receives ``results.json`` (``{"methods": [...], "pseudo_box_precision": ...}``), ``table_iv.md``,
-        ``pseudo_labels.json`` and ``precision_vs_rank.png`` (when the weak images have hidden boxes).
-    data : a ``--data`` spec; default the checkpoint's.
-    fractions, retrain, batch_size, score_thresh, n_boot, progress : see :func:`self_train`.
-    steps : steps of each retraining; default the checkpoint's training length.
-    alpha : MIL weight of the retrainings; default the checkpoint's (a gradual schedule is rescaled to ``steps``).
-    device : default CUDA when available, else CPU.
-    seed : Trainer seed; default the checkpoint's.
-
-    Returns
-    -------
-    :class:`SelfTrainingResult`
-
-    Raises
-    ------
-    wsbus.checkpoint.CheckpointError
-        when the file is not a ``wsbus train`` checkpoint.
-    ValueError
-        when the checkpoint holds no split, or the data lack images of the split.
-
-    Notes
-    -----
-    Taught in ``book/07_self_training.md``.
-    """
-    import json
-    from pathlib import Path
-
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .data.sources import load_source
-    from .distributed import resolve_device
-    from .evaluate import results_table
-    from .models import build_detector
-
-    ckpt = load_checkpoint(checkpoint, map_location="cpu", require=("model", "config"))
-    config = ckpt["config"] or {}
-    model_config = dict(config.get("model") or {})
-    trainer_cfg = dict(config.get("trainer") or {})
-    meta = dict(config.get("metadata") or {})
-    if not model_config:
-        raise CheckpointError(f"checkpoint {str(checkpoint)!r} has no model config; it was not written by "
-                              f"`wsbus train`")
-    split_ids = meta.get("split_ids") or {}
-    if not all(k in split_ids for k in ("strong", "weak", "test")):
-        raise ValueError(f"checkpoint {str(checkpoint)!r} records no strong/weak/test split (metadata "
-                         f"'split_ids'); self-training needs to know which images were weak")
-    spec = data or meta.get("data")
-    if not spec:
-        raise ValueError(f"checkpoint {str(checkpoint)!r} does not say which data it was trained on; pass data")
-    samples = load_source(spec, size=int(meta.get("phantom_size", 128)), seed=0)
-    by_id = {s.id: s for s in samples}
-    sets = {}
-    for role in ("strong", "weak", "test"):
-        missing = [i for i in split_ids[role] if i not in by_id]
-        if missing:
-            raise ValueError(f"{len(missing)} {role} image(s) of checkpoint {str(checkpoint)!r} are not in {spec} "
-                             f"(e.g. {missing[:3]}); is it the same data?")
-        sets[role] = [by_id[i] for i in split_ids[role]]
-    blind = [s.id for s in sets["test"] if not s.is_strong]
-    if blind:
-        raise ValueError(f"{len(blind)} test image(s) of {spec} have no boxes (e.g. {blind[:3]}); CorLoc needs boxes")
-
-    model_config["pretrained"] = False  # the weights come from the checkpoint; nothing to download
-    dev = resolve_device(device)
-    initial = build_detector(**model_config)
-    initial.load_state_dict(ckpt["model"])
-    initial.to(dev)
-    kwargs: Dict[str, Any] = {}
-    for key in ("n_strong", "n_weak", "lr", "weight_decay", "optimizer", "stream"):
-        if key in trainer_cfg and trainer_cfg[key] is not None:
-            kwargs[key] = trainer_cfg[key]
-    if alpha is not None:
-        kwargs["alpha"] = alpha
-    elif trainer_cfg.get("alpha") is not None:
-        kwargs["alpha"] = _alpha_from_description(trainer_cfg["alpha"])
-    n_steps = int(steps if steps is not None else trainer_cfg.get("steps") or ckpt.get("step") or 0)
-    if n_steps < 1:
-        raise ValueError(f"cannot tell how long to retrain from checkpoint {str(checkpoint)!r}; pass steps")
-    result = self_train(sets["strong"], sets["weak"], sets["test"],
-                        model_factory=lambda: build_detector(**model_config), initial=initial,
-                        fractions=fractions, steps=n_steps, retrain=retrain, device=dev,
-                        batch_size=batch_size, score_thresh=score_thresh,
-                        seed=int(seed if seed is not None else trainer_cfg.get("seed", 3)), n_boot=n_boot,
-                        trainer_kwargs=kwargs, progress=progress)
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = result.to_json(fractions)
-    summary.update({"checkpoint": str(checkpoint), "data": spec, "retrain": retrain, "steps": n_steps,
-                    "initial_mode": trainer_cfg.get("mode")})
-    pseudo = [None if p is None else {"id": p.id, "box": [float(v) for v in p.box], "label": p.label,
-                                      "score": p.score} for p in result.pseudo]
-    for name, obj in (("results.json", summary), ("pseudo_labels.json", {"weak": split_ids["weak"],
-                                                                          "pseudo": pseudo})):
-        tmp = out / f".{name}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, out / name)
-    (out / "table_iv.md").write_text(results_table(result.methods, kind="IV"))
-    if result.precision is not None and result.precision.n_labelled:
-        result.precision.figure(fractions).savefig(out / "precision_vs_rank.png", dpi=110)
-    for name, h in result.histories.items():
-        h.to_csv(out / f"log_{name.replace('%', 'pct')}.csv")
     return result

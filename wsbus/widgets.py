@@ -30,7 +30,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
+from .data.dataset import DetectionDataset
 from .data.formats import CLASSES, Sample
+from .distributed import model_device
 from .mil import MOI_BY, MOI_RULES, select_moi
 from .viz.detections import MOI_COLORS, draw_boxes
 from .viz.samples import CLASS_COLORS
@@ -61,11 +63,6 @@ def _check_by(by: str) -> str:
     if by not in MOI_BY:
         raise ValueError(f"by must be one of {MOI_BY}, got {by!r}")
     return by
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 class ProposalCache:
@@ -99,12 +96,11 @@ class ProposalCache:
         if len(set(ids)) != len(ids):
             raise ValueError(f"sample ids must be unique, got duplicates "
                              f"{sorted({i for i in ids if ids.count(i) > 1})}")
-        from .data.dataset import DetectionDataset
 
         self.model = model
         self.samples = samples
-        self.device = torch.device(device) if device is not None else _model_device(model)
-        self._images = DetectionDataset(samples, role="eval")  # float [C, H, W] in [0, 1], no augmentation
+        self.device = model_device(model, device)
+        self._images = DetectionDataset(samples, kind="eval")  # float [C, H, W] in [0, 1], no augmentation
         self._store: Dict[int, Tuple[Tensor, Tensor]] = {}
         self.calls = 0
 

@@ -14,7 +14,7 @@
 from .autoencoder import (BudgetStudy, ConvAutoencoder, ConvVAE, ELBOTerms, EncoderBackbone, classifier_from_encoder, elbo,
                           gaussian_kl, label_budget_study, pretrain_autoencoder, reparameterize)
 from .classifier import (BACKBONES, DiagnosisClassifier, TinyBackbone, TinyTrunk, batch_indices, build_classifier,
-                         default_augmentation, extract_features, predict_scores, seeded, train_classifier)
+                         default_augmentation, extract_features, predict_scores, train_classifier)
 from .crops import (CropSet, image_tensor, images_to_tensor, labels_tensor, load_samples, mass_crops, random_crops,
                     region_crops, stratified_split, stratified_subset)
 from .metric_learning import (EmbeddingNet, all_pairs, batch_all_triplets, batch_hard_triplets, contrastive_loss,
@@ -30,7 +30,7 @@ __all__ = [
     "EncoderBackbone", "classifier_from_encoder", "label_budget_study", "BudgetStudy",
     # classifier
     "BACKBONES", "TinyTrunk", "TinyBackbone", "DiagnosisClassifier", "build_classifier", "default_augmentation",
-    "train_classifier", "predict_scores", "extract_features", "batch_indices", "seeded",
+    "train_classifier", "predict_scores", "extract_features", "batch_indices",
     # data
     "CropSet", "image_tensor", "images_to_tensor", "labels_tensor", "mass_crops", "region_crops", "random_crops",
     "stratified_subset",

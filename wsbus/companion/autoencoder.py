@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .classifier import (DiagnosisClassifier, TinyTrunk, _augment_batch, _device_of, batch_indices,
-                         default_augmentation, predict_scores, seeded, train_classifier)
+from ..distributed import model_device
+from ..seeding import seeded
+from .classifier import (DiagnosisClassifier, TinyTrunk, augment_batch, batch_indices,
+                         default_augmentation, predict_scores, train_classifier)
 from .crops import stratified_subset
 from .metrics import classification_metrics
 
@@ -286,7 +288,7 @@ def pretrain_autoencoder(model: Union[ConvAutoencoder, ConvVAE], images: torch.T
 
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty [N, C, H, W] tensor, got shape {tuple(images.shape)}")
-    device = _device_of(model, device)
+    device = model_device(model, device)
     model.to(device)
     augment = default_augmentation() if augment is True else (augment or None)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -301,7 +303,7 @@ def pretrain_autoencoder(model: Union[ConvAutoencoder, ConvVAE], images: torch.T
         model.train()
         for step, idx in enumerate(tqdm(batch_indices(dummy, steps, batch_size, False, g),
                                         desc=f"pretrain {type(model).__name__}", disable=not progress)):
-            x = _augment_batch(images[idx].to(device, non_blocking=True), augment)
+            x = augment_batch(images[idx].to(device, non_blocking=True), augment)
             parts = model.loss(x, beta=beta)
             if not torch.isfinite(parts["loss"]):
                 raise FloatingPointError(f"pretrain_autoencoder: loss became {parts['loss'].item()} at step {step}")
@@ -422,7 +424,7 @@ def label_budget_study(pretrained: Union[ConvAutoencoder, ConvVAE, Mapping[str, 
         raise ValueError(f"the pretrained encoders must share image size, latent size, channels and widths to be "
                          f"compared with one scratch model; got {sorted(configs)}")
     first = next(iter(models.values()))
-    device = _device_of(first, device)
+    device = model_device(first, device)
     train_labels = torch.as_tensor(train_labels, dtype=torch.int64)
     methods = [("scratch", None, False)] + [(n, m, False) for n, m in models.items()]
     if frozen:

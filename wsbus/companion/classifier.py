@@ -11,7 +11,6 @@ Taught in ``book/11_cnn_diagnosis.md``; the tiny trunk is shared with the autoen
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, List, Optional, Sequence, Union
 
 import torch
@@ -20,8 +19,12 @@ import torchvision
 import torchvision.transforms.v2 as T
 from torch import nn
 
+from ..distributed import model_device
+from ..seeding import seeded
+
 __all__ = ["TinyTrunk", "TinyBackbone", "DiagnosisClassifier", "build_classifier", "default_augmentation",
-           "train_classifier", "predict_scores", "extract_features", "batch_indices", "seeded", "BACKBONES"]
+           "train_classifier", "predict_scores", "extract_features", "batch_indices", "augment_batch", "optimizer_step",
+           "BACKBONES"]
 
 BACKBONES = ("tiny", "resnet18", "vgg16")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -177,29 +180,6 @@ def default_augmentation() -> T.Compose:
                       T.ColorJitter(brightness=0.2, contrast=(0.2, 1.8))])
 
 
-def _device_of(model: nn.Module, device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def seeded(seed: Optional[int], device: torch.device):
-    """Run a block under ``torch.manual_seed(seed)`` without disturbing the caller's RNG streams.
-
-    Taught in ``book/11_cnn_diagnosis.md`` (reproducible training).
-    """
-    if seed is None:
-        yield
-        return
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        yield
-
-
 def _check_xy(images: torch.Tensor, labels: torch.Tensor, num_classes: Optional[int]) -> None:
     if images.ndim != 4:
         raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
@@ -239,13 +219,14 @@ def batch_indices(labels: torch.Tensor, steps: int, batch_size: int, balanced: b
     return out
 
 
-def _augment_batch(x: torch.Tensor, augment: Optional[Callable]) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, augment: Optional[Callable]) -> torch.Tensor:
+    """``augment`` applied to each image of the batch ``x`` (clamped to [0, 1]); ``x`` itself when it is None."""
     if augment is None:
         return x
     return torch.stack([augment(xi) for xi in x]).clamp_(0.0, 1.0)
 
 
-def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, where: str, step: int) -> float:
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, where: str, step: int) -> float:
     """One update from a scalar ``loss``: refuse a non-finite loss (:class:`FloatingPointError` naming ``where``
     and ``step``), then zero the gradients, back-propagate and step ``opt``; returns the loss as a float.
 
@@ -290,7 +271,7 @@ def train_classifier(model: DiagnosisClassifier, images: torch.Tensor, labels: t
 
     labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
     _check_xy(images, labels, model.num_classes)
-    device = _device_of(model, device)
+    device = model_device(model, device)
     model.to(device)
     if augment is True:
         augment = default_augmentation()
@@ -314,9 +295,9 @@ def train_classifier(model: DiagnosisClassifier, images: torch.Tensor, labels: t
         if freeze_backbone:
             model.backbone.eval()
         for step, idx in enumerate(tqdm(batches, desc="train classifier", disable=not progress)):
-            x = _augment_batch(images[idx].to(device, non_blocking=True), augment)
+            x = augment_batch(images[idx].to(device, non_blocking=True), augment)
             y = labels[idx].to(device)
-            history.append(_optimizer_step(opt, F.cross_entropy(model(x), y), "train_classifier", step))
+            history.append(optimizer_step(opt, F.cross_entropy(model(x), y), "train_classifier", step))
             if writer is not None:
                 writer.add_scalar("classifier/loss", history[-1], step)
     if writer is not None:
@@ -339,7 +320,7 @@ def predict_scores(model: DiagnosisClassifier, images: torch.Tensor, batch_size:
 
     Taught in ``book/11_cnn_diagnosis.md``.
     """
-    device = _device_of(model, device)
+    device = model_device(model, device)
     model.to(device).eval()
     return _batched(lambda x: model(x).softmax(dim=1), images, batch_size, device)
 
@@ -350,7 +331,7 @@ def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 2
     Taught in ``book/13_transfer_domain_shift.md`` (frozen feature extraction) and ``book/12_metric_learning.md``
     (CNN features for retrieval).
     """
-    device = _device_of(model, device)
+    device = model_device(model, device)
     model.to(device).eval()
     fn = model.features if hasattr(model, "features") else model
     return _batched(fn, images, batch_size, device)

@@ -18,7 +18,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.ops import roi_align
 
-from wsbus.data.formats import CLASSES, DataError, Sample
+from ..data.formats import CLASSES, DataError, Sample
+from ..data.phantom import make_phantom
+from ..data.sources import load_source, parse_source
 
 __all__ = ["CropSet", "image_tensor", "images_to_tensor", "labels_tensor", "mass_crops", "region_crops",
            "random_crops", "stratified_subset",
@@ -330,11 +332,8 @@ def load_samples(spec: str = "phantom", n: int = 300, seed: int = 0, size: int =
 
     Taught in ``book/13_transfer_domain_shift.md``.
     """
-    from wsbus.data.sources import load_source, parse_source
-
     parsed = parse_source(spec)
     if parsed.kind == "phantom":
-        from wsbus.data import make_phantom
         count = n if spec.strip().lower() == "phantom" else int(parsed.n)
         return make_phantom(count, seed=seed, size=size, **knobs)
     if knobs:

@@ -12,7 +12,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from wsbus.data.formats import CLASSES
+from ..data.formats import CLASSES
 
 __all__ = ["plot_reconstructions", "plot_budget_curves", "plot_roc", "plot_confusion", "plot_retrieval",
            "plot_embedding_2d", "plot_domain_matrix", "plot_image_grid"]

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .classifier import (TinyBackbone, _augment_batch, _device_of, _optimizer_step, batch_indices,
-                         default_augmentation, seeded)
+from ..distributed import model_device
+from ..seeding import seeded
+from .classifier import (TinyBackbone, augment_batch, optimizer_step, batch_indices,
+                         default_augmentation)
 
 __all__ = ["EmbeddingNet", "contrastive_loss", "triplet_loss", "mine_pairs", "all_pairs", "mine_triplets",
            "batch_all_triplets", "batch_hard_triplets", "train_embedding", "retrieve", "precision_at_k"]
@@ -223,7 +225,7 @@ def train_embedding(net: nn.Module, images: torch.Tensor, labels, *, loss: str =
         raise ValueError(f"images must be [N, C, H, W] with N = {y_all.numel()} labels, got {tuple(images.shape)}")
     if y_all.unique().numel() < 2:
         raise ValueError(f"metric learning needs at least two classes, got {sorted(set(y_all.tolist()))}")
-    device = _device_of(net, device)
+    device = model_device(net, device)
     net.to(device)
     augment = default_augmentation() if augment is True else (augment or None)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
@@ -233,7 +235,7 @@ def train_embedding(net: nn.Module, images: torch.Tensor, labels, *, loss: str =
         net.train()
         for step, idx in enumerate(tqdm(batch_indices(y_all, steps, batch_size, True, g),
                                         desc=f"train {loss} embedding", disable=not progress)):
-            x = _augment_batch(images[idx].to(device, non_blocking=True), augment)
+            x = augment_batch(images[idx].to(device, non_blocking=True), augment)
             y = y_all[idx]
             e = net(x)
             if loss == "triplet":
@@ -249,7 +251,7 @@ def train_embedding(net: nn.Module, images: torch.Tensor, labels, *, loss: str =
             else:
                 i, j, same = all_pairs(y) if mining == "all" else mine_pairs(y, len(idx), g)
                 value = contrastive_loss(e[i.to(device)], e[j.to(device)], same.to(device), margin)
-            history.append(_optimizer_step(opt, value, "train_embedding", step))
+            history.append(optimizer_step(opt, value, "train_embedding", step))
     net.eval()
     return history
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_roc, multiclass_confusion_matrix
 
-from wsbus.data.formats import CLASSES
+from ..data.formats import CLASSES
 
 __all__ = ["BinaryMetrics", "ClassificationMetrics", "binary_roc_curve", "binary_auc", "binary_metrics",
            "classification_metrics"]

@@ -22,8 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .classifier import (DiagnosisClassifier, _device_of, build_classifier, extract_features, predict_scores, seeded,
+from ..distributed import model_device
+from ..seeding import seeded
+from .classifier import (DiagnosisClassifier, build_classifier, extract_features, predict_scores,
                          train_classifier)
+from .crops import region_crops, stratified_split
 from .metrics import classification_metrics
 
 __all__ = ["LinearHead", "fit_linear_head", "Domain", "domain_from_samples", "DomainMatrix", "cross_domain_matrix", "transfer_study",
@@ -130,7 +133,6 @@ def domain_from_samples(samples: Sequence, size: int = 64, test_fraction: float 
 
     Taught in ``book/13_transfer_domain_shift.md``.
     """
-    from .crops import region_crops, stratified_split
 
     train_idx, test_idx = stratified_split(samples, test_fraction=test_fraction, seed=seed)
     train = region_crops([samples[i] for i in train_idx.tolist()], size=size, normals_per_image=normals_per_image,
@@ -271,7 +273,7 @@ def transfer_study(source_model: DiagnosisClassifier, target: Domain, *,
     unknown = set(methods) - set(TRANSFER_METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose among {TRANSFER_METHODS}")
-    device = _device_of(source_model, device)
+    device = model_device(source_model, device)
     y_tr = torch.as_tensor(target.train_labels, dtype=torch.int64)
     rows: List[dict] = []
     for method in methods:

@@ -5,10 +5,10 @@ Taught in ``book/02_data.md`` (real data sets in ``book/09_real_data.md``).
 from .formats import CLASSES, CLASS_TO_INDEX, DataError, Sample
 from .busbra import load_busbra
 from .busi import boxes_from_mask, load_busi
-from .dataset import DetectionDataset, collate
+from .dataset import KINDS, DetectionDataset, check_samples, collate
 from .dedup import assign_duplicate_patients, find_duplicates, label_conflicts
 from .phantom import SCANNERS, PhantomConfig, make_phantom
-from .splits import TABLE_I, Split, split, split_table1
+from .splits import TABLE_I, Split, hold_out, split, split_table1
 from .transforms import GRAY_MEAN, GRAY_STD, eval_transforms, train_transforms
 from .voc import load_voc, read_gray
 
@@ -16,8 +16,8 @@ __all__ = [
     "CLASSES", "CLASS_TO_INDEX", "DataError", "Sample",
     "load_voc", "load_busi", "load_busbra", "read_gray", "boxes_from_mask",
     "make_phantom", "PhantomConfig", "SCANNERS",
-    "split", "split_table1", "Split", "TABLE_I",
+    "split", "split_table1", "hold_out", "Split", "TABLE_I",
     "find_duplicates", "label_conflicts", "assign_duplicate_patients",
     "train_transforms", "eval_transforms", "GRAY_MEAN", "GRAY_STD",
-    "DetectionDataset", "collate",
+    "DetectionDataset", "collate", "check_samples", "KINDS",
 ]

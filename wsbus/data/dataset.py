@@ -19,28 +19,19 @@ from torchvision import tv_tensors
 from .formats import DataError, Sample
 from .transforms import apply, eval_transforms
 
-ROLES = ("strong", "weak", "eval")
+#: What a dataset serves: boxes always (``strong``), never (``weak``), or when the sample has them (``eval``).
+KINDS = ("strong", "weak", "eval")
 
 
-def _image_tensor(sample: Sample) -> tv_tensors.Image:
-    array = np.ascontiguousarray(sample.image)
-    tensor = torch.from_numpy(array)
-    tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-    return tv_tensors.Image(tensor)
-
-
-def _check_samples(samples: Sequence[Any], role: str, item: str = "item",
-                   no_boxes: str = "has no boxes but the dataset's role is 'strong' "
-                                   "(use role='weak', or give normal images an empty [0, 4] box array)") -> None:
+def check_samples(samples: Sequence[Any], kind: str, item: str = "item",
+                  no_boxes: str = "has no boxes but the dataset's kind is 'strong' "
+                                  "(use kind='weak', or give normal images an empty [0, 4] box array)") -> None:
     """Raise unless every item is a :class:`Sample` (TypeError ``<item> <k>: expected ...``) and, for the
-    ``"strong"`` role, has boxes (DataError ``sample '<id>' <no_boxes>``).
-
-    Taught in ``book/02_data.md``.
-    """
+    ``"strong"`` kind, has boxes (DataError ``sample '<id>' <no_boxes>``)."""
     for k, s in enumerate(samples):
         if not isinstance(s, Sample):
             raise TypeError(f"{item} {k}: expected a wsbus.data.Sample, got {type(s).__name__}")
-        if role == "strong" and not s.is_strong:
+        if kind == "strong" and not s.is_strong:
             raise DataError(f"sample {s.id!r} {no_boxes}")
 
 
@@ -50,7 +41,7 @@ class DetectionDataset(Dataset):
     Parameters
     ----------
     samples : the samples (kept by reference, not copied).
-    role : ``"strong"`` (every sample must have boxes; a normal image has K = 0), ``"weak"`` (targets without boxes,
+    kind : ``"strong"`` (every sample must have boxes; a normal image has K = 0), ``"weak"`` (targets without boxes,
         even for samples that have them) or ``"eval"`` (boxes when the sample has them).
     transforms : a callable ``(image, target) -> (image, target)`` such as
         :func:`~wsbus.data.transforms.train_transforms`; ``None`` means
@@ -64,14 +55,14 @@ class DetectionDataset(Dataset):
     Taught in ``book/02_data.md``.
     """
 
-    def __init__(self, samples: Sequence[Sample], role: str = "strong", transforms: Optional[Callable] = None,
+    def __init__(self, samples: Sequence[Sample], kind: str = "strong", transforms: Optional[Callable] = None,
                  seed: int = 0) -> None:
-        if role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         samples = list(samples)
-        _check_samples(samples, role)
+        check_samples(samples, kind)
         self.samples = samples
-        self.role = role
+        self.kind = kind
         self.transforms = transforms if transforms is not None else eval_transforms()
         self.seed = int(seed)
 
@@ -93,9 +84,9 @@ class DetectionDataset(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
         index %= len(self)
         s = self.samples[index]
-        image = _image_tensor(s)
+        image = tv_tensors.Image(s.to_tensor())
         target: Dict[str, Any] = {"image_label": torch.tensor(s.image_label, dtype=torch.int64)}
-        with_boxes = self.role != "weak" and s.is_strong
+        with_boxes = self.kind != "weak" and s.is_strong
         if with_boxes:
             target["boxes"] = tv_tensors.BoundingBoxes(torch.from_numpy(s.boxes).float(), format="XYXY",
                                                        canvas_size=(s.height, s.width), clamping_mode="hard")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import torch
 
 CLASSES = ("normal", "benign", "malignant")
 CLASS_TO_INDEX = {name: i for i, name in enumerate(CLASSES)}
@@ -94,6 +95,17 @@ class Sample:
     @property
     def width(self) -> int:
         return int(self.image.shape[1])
+
+    def to_tensor(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The image as a ``[C, H, W]`` tensor: ``uint8`` as stored (``dtype=None``), or a floating ``dtype``
+        scaled to [0, 1] (what the detector takes). The one place where a sample becomes a tensor; a read-only
+        array (Pillow's) is copied rather than shared, so no caller can write into it."""
+        img = self.image if self.image.flags.writeable and self.image.flags.c_contiguous else np.array(self.image)
+        tensor = torch.from_numpy(img)
+        tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        if dtype is None:
+            return tensor
+        return tensor.to(dtype).div_(255.0)
 
     def as_weak(self) -> "Sample":
         """The same image with its boxes hidden (only ``image_label`` is kept)."""

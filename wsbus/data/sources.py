@@ -17,12 +17,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, NamedTuple, Optional
 
+from .busbra import load_busbra
+from .busi import load_busi
 from .formats import Sample
+from .phantom import make_phantom
+from .voc import load_voc
 
-__all__ = ["DataSpec", "parse_source", "load_source", "SOURCES", "DEFAULT_PHANTOM_SIZE"]
+__all__ = ["DataSpec", "parse_source", "load_source", "SOURCES", "FOLDER_LOADERS", "DEFAULT_PHANTOM_SIZE"]
 
 #: Kinds of ``--data`` specs.
 SOURCES = ("phantom", "voc", "busi", "busbra")
+#: The loader of each folder source: ``loader(path) -> list[Sample]``.
+FOLDER_LOADERS = {"voc": load_voc, "busi": load_busi, "busbra": load_busbra}
 #: Images in ``--data phantom``.
 DEFAULT_PHANTOM_SIZE = 300
 
@@ -92,26 +98,13 @@ def load_source(spec: str, *, size: int = 128, seed: int = 0) -> List[Sample]:
     """
     parsed = parse_source(spec)
     if parsed.kind == "phantom":
-        from .phantom import make_phantom
-
         return make_phantom(parsed.n, seed=seed, size=size)
     path = parsed.path
     if not path.exists():
         raise FileNotFoundError(f"data spec {spec!r}: the folder {str(path)!r} does not exist")
     if not path.is_dir():
         raise NotADirectoryError(f"data spec {spec!r}: {str(path)!r} is not a folder")
-    if parsed.kind == "voc":
-        from .voc import load_voc
-
-        samples = load_voc(path)
-    elif parsed.kind == "busi":
-        from .busi import load_busi
-
-        samples = load_busi(path)
-    else:
-        from .busbra import load_busbra
-
-        samples = load_busbra(path)
+    samples = FOLDER_LOADERS[parsed.kind](path)
     if not samples:
         raise ValueError(f"data spec {spec!r}: no images found in {str(path)!r}")
     return list(samples)

@@ -191,6 +191,24 @@ def split(samples: Sequence[Sample], n_strong: Optional[Counts] = None, *, stron
     return Split(ordered(strong), ordered(weak), ordered(test))
 
 
+def hold_out(samples: Sequence[Sample], n: Counts, *, seed: int = 0, by: str = "patient",
+             stratify: bool = True) -> tuple:
+    """Set ``n`` images aside, whole patients at a time and stratified by image label, e.g. a validation set
+    carved from the training patients: ``weak, val = hold_out(parts.weak, 250, seed=0)``.
+
+    Returns ``(kept, held_out)``, each in input order; the samples (hidden boxes included) are unchanged.
+
+    Taught in ``book/09_real_data.md``.
+    """
+    samples = list(samples)
+    if not samples:
+        raise ValueError("cannot hold out images of an empty list of samples")
+    groups = _groups(samples, by)
+    targets = _targets(n, None, groups, samples, stratify, "held-out")
+    chosen = {i for g in _take(groups, targets, np.random.default_rng([seed, 0x5EED])) for i in g.members}
+    return ([s for i, s in enumerate(samples) if i not in chosen], [s for i, s in enumerate(samples) if i in chosen])
+
+
 def split_table1(samples: Sequence[Sample], scale: Optional[float] = None, seed: int = 0, *,
                  by: str = "patient") -> Split:
     """A split with the proportions of the paper's Table I (SNUBH), scaled to the data available.

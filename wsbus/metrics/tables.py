@@ -246,7 +246,9 @@ def _label(row: Mapping[str, Any], i: int) -> str:
     return f"rows[{i}]" + (f" ({row['name']!r})" if row.get("name") is not None else "")
 
 
-def _render(header: List[str], body: List[List[str]], align: List[str], fmt: str) -> str:
+def render_table(header: List[str], body: List[List[str]], align: List[str], fmt: str = "markdown") -> str:
+    """A table of strings as Markdown (``fmt="markdown"``) or HTML (``"html"``); ``align`` holds ``"l"``, ``"r"``
+    or ``"c"`` per column."""
     if fmt == "markdown":
         def cell(s: str) -> str:
             return s.replace("|", "\\|")
@@ -326,7 +328,7 @@ def results_table(rows: Sequence[Row], kind: Literal["II", "IV", "V"] = "V",
                 line.append(format_p_value(r.get("p_value"), f"{_label(r, i)} p_value"))
             body.append(line)
             previous = aspect
-        return _render(header, body, ["l", "l", "r", "r"] + ["r"] * with_p, fmt)
+        return render_table(header, body, ["l", "l", "r", "r"] + ["r"] * with_p, fmt)
 
     # Tables IV and V: one column per method.
     header = [""] + [_text(r, i, "name") for i, r in enumerate(rows)]
@@ -344,4 +346,4 @@ def results_table(rows: Sequence[Row], kind: Literal["II", "IV", "V"] = "V",
         lines.append(("Level of supervision",
                       lambda r, i: "-" if r.get("supervision") is None else str(r["supervision"])))
     body = [[title] + [fn(r, i) for i, r in enumerate(rows)] for title, fn in lines]
-    return _render(header, body, ["l"] + ["r"] * len(rows), fmt)
+    return render_table(header, body, ["l"] + ["r"] * len(rows), fmt)

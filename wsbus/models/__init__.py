@@ -1,9 +1,17 @@
 """Detector models: :func:`build_detector` returns the joint weakly/semi-supervised Faster R-CNN.
 
-Taught in ``book/03_faster_rcnn.md``.
+The package reads like torchvision's ``detection/``: one module per stage (``transform``, ``rpn``,
+``roi_heads``), ``checks`` for the inputs, ``config`` for every setting, ``backbones``, and ``detector`` tying them
+together.
 """
+from ._utils import LOSS_KEYS, STRONG_LOSS_KEYS, is_weak_target
 from .backbones import BACKBONES, build_backbone
-from .detector import LOSS_KEYS, PRESETS, WeakSemiFasterRCNN, build_detector, is_weak_target
+from .config import PRESETS, DetectorConfig
+from .detector import WeakSemiFasterRCNN, build_detector
+from .roi_heads import WeakSemiRoIHeads
+from .rpn import CachedAnchorGenerator, WeakSemiRPN
+from .transform import GrayscaleRCNNTransform
 
-__all__ = ["BACKBONES", "LOSS_KEYS", "PRESETS", "WeakSemiFasterRCNN", "build_backbone", "build_detector",
-           "is_weak_target"]
+__all__ = ["BACKBONES", "LOSS_KEYS", "STRONG_LOSS_KEYS", "PRESETS", "DetectorConfig", "WeakSemiFasterRCNN",
+           "WeakSemiRPN", "WeakSemiRoIHeads", "CachedAnchorGenerator", "GrayscaleRCNNTransform", "build_backbone",
+           "build_detector", "is_weak_target"]

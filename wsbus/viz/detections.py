@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..data.formats import CLASSES, Sample
+from ..evaluate import bootstrap_means, corloc, paired_test, percentile_interval
 from .samples import CLASS_COLORS
 
 #: Colours of the mass-of-interest rules (:data:`wsbus.mil.MOI_RULES`); other names cycle through ``_EXTRA``.
@@ -235,7 +236,6 @@ def detection_panels(images: Sequence[ImageLike], ground_truth: Optional[Sequenc
                                             for i, d in enumerate(detections)]
     hit: Dict[int, bool] = {}
     if mark_corloc and gts is not None and dets is not None:
-        from ..evaluate import corloc
         res = corloc(dets, gts, iou_thresh=iou_thresh, score_thresh=score_thresh)
         hit = dict(zip(res.image_index.tolist(), res.per_image.tolist()))
 
@@ -419,8 +419,6 @@ def plot_bootstrap(per_image: Mapping[str, Any], n_boot: int = 1000, level: floa
     Taught in ``book/08_evaluation.md``.
     """
     from matplotlib.figure import Figure
-
-    from ..evaluate import bootstrap_means, paired_test, percentile_interval
 
     if not isinstance(per_image, Mapping) or not per_image:
         raise TypeError("per_image must be a non-empty dict {method name: per-image outcomes}")

@@ -1,76 +1,48 @@
-"""``wsbus ablate``: the paper's Table II ablation, run on the embedded phantom.
-
-Taught in ``book/06_joint_training.md`` (section "A small ablation: Table II").
+"""``wsbus ablate``: the paper's Table II ablation, on one split of a data source (the phantom by default).
 
 Table II of Shin et al. (TMI 2019) changes one aspect of the proposed joint training at a time and reports CorLoc
 with a 95 % bootstrap CI for each variant. The proposed method is
 
 * MoI of benign images = most malignant region, of malignant images = most malignant region (:data:`wsbus.mil.PAPER`),
 * MIL scale factor alpha increased gradually (:func:`wsbus.schedules.gradual`),
-* strong and weak images combined in one mini-batch (``stream="combined"``),
+* strong and weak images combined in one mini-batch (``mixing="combined"``),
 
-and the rows of :data:`TABLE_II_VARIANTS` each change one of these:
-
-====================================================  =====================================================
-Aspect                                                Variant
-====================================================  =====================================================
-MIL definition of MoI for images labelled B / M       most benign / most malignant
-                                                      most discriminative / most malignant
-                                                      most abnormal / most malignant
-MIL scale factor                                      static value (0.5)
-Combining weakly and strongly supervised data         alternating mini-batches from each set
-Proposed                                              most malignant / most malignant, gradual, combined
-====================================================  =====================================================
-
-:func:`run_ablation` trains every variant on one phantom split (the data, split, few boxed images, test set, initial
-weights and data order of ``wsbus demo`` for the same seed and :class:`~wsbus.demo.DemoConfig`), so the variants
-differ only in the aspect the row names, and the McNemar p-value of each row against "Proposed" is paired.
+and the rows of :data:`TABLE_II_VARIANTS` each change one of these (three other MoI maps, a static alpha of 0.5,
+alternating mini-batches). :func:`run_ablation` trains every variant on the split, boxed images, test set, initial
+weights and data order that :func:`wsbus.experiments.run_experiment` uses for the same seed and recipe, so the
+variants differ only in the aspect the row names, and the McNemar p-value of each row against "Proposed" is paired.
 
 **Alternating budget.** An alternating run of ``n`` steps alternates strong-only and weak-only mini-batches, so it
 sees each stream half as often as a combined run of ``n`` steps. By default (``alternating_budget="images"``) the
 alternating variant therefore trains ``2 n`` steps: both variants see the same number of strong and of weak images
 and do about the same amount of computation. ``alternating_budget="updates"`` keeps ``n`` steps (the same number
 of optimiser updates, half the images); the paper does not say which it compared.
-
-**Measured** (``wsbus ablate --seeds 0 1 2 3 4``, the demo's data and 800 steps, one CPU thread, about 330 s per
-seed). Mean CorLoc over the five seeds, and on how many seeds each row beat / lost to "Proposed" (significant by
-McNemar in brackets):
-
-=========================================  ==========  ===================
-row                                        mean [%]    vs proposed
-=========================================  ==========  ===================
-most benign / most malignant               86.7        4 (2) / 1 (0)
-most discriminative / most malignant       84.3        3 (1) / 2 (0)
-most abnormal / most malignant             87.5        4 (2) / 1 (0)
-static alpha 0.5                           75.8        0 / 4 (2), 1 tie
-alternating (twice the steps)              86.8        4 (1) / 1 (0)
-Proposed                                   81.7
-=========================================  ==========  ===================
-
-The phantom agrees with the paper that a static alpha is worse than a gradually increasing one, and disagrees on
-the MoI of benign images: the paper's most-malignant map is the weakest of the four here, for the reason given in
-:mod:`wsbus.demo`'s notes (which is why the demo uses most abnormal / most malignant). Alternating with twice the
-steps also makes twice the optimiser updates, so its lead is not evidence against combined mini-batches.
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional, Sequence, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
-if TYPE_CHECKING:  # importing this module stays light (the CLI's parser reads TABLE_II_VARIANTS)
-    import torch
+import torch
 
-    from .demo import DemoConfig
+from ..checkpoint import atomic_write_json, atomic_write_text
+from ..engine import Trainer
+from ..evaluate import MethodResult, add_p_values, render_table, results_table, to_json_methods
+from ..seeding import cpu_threads
+from .data import prepare_data
+from .progress import StepProgress
+from .recipe import PHANTOM, PHANTOM_QUICK, Recipe
+from .runner import Experiment
 
 __all__ = ["AblationVariant", "TABLE_II_VARIANTS", "AblationResult", "run_ablation", "run_ablations",
            "summarize_ablations"]
 
 _MOI = "MIL definition of MoI for images labelled B / M"
 _ALPHA = "MIL scale factor"
-_STREAM = "Combining weakly and strongly supervised data"
+_MIXING = "Combining weakly and strongly supervised data"
 
 
 @dataclass(frozen=True)
@@ -83,7 +55,7 @@ class AblationVariant:
     aspect, variant : Table II's two text columns.
     rule_map : MoI rule map (a :data:`wsbus.mil.RULE_MAPS` name or ``"<benign rule>/<malignant rule>"``).
     alpha : ``"gradual"`` or a constant (the MIL scale factor).
-    stream : ``"combined"`` or ``"alternating"``.
+    mixing : ``"combined"`` or ``"alternating"``.
 
     Taught in ``book/06_joint_training.md``.
     """
@@ -93,7 +65,7 @@ class AblationVariant:
     variant: str
     rule_map: str = "paper"
     alpha: Union[str, float] = "gradual"
-    stream: str = "combined"
+    mixing: str = "combined"
 
 
 #: The six rows of the paper's Table II, in its order; the last one is the proposed method.
@@ -105,7 +77,7 @@ TABLE_II_VARIANTS = (
     AblationVariant("moi_abnormal", _MOI, "most abnormal region / most malignant region",
                     rule_map="most_abnormal/most_malignant"),
     AblationVariant("static_alpha", _ALPHA, "static value (0.5)", alpha=0.5),
-    AblationVariant("alternating", _STREAM, "alternating mini-batches from each set", stream="alternating"),
+    AblationVariant("alternating", _MIXING, "alternating mini-batches from each set", mixing="alternating"),
     AblationVariant("proposed", "Proposed", "most malignant / most malignant, gradual increase, combined single "
                                             "mini-batch"),
 )
@@ -127,19 +99,15 @@ class AblationResult:
 
     def table(self, fmt: Literal["markdown", "html"] = "markdown") -> str:
         """The Table II-shaped table (Aspect | Variant | CorLoc [%] | 95 % CI [%] | p vs proposed)."""
-        from .evaluate import results_table
-
         return results_table(self.rows, kind="II", fmt=fmt)
 
     def to_json(self) -> Dict[str, Any]:
         """Plain data: ``{"rows": [{"key", "aspect", "variant", "corloc": {...}, "ci", "p_value", ...}], "config"}``.
         """
-        from .evaluate import to_json_methods
-
         entries = to_json_methods(self.rows)
         for entry, v, m in zip(entries, self.variants, self.rows):
             entry.update(key=v.key, aspect=v.aspect, variant=v.variant, rule_map=v.rule_map,
-                         alpha=v.alpha, stream=v.stream, steps=len(self.histories[v.key]),
+                         alpha=v.alpha, mixing=v.mixing, steps=len(self.histories[v.key]),
                          p_value_test=None if v.key == "proposed" else "mcnemar_exact",
                          n_test_images_with_mass=int(m.per_image.size))
         return {"rows": entries, "config": self.config}
@@ -166,30 +134,29 @@ def _variants(spec: Optional[Sequence[Union[str, AblationVariant]]]) -> List[Abl
 
 
 def run_ablation(out_dir: Union[str, os.PathLike, None] = "wsbus_ablation", quick: bool = False,
-                 device: Union[str, "torch.device", None] = None, seed: int = 0, progress: bool = True,
-                 config: Optional["DemoConfig"] = None,
+                 device: Union[str, torch.device, None] = None, seed: int = 0, progress: bool = True,
+                 recipe: Optional[Recipe] = None,
                  variants: Optional[Sequence[Union[str, AblationVariant]]] = None,
                  alternating_budget: Literal["images", "updates"] = "images",
-                 threads: Optional[int] = 1) -> AblationResult:
-    """Train every Table II variant on the phantom split of ``wsbus demo`` and tabulate CorLoc with 95 % CIs.
+                 threads: Optional[int] = 1, data: str = "phantom") -> AblationResult:
+    """Train every Table II variant on one split of ``data`` and tabulate CorLoc with 95 % CIs.
 
     Parameters
     ----------
     out_dir : output folder (created) receiving ``ablation.json``, ``table_ii.md`` and ``logs/<key>.csv``;
         ``None`` writes nothing.
-    quick : use :data:`wsbus.demo.QUICK` (a smoke run) instead of :data:`wsbus.demo.FULL`.
+    quick : use :data:`wsbus.experiments.PHANTOM_QUICK` (a smoke run) instead of :data:`~wsbus.experiments.PHANTOM`.
     device : ``"cpu"``, ``"cuda"``, ...; default CUDA when available, else CPU.
-    seed : the demo seed: phantom, split, initial weights and data order (the same for every variant).
+    seed : the experiment seed: data, split, initial weights and data order (the same for every variant).
     progress : one tqdm bar over all training steps.
-    config : a custom :class:`~wsbus.demo.DemoConfig` (overrides ``quick``). Its data, step count, batch sizes,
-        optimiser, MIL class weights, ``alpha_stretch`` and detector options are used; its ``rule_map`` and
-        ``alpha`` are not (each variant sets them).
+    recipe : a custom :class:`~wsbus.experiments.Recipe` (overrides ``quick``); its ``rule_map``, ``alpha`` and
+        ``mixing`` are not used (each variant sets them).
     variants : keys of :data:`TABLE_II_VARIANTS` or :class:`AblationVariant` objects; default all six. Must
         include ``"proposed"``.
     alternating_budget : ``"images"`` (alternating runs train twice the steps, so both streams are seen as often
         as in a combined run) or ``"updates"`` (the same number of steps); see the module notes.
-    threads : torch CPU threads during the runs (restored afterwards; ``None`` keeps the current setting). One
-        thread, the default, makes the table repeat exactly, as in :func:`wsbus.demo.run_demo`.
+    threads : torch CPU threads during the runs (restored afterwards; ``None`` keeps the current setting).
+    data : a ``--data`` spec (default the phantom).
 
     Returns
     -------
@@ -198,79 +165,66 @@ def run_ablation(out_dir: Union[str, os.PathLike, None] = "wsbus_ablation", quic
 
     Taught in ``book/06_joint_training.md``.
     """
-    from .seeding import cpu_threads
-
     if alternating_budget not in ("images", "updates"):
         raise ValueError(f"alternating_budget must be 'images' or 'updates', got {alternating_budget!r}")
-    with cpu_threads(threads):
-        return _run_ablation(out_dir, quick, device, seed, progress, config, variants, alternating_budget)
-
-
-def _run_ablation(out_dir, quick, device, seed, progress, config, variants, alternating_budget) -> AblationResult:
-    from .demo import FULL, QUICK, _alpha, _detector_factory, _phantom_split, _Progress, _resolve_device, _seeds, \
-        _write_json
-    from .evaluate import MethodResult, add_p_values, corloc
-    from .self_training import _build, detect
-    from .train import Trainer
-
-    cfg = config if config is not None else (QUICK if quick else FULL)
     chosen = _variants(variants)
-    dev = _resolve_device(device)
-    import torch
+    recipe = recipe if recipe is not None else (PHANTOM_QUICK if quick else PHANTOM)
+    with cpu_threads(threads):
+        experiment = Experiment(prepare_data(data, recipe, seed), recipe, out_dir or ".", seed=seed, device=device,
+                                methods=("joint",))
+        result = _train_variants(experiment, chosen, alternating_budget, progress)
+    result.config.update(quick=bool(quick and recipe is PHANTOM_QUICK), data=data,
+                         alternating_budget=alternating_budget, torch_threads=threads)
+    if out_dir is not None:
+        out = Path(out_dir)
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        atomic_write_text("# Table II\n\n" + result.table() + _NOTE.format(n_boot=recipe.n_boot), out / "table_ii.md")
+        for key, h in result.histories.items():
+            h.to_csv(out / "logs" / f"{key}.csv")
+        atomic_write_json(result.to_json(), out / "ablation.json")
+    print(result.table() + _NOTE.format(n_boot=recipe.n_boot))
+    return result
 
-    t_start, c_start = time.perf_counter(), time.process_time()
-    _, strong, weak, test = _phantom_split(cfg, seed)
-    init_seed, train_seed = _seeds(seed)
+
+_NOTE = ("\nJoint training on few boxed + many image-labelled images; each row changes one aspect of the proposed "
+         "method. CorLoc on the test set (IoU > 0.5, score >= 0.5, class must match), 95 % percentile bootstrap CI "
+         "over {n_boot} resamples of the test images; p: McNemar's exact test against `proposed` on the same test "
+         "images.\n")
+
+
+def _train_variants(experiment: Experiment, chosen: List[AblationVariant], alternating_budget: str,
+                    progress: bool) -> AblationResult:
+    recipe = experiment.recipe
 
     def steps_of(v: AblationVariant) -> int:
-        return 2 * cfg.steps if v.stream == "alternating" and alternating_budget == "images" else cfg.steps
+        return 2 * recipe.steps if v.mixing == "alternating" and alternating_budget == "images" else recipe.steps
 
-    bar = _Progress(total=sum(steps_of(v) for v in chosen), enabled=progress, desc="ablate")
+    t_start, c_start = time.perf_counter(), time.process_time()
+    bar = StepProgress(total=sum(steps_of(v) for v in chosen), enabled=progress, desc="ablate")
     rows: Dict[str, MethodResult] = {}
     histories: Dict[str, Any] = {}
     timing: Dict[str, Dict[str, float]] = {}
+    data = experiment.data
     try:
         for v in chosen:
             bar.run(v.key)
             t0, c0 = time.perf_counter(), time.process_time()
-            factory = _detector_factory(cfg, strong + weak, rule_map=v.rule_map)
-            trainer = Trainer(_build(factory, init_seed), strong, weak, mode="joint", stream=v.stream,
-                              alpha=_alpha(cfg, v.alpha, steps_of(v)), n_strong=cfg.batch_strong,
-                              n_weak=cfg.batch_weak, steps=steps_of(v), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                              seed=train_seed, device=dev, progress=False, tensorboard=False, callbacks=[bar.step])
+            trainer = Trainer(experiment.build_model(moi_rules=v.rule_map), data.strong, data.weak, mode="joint",
+                              mixing=v.mixing, alpha=recipe.alpha_schedule(steps_of(v), v.alpha), steps=steps_of(v),
+                              seed=experiment.train_seed, device=experiment.device, progress=False,
+                              tensorboard=False, callbacks=[bar.step], **recipe.trainer_options())
             histories[v.key] = trainer.fit()
-            result = corloc(detect(trainer.model, test, device=dev), test)
-            rows[v.key] = MethodResult.from_corloc(v.key, result, n_strong=len(strong), n_weak=len(weak),
-                                                   n_boot=cfg.n_boot, supervision="Weak & Semi", aspect=v.aspect,
-                                                   variant=v.variant)
+            m, _ = experiment.evaluate("joint", trainer.model, len(data.strong), len(data.weak))
+            rows[v.key] = replace(m, name=v.key, aspect=v.aspect, variant=v.variant)
             timing[v.key] = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
     finally:
         bar.close()
-
-    ordered = add_p_values([rows[v.key] for v in chosen], reference="proposed", test="mcnemar", n_boot=cfg.n_boot)
-    wall, cpu = time.perf_counter() - t_start, time.process_time() - c_start
-    config_json = {**cfg.as_dict(), "quick": bool(quick and config is None), "seed": int(seed), "device": str(dev),
-                   "alternating_budget": alternating_budget, "torch_threads": torch.get_num_threads(),
-                   "timing": {**timing, "total": {"wall": wall, "cpu": cpu}}}
-    config_json.pop("rule_map", None)
-    config_json.pop("alpha", None)
-    res = AblationResult(rows=ordered, variants=chosen, histories=histories, config=config_json)
-
-    note = ("\nJoint training on the phantom's few boxed + many image-labelled images; each row changes one aspect "
-            "of the proposed method. CorLoc on the test set (IoU > 0.5, score >= 0.5, class must match), 95 % "
-            f"percentile bootstrap CI over {cfg.n_boot} resamples of the test images; p: McNemar's exact test "
-            "against `proposed` on the same test images.\n")
-    if out_dir is not None:
-        out = Path(out_dir)
-        (out / "logs").mkdir(parents=True, exist_ok=True)
-        (out / "table_ii.md").write_text("# Table II (phantom)\n\n" + res.table() + note)
-        for key, h in histories.items():
-            h.to_csv(out / "logs" / f"{key}.csv")
-        _write_json(out / "ablation.json", res.to_json())
-    print(res.table() + note)
-    print(f"wall time {wall:.0f} s, CPU time {cpu:.0f} s on {dev}"
-          + (f"; outputs in {out_dir}" if out_dir is not None else ""))
-    return res
+    ordered = add_p_values([rows[v.key] for v in chosen], reference="proposed", test="mcnemar", n_boot=recipe.n_boot)
+    config = {k: v for k, v in recipe.as_dict().items() if k not in ("rule_map", "alpha", "mixing")}
+    config.update(seed=experiment.seed, device=str(experiment.device),
+                  timing={**timing, "total": {"wall": time.perf_counter() - t_start,
+                                              "cpu": time.process_time() - c_start}})
+    return AblationResult(rows=ordered, variants=chosen, histories=histories, config=config)
 
 
 def summarize_ablations(results: Sequence[AblationResult], fmt: Literal["markdown", "html"] = "markdown",
@@ -284,8 +238,6 @@ def summarize_ablations(results: Sequence[AblationResult], fmt: Literal["markdow
 
     Taught in ``book/06_joint_training.md``.
     """
-    from .metrics.tables import _render
-
     results = list(results)
     if not results:
         raise ValueError("summarize_ablations needs at least one AblationResult")
@@ -314,7 +266,7 @@ def summarize_ablations(results: Sequence[AblationResult], fmt: Literal["markdow
         body.append(["" if aspect == previous else aspect, rows[0].variant or key]
                     + [f"{v:.2f}" for v in values] + [f"{sum(values) / len(values):.2f}", versus])
         previous = aspect
-    return _render(header, body, ["l", "l"] + ["r"] * (len(seeds) + 1) + ["c"], fmt)
+    return render_table(header, body, ["l", "l"] + ["r"] * (len(seeds) + 1) + ["c"], fmt)
 
 
 def run_ablations(seeds: Sequence[int], out_dir: Union[str, os.PathLike, None] = "wsbus_ablation",
@@ -339,6 +291,6 @@ def run_ablations(seeds: Sequence[int], out_dir: Union[str, os.PathLike, None] =
             "in brackets how many of those differences McNemar's exact test found significant at 0.05.\n")
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "summary.md").write_text("# Table II over seeds (phantom)\n\n" + summary + note)
+        atomic_write_text("# Table II over seeds\n\n" + summary + note, Path(out_dir) / "summary.md")
     print(summary + note)
     return results

@@ -1,0 +1,180 @@
+"""One object that says how an experiment trains and measures: :class:`Recipe`, and its presets.
+
+The demo, the ablation, ``wsbus experiment`` and ``wsbus train``'s defaults all read their settings from a
+recipe, so a user gets the settings that measured best without reading any runner's source. :func:`recipe_for`
+picks the preset of a data source: :data:`PHANTOM` for the embedded phantom, :data:`REAL` for real scans. Why
+each preset holds what it holds is recorded, with the measurements, in ``docs/decisions.md``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+from ..losses import REFERENCE_MIL_WEIGHTS
+from ..schedules import gradual
+
+__all__ = ["Recipe", "PHANTOM", "PHANTOM_QUICK", "REAL", "REAL_QUICK", "PAPER", "RECIPES", "recipe_for",
+           "mil_class_weights"]
+
+Counts = Union[int, Mapping[int, int]]
+
+
+def mil_class_weights(spec: Union[str, Sequence[float], None], samples: Sequence[Any]) -> Optional[Tuple[float, ...]]:
+    """MIL class weights: ``"inverse_frequency"`` of the samples' benign/malignant image labels (normal weight 0,
+    as the reference's ``[0, 0.2209, 0.7791]``, which is SNUBH's 933 / 3291 malignant/benign ratio),
+    ``"reference"`` (those SNUBH weights themselves), None (a plain mean), or three numbers as given."""
+    if spec is None or not isinstance(spec, str):
+        return None if spec is None else tuple(float(w) for w in spec)
+    if spec == "reference":
+        return REFERENCE_MIL_WEIGHTS
+    if spec != "inverse_frequency":
+        raise ValueError(f"mil_class_weights must be 'inverse_frequency', 'reference', None or 3 numbers, got "
+                         f"{spec!r}")
+    counts = [sum(s.image_label == c for s in samples) for c in (1, 2)]
+    if min(counts) == 0:
+        raise ValueError(f"inverse-frequency MIL weights need benign and malignant training images, got "
+                         f"{counts[0]} benign and {counts[1]} malignant")
+    inv = [1.0 / n for n in counts]
+    return (0.0, inv[0] / sum(inv), inv[1] / sum(inv))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything an experiment trains and measures, except its data source and seed.
+
+    Attributes
+    ----------
+    n_strong, strong_fraction : the few boxed training images (a count, or a share of the training pool).
+    n_test : test images (a count, or class index -> count).
+    n_val : validation images held out from the training patients (0: none); settings are chosen on them, never
+        on the test set.
+    phantom_images, phantom : the phantom's image count and :func:`wsbus.data.make_phantom` knobs (phantom
+        source only; its side is ``size``).
+    backbone, size, max_size : the detector (:func:`wsbus.models.build_detector`) and its input resizing
+        (``min_size = size``; ``max_size`` defaults to ``max(size, 256)``).
+    detector : more :func:`~wsbus.models.build_detector` options (anchors, ``weak_proposals``, ...).
+    rule_map : MoI rules of the weakly supervised runs (:func:`wsbus.mil.as_rule_map`).
+    mil_class_weights : ``"inverse_frequency"`` of the training labels, None, or 3 numbers.
+    steps : training steps of every few-box run; ``strong_full_steps`` those of the all-boxes reference (default
+        ``steps``: it may need more to converge on a large training set).
+    batch_strong, batch_weak : images per step from each stream.
+    lr, weight_decay : Adam's settings.
+    alpha : the MIL weight of the joint runs: ``"gradual"`` or a constant.
+    alpha_stretch : the gradual alpha climbs the reference's 30 stairs over ``alpha_stretch * steps`` steps, so it
+        ends a run at ``1 - 0.99 * 0.9^floor(30 / alpha_stretch)`` (1: the plain scaling of the paper's schedule).
+    mixing : ``"combined"`` (the paper) or ``"alternating"`` mini-batches.
+    self_training_fraction, retrain, per_class : the offline self-training of Table IV
+        (:func:`wsbus.self_training.self_train`).
+    n_boot : bootstrap resamples of the CIs. panel_images : test images per class in the detection panels.
+
+    Taught in ``book/01_introduction.md``.
+    """
+
+    # data
+    n_strong: Optional[Counts] = None
+    strong_fraction: Optional[float] = 0.05
+    n_test: Counts = field(default_factory=lambda: {0: 30, 1: 60, 2: 60})
+    n_val: Counts = 0
+    phantom_images: int = 560
+    phantom: Mapping[str, Any] = field(default_factory=lambda: dict(distractor_similarity=0.8, n_distractors=4.0))
+    # detector
+    backbone: str = "tiny"
+    size: int = 128
+    max_size: Optional[int] = None
+    detector: Mapping[str, Any] = field(default_factory=lambda: dict(weak_proposals=10))
+    rule_map: str = "most_abnormal/most_malignant"
+    mil_class_weights: Union[str, Sequence[float], None] = "inverse_frequency"
+    # training
+    steps: int = 800
+    strong_full_steps: Optional[int] = None
+    batch_strong: int = 2
+    batch_weak: int = 2
+    lr: float = 5e-4
+    weight_decay: float = 5e-4
+    alpha: Union[str, float] = "gradual"
+    alpha_stretch: float = 4.0
+    mixing: str = "combined"
+    # self-training
+    self_training_fraction: float = 0.5
+    retrain: str = "scratch"
+    per_class: bool = True
+    # evaluation
+    n_boot: int = 1000
+    panel_images: int = 2
+
+    def __post_init__(self) -> None:
+        if (self.n_strong is None) == (self.strong_fraction is None):
+            raise ValueError("a recipe gives n_strong or strong_fraction (one of them)")
+        if not self.alpha_stretch > 0:
+            raise ValueError(f"alpha_stretch must be > 0, got {self.alpha_stretch!r}")
+        for name in ("steps", "batch_strong", "batch_weak", "size", "n_boot"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A copy with ``changes`` (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """Plain data (for ``results.json``)."""
+        d = dataclasses.asdict(self)
+        for key in ("phantom", "detector"):
+            d[key] = dict(getattr(self, key))
+        for key in ("n_test", "n_val", "n_strong"):
+            if isinstance(d[key], Mapping):
+                d[key] = {str(k): int(v) for k, v in d[key].items()}
+        return d
+
+    def detector_options(self, train_samples: Sequence[Any], **overrides: Any) -> Dict[str, Any]:
+        """Keyword arguments of :func:`wsbus.models.build_detector` (``backbone`` included) for a run on
+        ``train_samples`` (they set the inverse-frequency MIL weights); ``overrides`` win."""
+        options = dict(backbone=self.backbone, min_size=self.size,
+                       max_size=self.max_size if self.max_size is not None else max(self.size, 256),
+                       moi_rules=self.rule_map, mil_class_weights=mil_class_weights(self.mil_class_weights,
+                                                                                    train_samples),
+                       **dict(self.detector))
+        options.update(overrides)
+        return options
+
+    def alpha_schedule(self, steps: int, spec: Any = None) -> Any:
+        """The MIL weight of a joint run of ``steps`` steps: ``"gradual"`` climbs over ``alpha_stretch * steps``
+        steps; a number is a constant. ``spec`` overrides the recipe's ``alpha``."""
+        spec = self.alpha if spec is None else spec
+        if isinstance(spec, str) and spec.strip().lower() == "gradual":
+            return gradual(total_steps=max(1, int(round(self.alpha_stretch * steps))))
+        return spec
+
+    def trainer_options(self) -> Dict[str, Any]:
+        """The :class:`wsbus.engine.Trainer` settings every run of the recipe shares."""
+        return dict(n_strong=self.batch_strong, n_weak=self.batch_weak, lr=self.lr, weight_decay=self.weight_decay)
+
+
+#: The embedded phantom's recipe: ``wsbus demo`` (about 4 minutes of training on one CPU thread).
+PHANTOM = Recipe()
+#: A smoke run of the same outputs (well under a minute).
+PHANTOM_QUICK = Recipe(phantom_images=70, size=64, n_test={0: 4, 1: 8, 2: 8}, strong_fraction=0.2, steps=8,
+                       n_boot=200, panel_images=1)
+#: Real B-mode scans (BUS-BRA, BUSI, VOC-BUS folders): 50 boxed images, 300 test and 250 validation images.
+REAL = Recipe(n_strong=50, strong_fraction=None, n_test=300, n_val=250, size=160, max_size=320,
+              detector=dict(weak_proposals=10, anchor_sizes=(32, 64, 128)), steps=1500)
+#: A smoke run on real scans (a small subset is enough).
+REAL_QUICK = REAL.replace(n_strong=8, n_test=12, n_val=0, steps=6, n_boot=100, panel_images=1)
+
+
+#: The paper's own settings (Table I's split of SNUBH, VGG16 at 600 px, 60k steps of 1 strong + 2 weak images, the
+#: proposed MoI map, gradual alpha over the whole run, the reference's MIL weights, self-training ranked over all
+#: weak images): for a GPU and a data set of SNUBH's size.
+PAPER = Recipe(n_strong={1: 400, 2: 400}, strong_fraction=None, n_test={0: 200, 1: 200, 2: 200}, backbone="vgg16",
+               size=600, max_size=1000, detector={}, rule_map="paper", mil_class_weights="reference", steps=60000,
+               batch_strong=1, batch_weak=2, alpha_stretch=1.0, per_class=False)
+#: Every preset by name (the command line's ``--recipe``).
+RECIPES = {"phantom": PHANTOM, "real": REAL, "paper": PAPER}
+
+
+def recipe_for(kind: str, quick: bool = False) -> Recipe:
+    """The preset of a data source kind (``"phantom"``, or a real source: ``"voc"``, ``"busi"``, ``"busbra"``,
+    ``"coco"``, ``"masks"``)."""
+    if kind == "phantom":
+        return PHANTOM_QUICK if quick else PHANTOM
+    return REAL_QUICK if quick else REAL

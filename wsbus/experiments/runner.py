@@ -1,0 +1,371 @@
+"""``wsbus experiment``: the paper's Table V and Table IV protocol on any data source.
+
+Five detectors are trained on one patient-level split (:func:`wsbus.experiments.prepare_data`), each from the same
+initial weights and with the same mini-batch order, and evaluated on the same test images:
+
+=======================  ==================================================================================
+``strong_full``          every training image with its box (the fully supervised upper reference)
+``strong_few``           only the few boxed images
+``weak_only``            every training image with only its image label (MIL alone)
+``joint``                the few boxed images + the rest with image labels: the paper's joint training
+``joint_self_training``  ``joint`` → pseudo-boxes on the weak images → retrained (Table IV)
+=======================  ==================================================================================
+
+Every run trains with checkpoints under ``out_dir/runs/<method>/`` and writes its result there when it ends, so an
+interrupted experiment, started again with the same arguments, skips the finished methods and resumes the
+unfinished one from its last checkpoint (bit for bit on CPU). Outputs: ``results.json`` (design §11's schema plus
+CIs, McNemar p-values against ``joint``, the bootstrap t-test, the finding's checks, pseudo-box precision, FROC
+and timings), ``table_v.md``, ``table_iv.md``, ``detections.png``, ``loss_curves.png`` and
+``precision_vs_rank.png``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
+from ..data.sources import parse_source
+from ..distributed import resolve_device
+from ..engine import History, Trainer
+from ..evaluate import MethodResult, add_p_values, corloc, paired_test, render_table, results_table, to_json_methods
+from ..inference import detect
+from ..models import build_detector
+from ..seeding import cpu_threads, seeded
+from ..self_training import self_train
+from ..viz.detections import plot_precision_vs_rank
+from .data import ExperimentData, experiment_seeds, prepare_data
+from .figures import loss_figure, panels_figure
+from .progress import StepProgress
+from .recipe import Recipe, recipe_for
+
+__all__ = ["METHODS", "SUPERVISION", "Experiment", "run_experiment", "run_experiments", "summarize_experiments",
+           "check_finding"]
+
+#: The methods of an experiment, in table order.
+METHODS = ("strong_full", "strong_few", "weak_only", "joint", "joint_self_training")
+#: Table V's "Supervision" column of each method.
+SUPERVISION = {"strong_full": "Strong", "strong_few": "Strong", "weak_only": "Weak", "joint": "Weak & Semi",
+               "joint_self_training": "Weak & Semi"}
+Device = Union[str, torch.device, None]
+
+
+def check_finding(by_name: Mapping[str, Any]) -> Dict[str, Any]:
+    """The orderings the paper reports (Table V), as measured (True/False), with the differences in points:
+    joint above strong_few, strong_few below strong_full, weak_only more than 20 points below both."""
+    c = {k: float(m.overall) for k, m in by_name.items()}
+    checks = {"joint_above_strong_few": c["joint"] > c["strong_few"],
+              "strong_few_below_strong_full": c["strong_few"] < c["strong_full"],
+              "weak_only_far_below": c["weak_only"] < min(c["strong_few"], c["joint"]) - 0.2}
+    return {"checks": checks, "holds": all(checks.values()),
+            "joint_minus_strong_few": c["joint"] - c["strong_few"],
+            "strong_full_minus_strong_few": c["strong_full"] - c["strong_few"],
+            "joint_minus_weak_only": c["joint"] - c["weak_only"],
+            "joint_over_strong_full": c["joint"] / c["strong_full"] if c["strong_full"] > 0 else float("nan")}
+
+
+def _result_state(m: MethodResult, detections: List[Dict[str, torch.Tensor]], history: History,
+                  timing: Mapping[str, float], extra: Mapping[str, Any]) -> Dict[str, Any]:
+    """A finished method as ``weights_only``-loadable data (``runs/<method>/result.pt``)."""
+    return {"name": m.name, "n_strong": m.n_strong, "n_weak": m.n_weak, "overall": m.overall, "benign": m.benign,
+            "malignant": m.malignant, "ci": list(m.ci) if m.ci is not None else None, "supervision": m.supervision,
+            "per_image": torch.as_tensor(np.asarray(m.per_image, dtype=bool)), "detections": detections,
+            "history": history.records, "timing": dict(timing), "extra": dict(extra)}
+
+
+def _method_of(state: Mapping[str, Any]) -> MethodResult:
+    return MethodResult(name=state["name"], n_strong=state["n_strong"], n_weak=state["n_weak"],
+                        overall=state["overall"], benign=state["benign"], malignant=state["malignant"],
+                        ci=tuple(state["ci"]) if state["ci"] is not None else None,
+                        supervision=state["supervision"], per_image=state["per_image"].numpy())
+
+
+class Experiment:
+    """One seed of the protocol on one split; :meth:`run` trains what is not finished yet and writes the outputs.
+
+    Taught in ``book/09_real_data.md``.
+    """
+
+    def __init__(self, data: ExperimentData, recipe: Recipe, out_dir: Union[str, os.PathLike], *, seed: int = 0,
+                 methods: Sequence[str] = METHODS, device: Device = None, progress: bool = True,
+                 evaluate_on: str = "test") -> None:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        if "joint_self_training" in methods and "joint" not in methods:
+            raise ValueError("joint_self_training starts from the joint model: include 'joint' in the methods")
+        if evaluate_on not in ("test", "val"):
+            raise ValueError(f"evaluate_on must be 'test' or 'val', got {evaluate_on!r}")
+        self.eval_set = data.test if evaluate_on == "test" else data.val
+        if not any(s.image_label > 0 for s in self.eval_set):
+            raise ValueError(f"the {evaluate_on} set holds no benign or malignant image: CorLoc is undefined (the "
+                             f"recipe asks for n_test={recipe.n_test}, n_val={recipe.n_val})")
+        self.data, self.recipe, self.seed = data, recipe, int(seed)
+        self.methods = [m for m in METHODS if m in methods]
+        self.evaluate_on = evaluate_on
+        self.out = Path(out_dir)
+        self.device = resolve_device(device)
+        self.progress = progress
+        self.init_seed, self.train_seed = experiment_seeds(seed)
+        self.results: Dict[str, MethodResult] = {}
+        self.states: Dict[str, Dict[str, Any]] = {}
+
+    # -- pieces ------------------------------------------------------------------------------------------------
+    def run_dir(self, name: str) -> Path:
+        """Where method ``name`` keeps its checkpoints and its result."""
+        return self.out / "runs" / name
+
+    def build_model(self, **overrides: Any) -> torch.nn.Module:
+        """The recipe's detector, initialised from the experiment's initial weights."""
+        options = self.recipe.detector_options(self.data.strong + self.data.weak, **overrides)
+        with seeded(self.init_seed):
+            return build_detector(**options)
+
+    def sets(self, name: str) -> Tuple[Optional[list], Optional[list], str]:
+        """``(strong, weak, mode)`` of a trained method."""
+        d = self.data
+        return {"strong_full": (d.strong + d.weak, None, "strong"), "strong_few": (d.strong, None, "strong"),
+                "weak_only": (None, d.strong + d.weak, "weak"), "joint": (d.strong, d.weak, "joint")}[name]
+
+    def steps_of(self, name: str) -> int:
+        """Training steps of a method (the all-boxes reference may train longer)."""
+        if name == "strong_full" and self.recipe.strong_full_steps is not None:
+            return int(self.recipe.strong_full_steps)
+        return int(self.recipe.steps)
+
+    def evaluate(self, name: str, model: torch.nn.Module, n_strong: int, n_weak: int):
+        dets = detect(model, self.eval_set, device=self.device)
+        m = MethodResult.from_corloc(name, corloc(dets, self.eval_set), n_strong=n_strong, n_weak=n_weak,
+                                     n_boot=self.recipe.n_boot, supervision=SUPERVISION[name])
+        return m, dets
+
+    def finish(self, name: str, m: MethodResult, dets: list, history: History, started: Tuple[float, float],
+               **extra: Any) -> None:
+        timing = {"wall": time.perf_counter() - started[0], "cpu": time.process_time() - started[1]}
+        state = _result_state(m, dets, history, timing, extra)
+        atomic_save(state, self.run_dir(name) / "result.pt")
+        self.results[name], self.states[name] = m, state
+
+    def load_finished(self, name: str) -> bool:
+        path = self.run_dir(name) / "result.pt"
+        if not path.is_file():
+            return False
+        state = load_checkpoint(path, require=("name", "per_image", "detections"))
+        self.results[name], self.states[name] = _method_of(state), state
+        return True
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def train(self, name: str, bar: StepProgress) -> None:
+        """Train method ``name`` (resuming its checkpoint), evaluate it and store its result."""
+        started = (time.perf_counter(), time.process_time())
+        strong, weak, mode = self.sets(name)
+        steps = self.steps_of(name)
+        kw: Dict[str, Any] = dict(self.recipe.trainer_options())
+        if mode == "joint":
+            kw.update(alpha=self.recipe.alpha_schedule(steps), mixing=self.recipe.mixing)
+        trainer = Trainer(self.build_model(), strong, weak, mode=mode, steps=steps, seed=self.train_seed,
+                          device=self.device, out_dir=self.run_dir(name), checkpoint_every=max(1, steps // 10),
+                          progress=False, tensorboard=False, callbacks=[bar.step], **kw)
+        history = trainer.fit(resume=True)
+        m, dets = self.evaluate(name, trainer.model, len(strong or ()), len(weak or ()))
+        self.finish(name, m, dets, history, started)
+
+    def self_training(self, bar: StepProgress) -> Any:
+        """Table IV: pseudo-boxes from the joint model, the top fraction moved, retrained."""
+        started = (time.perf_counter(), time.process_time())
+        name = "joint_self_training"
+        joint = self.build_model()
+        joint.load_state_dict(load_checkpoint(self.run_dir("joint") / "last.pt", map_location="cpu")["model"])
+        r = self.recipe
+        st = self_train(self.data.strong, self.data.weak, self.eval_set, model_factory=self.build_model,
+                        initial=joint.to(self.device), fractions=(r.self_training_fraction,), steps=r.steps,
+                        retrain=r.retrain, per_class=r.per_class, device=self.device, seed=self.train_seed,
+                        init_seed=self.init_seed, n_boot=r.n_boot, progress=False,
+                        trainer_kwargs=dict(r.trainer_options(), alpha=r.alpha_schedule(r.steps), mixing=r.mixing),
+                        on_step=lambda *_: bar.step(), out_dir=self.run_dir(name))
+        retrained = st.methods[-1]
+        m = replace(retrained, name=name, supervision=SUPERVISION[name])
+        summary = st.to_json()
+        self.finish(name, m, st.detections[retrained.name], st.histories[retrained.name], started,
+                    table_iv=st.table(), self_training=summary["methods"],
+                    pseudo_box_precision=summary["pseudo_box_precision"],
+                    moved=st.moved[retrained.name],
+                    precision_curve={"scores": st.precision.scores.tolist(), "correct": st.precision.correct.tolist()}
+                    if st.precision is not None else None)
+        return st
+
+    # -- the whole protocol ------------------------------------------------------------------------------------
+    def run(self) -> Dict[str, Any]:
+        """Train every method that has no stored result yet, then write and return ``results.json``'s content."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        todo = [m for m in self.methods if not self.load_finished(m)]
+        bar = StepProgress(total=sum(self.steps_of(m) for m in todo), enabled=self.progress, desc="experiment")
+        try:
+            for name in todo:
+                bar.run(name)
+                if name == "joint_self_training":
+                    self.self_training(bar)
+                else:
+                    self.train(name, bar)
+        finally:
+            bar.close()
+        results = self.summary()
+        results["timing"]["total"] = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+        self.write(results)
+        return results
+
+    def summary(self) -> Dict[str, Any]:
+        """``results.json``'s content from the stored method results."""
+        names = self.methods
+        reference = "joint" if "joint" in names else names[0]
+        ordered = add_p_values([self.results[m] for m in names], reference=reference, test="mcnemar",
+                               n_boot=self.recipe.n_boot)
+        entries = to_json_methods(ordered)
+        for entry, m in zip(entries, ordered):
+            entry["p_value_test"] = None if m.name == reference else "mcnemar_exact"
+            if m.name != reference:
+                r = paired_test(m.per_image, self.results[reference].per_image, n_boot=self.recipe.n_boot)
+                entry.update(p_value_bootstrap_t=r.t_pvalue, difference_vs_joint=r.difference,
+                             difference_vs_joint_ci=list(r.difference_ci))
+            entry["n_test_images_with_mass"] = int(m.per_image.size)
+            entry["timing"] = self.states[m.name]["timing"]
+        st = self.states.get("joint_self_training", {}).get("extra", {})
+        results: Dict[str, Any] = {
+            "methods": entries,
+            "finding": check_finding(self.results) if set(METHODS[:4]) <= set(names) else None,
+            "evaluated_on": self.evaluate_on,
+            "pseudo_box_precision": st.get("pseudo_box_precision"),
+            "self_training": st.get("self_training"),
+            "data": self.data.counts(),
+            "config": {**self.recipe.as_dict(), "seed": self.seed, "device": str(self.device),
+                       "methods": list(names)},
+            "timing": {"torch_threads": torch.get_num_threads()},
+        }
+        results["table_v"] = results_table(ordered, kind="V")
+        return results
+
+    def write(self, results: Dict[str, Any]) -> None:
+        """``table_v.md``, ``table_iv.md``, the figures and ``results.json`` (written last, atomically)."""
+        out, what = self.out, "test" if self.evaluate_on == "test" else "validation"
+        note = (f"\nCorLoc on the {what} set (IoU > 0.5, score >= 0.5, class must match), 95 % percentile bootstrap "
+                f"CI over {self.recipe.n_boot} resamples of the images; p-values: McNemar's exact test of each method "
+                "against `joint` on the same images (the paper's bootstrap t-test is in results.json as "
+                "`p_value_bootstrap_t`).\n")
+        atomic_write_text(f"# Table V ({self.data.source})\n\n" + results["table_v"] + note, out / "table_v.md")
+        st = self.states.get("joint_self_training", {}).get("extra", {})
+        if st.get("table_iv"):
+            atomic_write_text(f"# Table IV ({self.data.source}): self-training\n\n" + st["table_iv"], out / "table_iv.md")
+        histories = {m: History(self.states[m]["history"]) for m in self.methods}
+        loss_figure(histories).savefig(out / "loss_curves.png", dpi=110)
+        detections = {m: self.states[m]["detections"] for m in self.methods}
+        panels_figure(self.eval_set, detections, self.recipe.panel_images).savefig(out / "detections.png", dpi=110)
+        curve = st.get("precision_curve")
+        if curve and curve["scores"]:
+            plot_precision_vs_rank(np.asarray(curve["scores"]), np.asarray(curve["correct"], dtype=bool),
+                                   fractions=(self.recipe.self_training_fraction,)).savefig(
+                out / "precision_vs_rank.png", dpi=110)
+        atomic_write_json(results, out / "results.json")
+
+
+def run_experiment(data: str = "phantom", out_dir: Union[str, os.PathLike] = "wsbus_experiment", *,
+                   recipe: Optional[Recipe] = None, quick: bool = False, seed: int = 0,
+                   methods: Sequence[str] = METHODS, device: Device = None, threads: Optional[int] = 1,
+                   progress: bool = True, evaluate_on: str = "test", samples: Optional[Sequence[Any]] = None,
+                   verbose: bool = True) -> Dict[str, Any]:
+    """Run the Table V + IV protocol on one split of ``data`` and write its outputs to ``out_dir``.
+
+    Parameters
+    ----------
+    data : a ``--data`` spec: ``phantom``, ``voc:DIR``, ``busi:DIR``, ``busbra:DIR``, ...
+    out_dir : output folder; started again with the same arguments, the experiment resumes.
+    recipe : the settings (:class:`wsbus.experiments.Recipe`); default :func:`~wsbus.experiments.recipe_for` the
+        source (``quick`` picks its smoke preset).
+    seed : the split, the phantom, the initial weights and the data order; another seed is another independent
+        repetition of the whole experiment.
+    methods : a subset of :data:`METHODS` (``joint_self_training`` needs ``joint``).
+    device : ``"cpu"``, ``"cuda"``, ...; default CUDA when available.
+    threads : torch CPU threads during the experiment (restored afterwards; ``None`` keeps the setting). One thread,
+        the default, makes a table repeat exactly on the same machine and library versions: the thread count
+        changes the order of floating-point sums, which short training runs amplify.
+    evaluate_on : ``"test"`` (the published protocol, scored once) or ``"val"`` (choosing settings).
+    samples : already loaded samples of ``data`` (skips loading).
+    verbose : print Table V and the finding.
+
+    Returns
+    -------
+    dict : the content of ``results.json``.
+
+    Taught in ``book/09_real_data.md``.
+    """
+    recipe = recipe if recipe is not None else recipe_for(parse_source(data).kind, quick)
+    with cpu_threads(threads):
+        split = prepare_data(data, recipe, seed, samples=samples)
+        results = Experiment(split, recipe, out_dir, seed=seed, methods=methods, device=device, progress=progress,
+                             evaluate_on=evaluate_on).run()
+    if verbose:
+        print(results["table_v"])
+        f = results["finding"]
+        if f is not None:
+            print(f"joint - strong_few = {100 * f['joint_minus_strong_few']:+.2f} points; strong_full - strong_few = "
+                  f"{100 * f['strong_full_minus_strong_few']:+.2f}; joint - weak_only = "
+                  f"{100 * f['joint_minus_weak_only']:+.2f}; the paper's ordering "
+                  f"{'holds' if f['holds'] else 'does NOT hold'} here; outputs in {out_dir}")
+        p = results["pseudo_box_precision"]
+        if p is not None and p.get("overall") is not None:
+            moved = next(iter(p["moved"].values()))
+            print(f"pseudo-box precision (IoU > 0.5 with the hidden box): {100 * p['overall']:.1f} % of "
+                  f"{p['n_pseudo_labelled']} weak images, {100 * (float('nan') if moved['precision'] is None else moved['precision']):.1f} % of the "
+                  f"{moved['n']} moved")
+    return results
+
+
+def summarize_experiments(results: Sequence[Mapping[str, Any]], seeds: Sequence[int],
+                          fmt: str = "markdown") -> Tuple[str, Dict[str, Any]]:
+    """The same experiment over several seeds: each method's CorLoc per seed, its mean and standard deviation,
+    and on each seed joint's difference from strong_few with McNemar's p-value. Returns ``(table, data)``."""
+    names = [m["name"] for m in results[0]["methods"]]
+    per: Dict[str, List[float]] = {n: [] for n in names}
+    for r in results:
+        got = {m["name"]: m for m in r["methods"]}
+        if sorted(got) != sorted(names):
+            raise ValueError(f"the experiments ran different methods: {names} vs {sorted(got)}")
+        for n in names:
+            per[n].append(float(got[n]["corloc"]["overall"]))
+    header = ["method"] + [f"seed {s} [%]" for s in seeds] + ["mean [%]", "sd [points]"]
+    body = [[n] + [f"{100 * v:.2f}" for v in per[n]] + [f"{100 * np.mean(per[n]):.2f}",
+                                                        f"{100 * np.std(per[n], ddof=1) if len(seeds) > 1 else 0:.2f}"]
+            for n in names]
+    data: Dict[str, Any] = {"seeds": list(seeds), "corloc": per,
+                            "mean": {n: float(np.mean(v)) for n, v in per.items()}}
+    if {"joint", "strong_few"} <= set(names):
+        p = [next(m for m in r["methods"] if m["name"] == "strong_few")["p_value"] for r in results]
+        diff = [j - f for j, f in zip(per["joint"], per["strong_few"])]
+        body.append(["joint - strong_few"] + [f"{100 * d:+.2f} (p {q:.3g})" for d, q in zip(diff, p)]
+                    + [f"{100 * np.mean(diff):+.2f}", ""])
+        data.update(joint_minus_strong_few=diff, p_strong_few_vs_joint=p,
+                    ordering_holds=[bool(r["finding"]["holds"]) if r.get("finding") else None for r in results])
+    return render_table(header, body, ["l"] + ["r"] * (len(seeds) + 2), fmt), data
+
+
+def run_experiments(data: str = "phantom", out_dir: Union[str, os.PathLike] = "wsbus_experiment", *,
+                    seeds: Sequence[int] = (0, 1, 2), **kwargs: Any) -> List[Dict[str, Any]]:
+    """:func:`run_experiment` once per seed (outputs in ``out_dir/seed_<s>/``), then ``out_dir/summary.md`` and
+    ``out_dir/summary.json`` (:func:`summarize_experiments`). ``kwargs`` go to :func:`run_experiment`.
+
+    Taught in ``book/09_real_data.md``.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    results = [run_experiment(data, Path(out_dir) / f"seed_{s}", seed=s, **kwargs) for s in seeds]
+    table, summary = summarize_experiments(results, seeds)
+    atomic_write_text(f"# {data} over seeds {seeds}\n\n" + table, Path(out_dir) / "summary.md")
+    atomic_write_json(summary, Path(out_dir) / "summary.json")
+    print(table)
+    return results
