@@ -362,3 +362,28 @@ def test_large_backbones_build_and_run(backbone, channels, frozen):
     m.eval()
     with torch.no_grad():
         assert set(m(x)[0]) == {"boxes", "labels", "scores"}
+
+
+def test_mil_reduction_batch_mean_is_the_reference_codes_sum_over_the_batch():
+    """``mil_reduction="batch_mean"`` divides the weighted MIL sum by B (the reference TF code), the default by the
+    sum of the weights (the paper's weighted mean): same MoI logits, losses in the ratio sum(w) / B."""
+    from wsbus.losses import mil_loss
+
+    weights = (0.0, 0.3, 0.7)
+    images = [torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    targets = [{"image_label": 1}, {"image_label": 2}, {"image_label": 2}]
+    losses = {}
+    for reduction in ("weighted_mean", "batch_mean"):
+        torch.manual_seed(0)
+        m = build_detector("tiny", min_size=64, max_size=64, mil_class_weights=weights, mil_reduction=reduction)
+        assert m.config["mil_reduction"] == reduction
+        torch.manual_seed(1)
+        losses[reduction] = float(m.train()(images, targets)["loss_mil"].detach())
+    ratio = (0.3 + 0.7 + 0.7) / 3
+    assert losses["batch_mean"] == pytest.approx(losses["weighted_mean"] * ratio, rel=1e-5)
+    logits = torch.randn(3, 3)
+    labels = torch.tensor([1, 2, 2])
+    assert float(mil_loss(logits, labels, weights, reduction="batch_mean")) == pytest.approx(
+        float(mil_loss(logits, labels, weights)) * ratio, rel=1e-6)
+    with pytest.raises(ValueError, match="mil_reduction"):
+        build_detector("tiny", mil_reduction="sum")

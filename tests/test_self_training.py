@@ -286,3 +286,32 @@ def test_precision_of_moved_ids(case):
     assert math.isnan(prec.of_ids([]))
     with pytest.raises(KeyError, match="w3"):
         prec.of_ids(["w3"])
+
+
+def test_retrain_finetune_starts_from_the_initial_model():
+    """``retrain="finetune"`` continues from a copy of the initial model (left untouched); ``"scratch"`` restarts
+    from the factory's weights."""
+    from wsbus.data.phantom import make_phantom
+    from wsbus.models import build_detector
+
+    torch.set_num_threads(1)
+    data = make_phantom(12, seed=7, size=48, proportions=(0.0, 0.5, 0.5))
+    strong, weak, test = data[:3], data[3:9], data[9:]
+
+    def factory():
+        return build_detector("tiny", min_size=48, max_size=48)
+
+    torch.manual_seed(123)  # not self_train's init_seed (0), so "scratch" starts elsewhere
+    initial = factory()
+    before = {k: v.clone() for k, v in initial.state_dict().items()}
+    kw = dict(fractions=(1.0,), steps=0, retrain_steps=1, device="cpu", progress=False, n_boot=20,
+              trainer_kwargs=dict(n_strong=1, n_weak=1, lr=1e-12))
+    fine = self_train(strong, weak, test, model_factory=factory, initial=initial, retrain="finetune", **kw)
+    scratch = self_train(strong, weak, test, model_factory=factory, initial=initial, retrain="scratch", **kw)
+    assert all(torch.equal(before[k], v) for k, v in initial.state_dict().items())      # the initial model is kept
+    tuned = fine.models["retrained_100%"].state_dict()
+    fresh = scratch.models["retrained_100%"].state_dict()
+    # one step at a negligible learning rate: the fine-tuned model is still (almost) the initial one, the scratch
+    # model is the factory's fresh initialisation
+    assert all(torch.allclose(tuned[k].float(), before[k].float(), atol=1e-6) for k in before)
+    assert not all(torch.allclose(fresh[k].float(), before[k].float(), atol=1e-6) for k in before)

@@ -1,6 +1,6 @@
 """Atomic, ``weights_only``-loadable training checkpoints.
 
-Taught in ``book/06_joint_training.md`` (section "Checkpoints and exact resume").
+Taught in ``book/06_joint_training.md``.
 
 A checkpoint is a plain dict of tensors and primitive containers, so :func:`load_checkpoint` can use
 ``torch.load(weights_only=True)`` (no pickled code runs when a file is opened). :func:`atomic_save` never
@@ -87,8 +87,6 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
     Returns
     -------
     pathlib.Path of the written file.
-
-    Taught in ``book/06_joint_training.md``.
     """
     return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
@@ -109,8 +107,6 @@ def remove_stale_temporaries(directory: PathLike, names: Iterable[str] = ("last.
 
     Only files named ``.<name>.*.tmp`` for the given ``names`` (glob patterns such as ``"step_*.pt"`` allowed)
     are touched. Returns the removed paths.
-
-    Taught in ``book/06_joint_training.md``.
     """
     directory = Path(directory)
     removed: List[Path] = []
@@ -141,8 +137,6 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None]
     CheckpointError
         naming the file when it is missing, unreadable (truncated, not a torch file, holds pickled objects),
         not a dict, lacks a required key, or was written by an unsupported format version.
-
-    Taught in ``book/06_joint_training.md``.
     """
     path = Path(path)
     if not path.is_file():

@@ -1,6 +1,6 @@
 """Data-parallel training helpers: process group set-up under ``torchrun``, ranks, devices, reductions.
 
-Taught in ``book/06_joint_training.md`` (section "Scaling out with DDP").
+Taught in ``book/06_joint_training.md``.
 
 ``torchrun --nproc_per_node=K -m wsbus train ...`` starts K processes and gives each the environment
 variables ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``.
@@ -16,8 +16,8 @@ from typing import Optional, Union
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "default_device", "resolve_device", "model_device", "init_distributed", "dist_info", "is_main_process",
-           "barrier", "all_reduce_mean", "all_reduce_sum", "cleanup_distributed"]
+__all__ = ["DistInfo", "default_device", "resolve_device", "model_device", "init_distributed", "dist_info",
+           "is_main_process", "barrier", "all_reduce_mean", "all_reduce_sum", "cleanup_distributed"]
 
 DeviceLike = Union[str, torch.device, None]
 
@@ -49,7 +49,7 @@ class DistInfo:
 
 
 def default_device() -> torch.device:
-    """``cuda`` when a GPU is available, else ``cpu``. Taught in ``book/06_joint_training.md``."""
+    """``cuda`` when a GPU is available, else ``cpu``. """
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -68,8 +68,6 @@ def resolve_device(device: DeviceLike = None, local_rank: int = 0) -> torch.devi
 
     None means :func:`default_device`. A bare ``cuda`` becomes ``cuda:<local_rank>`` so that each process of
     a multi-GPU job uses its own GPU. Asking for CUDA on a machine without it is an error.
-
-    Taught in ``book/06_joint_training.md``.
     """
     dev = default_device() if device is None else torch.device(device)
     if dev.type == "cuda":
@@ -90,8 +88,6 @@ def model_device(model: "torch.nn.Module", device: DeviceLike = None) -> torch.d
 
 def dist_info() -> DistInfo:
     """The current process's :class:`DistInfo` (from the initialised process group, if any).
-
-    Taught in ``book/06_joint_training.md``.
     """
     if dist.is_available() and dist.is_initialized():
         return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
@@ -110,8 +106,6 @@ def init_distributed(device: DeviceLike = None) -> tuple:
     Returns
     -------
     (DistInfo, torch.device)
-
-    Taught in ``book/06_joint_training.md``.
     """
     local_rank = _env_int("LOCAL_RANK", 0)
     dev = resolve_device(device, local_rank)
@@ -134,20 +128,18 @@ def init_distributed(device: DeviceLike = None) -> tuple:
 
 
 def is_main_process() -> bool:
-    """True on rank 0 (or without a process group). Taught in ``book/06_joint_training.md``."""
+    """True on rank 0 (or without a process group). """
     return dist_info().is_main
 
 
 def barrier() -> None:
-    """Wait for every rank (no-op without a process group). Taught in ``book/06_joint_training.md``."""
+    """Wait for every rank (no-op without a process group). """
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place and return it (identity without a process group).
-
-    Taught in ``book/06_joint_training.md``.
     """
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
@@ -156,8 +148,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Average ``tensor`` over ranks in place and return it (identity without a process group).
-
-    Taught in ``book/06_joint_training.md``.
     """
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
@@ -166,6 +156,6 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def cleanup_distributed() -> None:
-    """Leave the process group if one is initialised. Taught in ``book/06_joint_training.md``."""
+    """Leave the process group if one is initialised. """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

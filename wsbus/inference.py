@@ -84,7 +84,7 @@ def load_detector(checkpoint: Union[str, "os.PathLike[str]", Mapping[str, Any]],
     Notes
     -----
     The weights come from the checkpoint, so the backbone is built with ``pretrained=False`` (nothing is
-    downloaded). Taught in ``book/08_evaluation.md``.
+    downloaded).
     """
     source = "the checkpoint dict" if isinstance(checkpoint, Mapping) else f"checkpoint {str(checkpoint)!r}"
     state = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint, require=("model",))

@@ -215,8 +215,6 @@ class RuleMap:
 
     def rule_ids(self, image_labels: Tensor) -> Tensor:
         """Vectorised lookup: rule index (into :data:`MOI_RULES`) of each image label, same device.
-
-        Taught in ``book/05_mil_moi.md``.
         """
         labels = image_labels.long()
         # Python scalars in torch.where: no lookup table is copied to the device (a sync on CUDA).
@@ -225,14 +223,12 @@ class RuleMap:
 
     def as_dict(self) -> dict[int, str]:
         """``{0: rule, 1: rule, 2: rule}`` (plain data, for configs and checkpoints).
-
-        Taught in ``book/05_mil_moi.md``.
         """
         return {0: self.normal, 1: self.benign, 2: self.malignant}
 
     @property
     def name(self) -> str:
-        """The Table II style name ``"<benign rule>/<malignant rule>"``. Taught in ``book/05_mil_moi.md``."""
+        """The Table II style name ``"<benign rule>/<malignant rule>"``. """
         return f"{self.benign}/{self.malignant}"
 
 
@@ -259,8 +255,6 @@ def as_rule_map(spec: Union[None, str, RuleMap, Mapping]) -> RuleMap:
     ``"<benign rule>/<malignant rule>"`` string, a :class:`RuleMap`, or a mapping whose keys are labels
     (0/1/2, also as strings as after a JSON round trip) or class names (``"benign"``); missing labels keep
     the defaults of :class:`RuleMap`.
-
-    Taught in ``book/05_mil_moi.md``.
     """
     if spec is None:
         return PAPER

@@ -1,6 +1,6 @@
 """Notebook set-up shared by every chapter: seeds, threads, device and the ``FULL`` switch.
 
-Taught in ``book/01_introduction.md`` (section "How to run this book").
+Taught in ``book/01_introduction.md``.
 
 Every chapter starts with::
 

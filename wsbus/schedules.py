@@ -38,7 +38,7 @@ def _check_step(step) -> int:
 
 @dataclass(frozen=True)
 class Constant:
-    r""":math:`\alpha(\text{step}) = \text{value}`. Taught in ``book/06_joint_training.md``."""
+    r""":math:`\alpha(\text{step}) = \text{value}`. """
 
     value: float = 0.5
 
@@ -62,8 +62,6 @@ class Gradual:
 
     With the defaults (``start=0.01``, ``end=1``, ``decay=0.9``, ``step_size=2000``) this is exactly the
     reference's :math:`1 - 0.99 \cdot 0.9^{\lfloor \text{step}/2000 \rfloor}`.
-
-    Taught in ``book/06_joint_training.md``.
     """
 
     step_size: float = REFERENCE_STEP_SIZE
@@ -120,8 +118,6 @@ def as_schedule(spec: Union[float, int, str, Callable[[int], float]], **kwargs) 
     """A schedule from a number (constant), a name of :data:`SCHEDULES` (``"gradual"``, ``"constant"``; extra
     keyword arguments such as ``total_steps`` go to its factory) or any callable ``step -> float`` (returned
     as is; make it picklable to checkpoint it).
-
-    Taught in ``book/06_joint_training.md``.
     """
     if isinstance(spec, bool):
         raise TypeError("alpha schedule cannot be a bool")

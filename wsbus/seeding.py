@@ -1,6 +1,6 @@
 """Reproducible randomness: seeds derived from names, and every RNG state as a checkpointable value.
 
-Taught in ``book/06_joint_training.md`` (section "Exact resume").
+Taught in ``book/06_joint_training.md``.
 
 Two ideas make a training run resumable bit for bit:
 
@@ -41,8 +41,6 @@ def derive_seed(*parts: Any, bits: int = 63) -> int:
     Returns
     -------
     int
-
-    Taught in ``book/06_joint_training.md``.
     """
     if not 1 <= bits <= 63:
         raise ValueError(f"derive_seed: bits must be in 1..63, got {bits}")
@@ -56,8 +54,6 @@ def derive_seed(*parts: Any, bits: int = 63) -> int:
 
 def generator(*parts: Any) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded with ``derive_seed(*parts)``.
-
-    Taught in ``book/06_joint_training.md``.
     """
     g = torch.Generator()
     g.manual_seed(derive_seed(*parts))
@@ -66,8 +62,6 @@ def generator(*parts: Any) -> torch.Generator:
 
 def seed_everything(seed: int) -> None:
     """Seed ``random``, ``numpy`` and ``torch`` (CPU and every CUDA device) with ``seed``.
-
-    Taught in ``book/06_joint_training.md``.
     """
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
@@ -82,8 +76,6 @@ def get_rng_state() -> Dict[str, Any]:
     dict with ``"torch"`` (uint8 tensor), ``"cuda"`` (list of uint8 tensors, empty without CUDA),
     ``"numpy"`` (dict of the legacy ``MT19937`` state with the key as an int64 tensor) and ``"python"``
     (``random.getstate()`` as nested lists).
-
-    Taught in ``book/06_joint_training.md``.
     """
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     version, internal, gauss_next = random.getstate()
@@ -102,8 +94,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
     CUDA states are restored only when CUDA is available and the number of devices matches (a checkpoint
     written on a GPU machine can be resumed on a CPU one; the CPU streams are what bit-exact resume needs).
-
-    Taught in ``book/06_joint_training.md``.
     """
     missing = {"torch", "numpy", "python"} - set(state)
     if missing:
@@ -146,8 +136,6 @@ def cpu_threads(n: Optional[int]) -> Iterator[int]:
     different weights with 1 and with 2 threads, and a short, noisy run (the demo) can then end with visibly
     different numbers. Pinning the count makes such a run repeat exactly on the same library versions. Yields the
     thread count in effect.
-
-    Taught in ``book/06_joint_training.md``.
     """
     before = torch.get_num_threads()
     if n is not None:

@@ -91,8 +91,7 @@ def pseudo_label(model: nn.Module, weak: Sequence[Sample], *, device: Device = N
 
     Notes
     -----
-    Ties in score keep the detector's order (the first of equal scores wins). Taught in
-    ``book/07_self_training.md``.
+    Ties in score keep the detector's order (the first of equal scores wins). Taught in ``book/07_self_training.md``.
     """
     if not 0.0 <= float(score_thresh) <= 1.0:
         raise ValueError(f"score_thresh must lie in [0, 1], got {score_thresh!r}")
@@ -235,8 +234,6 @@ class PseudoBoxPrecision:
     correct : bool [N] ``ious > iou_thresh``.
     n_weak : number of weak images (with or without a pseudo-label).
     iou_thresh : the threshold used.
-
-    Taught in ``book/07_self_training.md``.
     """
 
     ids: List[str]
@@ -358,8 +355,6 @@ class SelfTrainingResult:
     sets : ``(n_strong, n_weak)`` by method name.
     moved : ids of the weak images moved to the strong set, by retrained method name (most confident first).
     seconds : wall-clock seconds spent per method (training + evaluation) and on pseudo-labelling.
-
-    Taught in ``book/07_self_training.md``.
     """
 
     methods: List[Any]

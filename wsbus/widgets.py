@@ -78,8 +78,6 @@ class ProposalCache:
         :class:`wsbus.models.WeakSemiFasterRCNN`).
     samples : the images, as :class:`wsbus.data.Sample` (strong ones have their ground truth drawn).
     device : where the detector runs; default the device of the model's parameters.
-
-    Taught in ``book/05_mil_moi.md``.
     """
 
     def __init__(self, model: nn.Module, samples: Sequence[Sample], device: Device = None) -> None:
@@ -166,8 +164,6 @@ class MoIChoice:
     box : Tensor [4], the proposal (x1, y1, x2, y2) in image pixels.
     logits, probs : Tensor [3], its class logits and softmax probabilities (normal, benign, malignant).
     iou : its best IoU with a ground-truth box (``nan`` for a weak or a normal image).
-
-    Taught in ``book/05_mil_moi.md``.
     """
 
     image: int
@@ -192,8 +188,6 @@ def draw_moi(ax, sample: Sample, proposals: Tensor, choice: MoIChoice, top_k: in
 
     The MoI is outlined in its rule's colour (:data:`wsbus.viz.detections.MOI_COLORS`) and captioned with its
     class probabilities (and IoU with the ground truth) under the image.
-
-    Taught in ``book/05_mil_moi.md``.
     """
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
@@ -290,8 +284,6 @@ class MoIExplorer(widgets.VBox):
 
     Changing a control calls :meth:`update` (also callable directly), which picks the MoI from cached logits
     and redraws.
-
-    Taught in ``book/05_mil_moi.md``.
     """
 
     def __init__(self, cache: ProposalCache, *, rules: Sequence[str] = MOI_RULES, by: str = "prob",

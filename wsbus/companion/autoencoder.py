@@ -156,8 +156,6 @@ class ELBOTerms(NamedTuple):
 
     ``reconstruction`` = :math:`-\\log p_\\theta(x|z)` at one sample :math:`z \\sim q_\\phi(z|x)` (an unbiased
     estimate of :math:`-\\mathbb E_q[\\log p_\\theta(x|z)]`); ``kl`` = :math:`D_{KL}(q_\\phi(z|x) \\| p(z))`.
-
-    Taught in ``book/10_autoencoder_pretraining.md``.
     """
 
     reconstruction: torch.Tensor
@@ -325,8 +323,6 @@ class EncoderBackbone(nn.Module):
 
     For a :class:`ConvVAE` the bottleneck is the mean head ``mu(x)`` (the log-variance head is dropped: a
     classifier wants the representation, not the noise). ``out_features`` is the latent size.
-
-    Taught in ``book/10_autoencoder_pretraining.md``.
     """
 
     def __init__(self, autoencoder: Union[ConvAutoencoder, ConvVAE]) -> None:
@@ -365,8 +361,6 @@ def classifier_from_encoder(autoencoder: Union[ConvAutoencoder, ConvVAE], num_cl
 @dataclass
 class BudgetStudy:
     """Result of :func:`label_budget_study`: one row per (budget, seed, method).
-
-    Taught in ``book/10_autoencoder_pretraining.md``.
     """
 
     rows: List[dict] = field(default_factory=list)

@@ -6,7 +6,7 @@ for CPU, tests and the book's CI mode), ``"resnet18"`` and ``"vgg16"`` from :mod
 weights only when ``pretrained=True``, which downloads them; grayscale input is repeated to three channels and
 normalised with the ImageNet statistics).
 
-Taught in ``book/11_cnn_diagnosis.md``; the tiny trunk is shared with the autoencoders of
+Taught in ``book/11_cnn_diagnosis.md``.; the tiny trunk is shared with the autoencoders of
 ``book/10_autoencoder_pretraining.md``, so their encoder weights load into the classifier unchanged.
 """
 from __future__ import annotations
@@ -41,8 +41,6 @@ class TinyTrunk(nn.Sequential):
 
     GroupNorm rather than BatchNorm: its output does not depend on the batch, so a handful of labelled images,
     an autoencoder's batches and a frozen feature extractor on another scanner all see the same network.
-
-    Taught in ``book/10_autoencoder_pretraining.md``.
     """
 
     def __init__(self, in_channels: int = 1, widths: Sequence[int] = (16, 32, 64)) -> None:
@@ -197,8 +195,6 @@ def batch_indices(labels: torch.Tensor, steps: int, batch_size: int, balanced: b
 
     Plain: reshuffled epochs (every item once per epoch). ``balanced``: each draw picks a class uniformly
     among the classes present, then an item of that class (with replacement), so rare classes are not drowned.
-
-    Taught in ``book/11_cnn_diagnosis.md``.
     """
     n = labels.numel()
     bs = min(batch_size, n)
@@ -229,8 +225,6 @@ def augment_batch(x: torch.Tensor, augment: Optional[Callable]) -> torch.Tensor:
 def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, where: str, step: int) -> float:
     """One update from a scalar ``loss``: refuse a non-finite loss (:class:`FloatingPointError` naming ``where``
     and ``step``), then zero the gradients, back-propagate and step ``opt``; returns the loss as a float.
-
-    Taught in ``book/11_cnn_diagnosis.md``.
     """
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{where}: loss became {loss.item()} at step {step}")
@@ -328,8 +322,7 @@ def predict_scores(model: DiagnosisClassifier, images: torch.Tensor, batch_size:
 def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 256, device=None) -> torch.Tensor:
     """Penultimate-layer features ``[N, D]`` on the CPU (``model.features`` if it has one, else ``model(x)``).
 
-    Taught in ``book/13_transfer_domain_shift.md`` (frozen feature extraction) and ``book/12_metric_learning.md``
-    (CNN features for retrieval).
+    Taught in ``book/12_metric_learning.md``.
     """
     device = model_device(model, device)
     model.to(device).eval()

@@ -5,8 +5,8 @@ Whole images are resized to ``size x size`` grayscale; mass crops are cut around
 size`` grid. Label budgets and train/test splits are stratified by class and, when samples carry a ``patient``,
 grouped by patient so that no patient is on both sides.
 
-Taught in ``book/10_autoencoder_pretraining.md`` (whole images), ``book/12_metric_learning.md`` (mass crops) and
-``book/13_transfer_domain_shift.md`` (splits across domains).
+Taught in ``book/10_autoencoder_pretraining.md``, ``book/12_metric_learning.md`` and
+``book/13_transfer_domain_shift.md``.
 """
 from __future__ import annotations
 
@@ -40,8 +40,6 @@ def image_tensor(sample: Sample, size: int = 64) -> torch.Tensor:
     RGB images (some BUSI files) are converted with the ITU-R 601 luma weights
     (:func:`torchvision.transforms.v2.functional.rgb_to_grayscale`). The aspect ratio is not kept: ultrasound
     sectors are roughly square and the companion models want a fixed grid.
-
-    Taught in ``book/10_autoencoder_pretraining.md``.
     """
     if size < 8:
         raise ValueError(f"size must be >= 8 pixels, got {size}")
@@ -51,8 +49,6 @@ def image_tensor(sample: Sample, size: int = 64) -> torch.Tensor:
 
 def images_to_tensor(samples: Sequence[Sample], size: int = 64) -> torch.Tensor:
     """Stack :func:`image_tensor` over samples: ``[N, 1, size, size]`` float in [0, 1].
-
-    Taught in ``book/10_autoencoder_pretraining.md``.
     """
     if len(samples) == 0:
         raise ValueError("images_to_tensor: got an empty list of samples")
@@ -79,8 +75,6 @@ class CropSet:
     sample_index : int64 [N], index of the source sample in the list given to :func:`mass_crops`.
     windows : float32 [N, 4], the square crop window (x1, y1, x2, y2) in the source image's pixels.
     ids : list of str, the source sample's ``id`` per crop.
-
-    Taught in ``book/12_metric_learning.md``.
     """
 
     images: torch.Tensor
@@ -252,8 +246,6 @@ def stratified_subset(labels, n: int, seed: int = 0, classes: Optional[Sequence[
     A label budget of ``n`` gives ``n // C`` items per class (the remainder to the first classes), never more
     than a class has; the shortfall is taken from the other classes. Deterministic for a given ``seed``; the
     result is sorted.
-
-    Taught in ``book/10_autoencoder_pretraining.md`` (label budgets).
     """
     labels = torch.as_tensor(labels).cpu()
     if n < 0 or n > labels.numel():

@@ -3,7 +3,7 @@ matrices, retrieval galleries, embeddings and domain-shift matrices.
 
 Each function draws into a given ``ax`` (or creates a figure) and returns the figure; the caller shows it.
 
-Taught in ``book/10_autoencoder_pretraining.md`` … ``book/13_transfer_domain_shift.md`` (one figure kind each).
+Taught in ``book/10_autoencoder_pretraining.md``.… ``book/13_transfer_domain_shift.md`` (one figure kind each).
 """
 from __future__ import annotations
 

@@ -116,8 +116,6 @@ def mine_pairs(labels, n_pairs: int, generator: Optional[torch.Generator] = None
     """Random pairs, half of them positive (same class) and half negative: ``(i, j, same)``, ``i != j``.
 
     Positives need a class with two items, negatives two classes; the missing kind is an error.
-
-    Taught in ``book/12_metric_learning.md``.
     """
     y = _labels(labels).cpu()
     i_all, j_all, same_all = all_pairs(y)
@@ -133,8 +131,6 @@ def mine_pairs(labels, n_pairs: int, generator: Optional[torch.Generator] = None
 
 def mine_triplets(labels, n_triplets: int, generator: Optional[torch.Generator] = None):
     """Random triplets ``(anchor, positive, negative)``: positive of the anchor's class (not itself), negative not.
-
-    Taught in ``book/12_metric_learning.md``.
     """
     y = _labels(labels).cpu()
     same = y[:, None] == y[None, :]

@@ -78,8 +78,6 @@ class BinaryMetrics:
     """One binary question: decision-based sensitivity / specificity and the score's ROC curve and AUC.
 
     ``nan`` where undefined (no positive: sensitivity, AUC; no negative: specificity, AUC).
-
-    Taught in ``book/11_cnn_diagnosis.md``.
     """
 
     sensitivity: float
@@ -132,8 +130,6 @@ class ClassificationMetrics:
     mass : :class:`BinaryMetrics` of mass (benign or malignant) vs normal (score ``1 - p_N``).
     confusion : int [3, 3], rows = true class, columns = predicted (arg-max) class, order normal, benign, malignant.
     accuracy : fraction of arg-max predictions that are right.
-
-    Taught in ``book/11_cnn_diagnosis.md``.
     """
 
     malignant: BinaryMetrics

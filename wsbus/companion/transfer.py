@@ -41,8 +41,6 @@ class LinearHead(nn.Module):
     ``kind`` is ``"logistic"`` (scores are logits) or ``"svm"`` (scores are margins). :meth:`predict_proba`
     is the softmax of the scores: calibrated probabilities for logistic regression, an uncalibrated monotone
     score for the SVM (enough for ROC curves; Platt scaling would calibrate it).
-
-    Taught in ``book/13_transfer_domain_shift.md``.
     """
 
     def __init__(self, in_features: int, num_classes: int, kind: str = "logistic") -> None:
@@ -162,8 +160,6 @@ class DomainMatrix:
     values : ``{metric: float array [D, D]}``, ``values[m][i, j]`` = metric of the model trained on ``names[i]``
         evaluated on the test split of ``names[j]``.
     models : the trained model of each row.
-
-    Taught in ``book/13_transfer_domain_shift.md``.
     """
 
     names: List[str]
@@ -230,8 +226,6 @@ def cross_domain_matrix(domains: Mapping[str, Domain], *, backbone: str = "tiny"
 @dataclass
 class TransferStudy:
     """Rows ``{"method", **metrics}`` of :func:`transfer_study`.
-
-    Taught in ``book/13_transfer_domain_shift.md``.
     """
 
     rows: List[dict]

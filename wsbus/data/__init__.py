@@ -1,6 +1,6 @@
 """Data layer: the :class:`Sample` record, loaders, the phantom, splits, transforms and datasets.
 
-Taught in ``book/02_data.md`` (real data sets in ``book/09_real_data.md``).
+Taught in ``book/02_data.md`` and ``book/09_real_data.md``.
 """
 from .formats import CLASSES, CLASS_TO_INDEX, DataError, Sample
 from .busbra import load_busbra

@@ -82,7 +82,7 @@ def read_mask_boxes(mask_path: PathLike, image_shape: Tuple[int, int], *, min_ar
 
     Notes
     -----
-    Used by :func:`load_busi` and :func:`wsbus.data.load_busbra`. Taught in ``book/09_real_data.md``.
+    Used by :func:`load_busi` and :func:`wsbus.data.load_busbra`.
     """
     mask = read_gray(mask_path)
     if mask.shape != tuple(image_shape):

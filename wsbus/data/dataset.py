@@ -1,6 +1,6 @@
 """A map-style ``torch.utils.data.Dataset`` over samples, yielding torchvision-style ``(image, target)`` pairs.
 
-Taught in ``book/02_data.md`` (and used by ``book/06_joint_training.md``).
+Taught in ``book/02_data.md`` and ``book/06_joint_training.md``.
 
 Strong and eval targets hold ``boxes`` and ``labels`` (torchvision's detection convention) plus ``image_label``
 and ``index``; weak targets hold only ``image_label`` and ``index``: the detector recognises a weak image by the
@@ -110,10 +110,6 @@ def collate(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]) -> Tuple[List[
     """Turn a list of ``(image, target)`` pairs into ``(list of images, list of targets)`` (torchvision style).
 
     Images may differ in size (the detector's transform batches them), so nothing is stacked.
-
-    Notes
-    -----
-    Taught in ``book/02_data.md``.
     """
     images, targets = [], []
     for image, target in batch:

@@ -1,7 +1,6 @@
 """Exact and near-duplicate images, and label conflicts between duplicates.
 
-Taught in ``book/09_real_data.md`` (BUSI holds ~235 duplicate images, some of them in both the benign and
-the malignant folder; a duplicate on both sides of a train/test split inflates every score).
+Taught in ``book/09_real_data.md``.
 
 Exact duplicates have identical pixels (same shape, same SHA-1 of the pixel bytes). Near duplicates
 (re-encoded, rescaled, slightly re-windowed copies) are found in two stages: a 64-bit perceptual hash
@@ -43,10 +42,6 @@ def perceptual_hash(image: np.ndarray) -> int:
     Returns
     -------
     int in ``[0, 2**64)``; the Hamming distance between two hashes measures how different the images look.
-
-    Notes
-    -----
-    Taught in ``book/09_real_data.md``.
     """
     return int(_hash_bits(_thumbnail(image)))
 

@@ -1,6 +1,6 @@
 """Download public breast-ultrasound data sets with a pinned SHA-256, and unpack archives safely.
 
-Taught in ``book/09_real_data.md`` (command line: ``python data/fetch.py busi --dest DIR``).
+Taught in ``book/09_real_data.md``.
 
 :func:`fetch` downloads with :func:`pooch.retrieve` (which verifies ``known_hash`` and keeps the file cached)
 and unpacks with :func:`safe_extract`, which checks every entry *before* writing anything and refuses entries

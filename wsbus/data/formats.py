@@ -1,6 +1,6 @@
 """The one in-memory record every loader returns: :class:`Sample`.
 
-Taught in the chapter *Data and annotations* (``book/02_data.md``).
+Taught in ``book/02_data.md``.
 
 Classes everywhere: 0 = background / normal, 1 = benign, 2 = malignant.
 """

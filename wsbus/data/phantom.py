@@ -1,6 +1,6 @@
 """The embedded data set: synthetic B-mode breast-ultrasound images with masses that follow BI-RADS cues.
 
-Taught in ``book/02_data.md`` (and used by every chapter in CI mode, by ``wsbus demo`` and by the tests).
+Taught in ``book/02_data.md``.
 
 How an image is made (all vectorised numpy/scipy, a few milliseconds at 128 px):
 
@@ -111,8 +111,6 @@ class PhantomConfig:
 
     def scanner_settings(self) -> Dict[str, float]:
         """The effective scanner settings: the preset, then the individual overrides (gain multiplies).
-
-        Taught in ``book/02_data.md``.
         """
         base = dict(SCANNERS[self.scanner] if isinstance(self.scanner, str) else {**SCANNERS["A"], **self.scanner})
         for key in base:

@@ -50,8 +50,6 @@ def parse_source(spec: str) -> DataSpec:
     ------
     ValueError
         for an unknown kind, a phantom count that is not a positive integer, or a folder spec without a folder.
-
-    Taught in ``book/09_real_data.md``.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"empty data spec {spec!r}; use {_FORMS}")

@@ -197,8 +197,6 @@ def hold_out(samples: Sequence[Sample], n: Counts, *, seed: int = 0, by: str = "
     carved from the training patients: ``weak, val = hold_out(parts.weak, 250, seed=0)``.
 
     Returns ``(kept, held_out)``, each in input order; the samples (hidden boxes included) are unchanged.
-
-    Taught in ``book/09_real_data.md``.
     """
     samples = list(samples)
     if not samples:

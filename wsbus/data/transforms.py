@@ -45,10 +45,6 @@ class RandomMarginCrop(v2.Transform):
     ----------
     max_fraction : largest crop per side as a fraction of the image size (reference: 0.05).
     max_cut : largest fraction of a box's width or height that one side's crop may remove (0.25).
-
-    Notes
-    -----
-    Taught in ``book/02_data.md``.
     """
 
     def __init__(self, max_fraction: float = 0.05, max_cut: float = 0.25) -> None:
@@ -85,10 +81,6 @@ class RandomMarginCrop(v2.Transform):
 
 class RandomBrightnessShift(v2.Transform):
     """Add a random ``delta`` in [-max_delta, max_delta] to a float image in [0, 1], then clip (reference: 0.2).
-
-    Notes
-    -----
-    Taught in ``book/02_data.md``.
     """
 
     _transformed_types = (tv_tensors.Image,)
@@ -150,10 +142,6 @@ def train_transforms(*, flip: float = 0.5, degrees: float = 5.0, crop: float = 0
 
 def eval_transforms() -> v2.Compose:
     """No augmentation: convert to a float image in [0, 1].
-
-    Notes
-    -----
-    Taught in ``book/02_data.md``.
     """
     return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
 

@@ -1,6 +1,6 @@
 """Loader for the VOC-style breast-ultrasound folders of the reference code (SNUBH format).
 
-Taught in ``book/09_real_data.md`` (format described in ``book/02_data.md``).
+Taught in ``book/09_real_data.md`` and ``book/02_data.md``.
 
 Layout (the one of github.com/syshin1014/wssdl_bus, ``SNUBH_BUS/``)::
 
@@ -53,10 +53,6 @@ def read_gray(path: PathLike) -> np.ndarray:
     ------
     DataError
         When the file is missing, unreadable, corrupt, multi-page, or not 8-bit; the message names the file.
-
-    Notes
-    -----
-    Taught in ``book/09_real_data.md``.
     """
     path = Path(path)
     if not path.is_file():
@@ -86,10 +82,6 @@ def read_gray(path: PathLike) -> np.ndarray:
 
 def to_gray(image: np.ndarray) -> np.ndarray:
     """``uint8`` luminance (ITU-R 601-2: 0.299 R + 0.587 G + 0.114 B) of an ``H x W x 3(4)`` image; 2-D passes.
-
-    Notes
-    -----
-    Taught in ``book/09_real_data.md``.
     """
     if image.ndim == 2:
         return image

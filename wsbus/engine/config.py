@@ -27,8 +27,6 @@ class TrainerConfig:
     """Every setting of a :class:`wsbus.engine.Trainer` run that is plain data (checkpoints store it; a resumed
     run compares it). See :class:`~wsbus.engine.Trainer` for what each means; the defaults are the reference's
     (Adam, lr 5e-4, weight decay 5e-4, 60k iterations, seed 3, 1 strong + 2 weak images per step).
-
-    Taught in ``book/06_joint_training.md``.
     """
 
     mode: str = "joint"

@@ -26,8 +26,6 @@ logger = logging.getLogger("wsbus.engine")
 
 class Hook:
     """A hook that does nothing; override the methods you need.
-
-    Taught in ``book/06_joint_training.md``.
     """
 
     def before_train(self, trainer: Any) -> None:

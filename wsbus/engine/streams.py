@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..data.dataset import collate
 from ..seeding import derive_seed
 
-__all__ = ["MODES", "MIXINGS", "STREAMS", "check_choice", "step_batches", "stream_positions", "stream_batch", "StreamBatchSampler",
+__all__ = ["MODES", "MIXINGS", "STREAMS", "check_choice", "step_batches", "stream_positions", "stream_batch",
+           "StreamBatchSampler",
            "StreamLoaders"]
 
 #: What supervision a run uses.

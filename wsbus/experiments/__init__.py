@@ -16,7 +16,8 @@ from .recipe import PAPER, PHANTOM, PHANTOM_QUICK, REAL, REAL_QUICK, RECIPES, Re
 from .runner import (METHODS, SUPERVISION, Experiment, check_finding, run_experiment, run_experiments,
                      summarize_experiments)
 
-__all__ = ["Recipe", "PHANTOM", "PHANTOM_QUICK", "REAL", "REAL_QUICK", "PAPER", "RECIPES", "recipe_for", "mil_class_weights",
-           "ExperimentData", "prepare_data", "experiment_seeds", "Experiment", "METHODS", "SUPERVISION",
-           "check_finding", "run_experiment", "run_experiments", "summarize_experiments", "run_demo", "AblationVariant", "AblationResult", "TABLE_II_VARIANTS",
-           "run_ablation", "run_ablations", "summarize_ablations", "checkpoint_split", "self_train_from_checkpoint"]
+__all__ = ["Recipe", "PHANTOM", "PHANTOM_QUICK", "REAL", "REAL_QUICK", "PAPER", "RECIPES", "recipe_for",
+           "mil_class_weights", "ExperimentData", "prepare_data", "experiment_seeds", "Experiment", "METHODS",
+           "SUPERVISION", "check_finding", "run_experiment", "run_experiments", "summarize_experiments", "run_demo",
+           "AblationVariant", "AblationResult", "TABLE_II_VARIANTS", "run_ablation", "run_ablations",
+           "summarize_ablations", "checkpoint_split", "self_train_from_checkpoint"]

@@ -56,8 +56,6 @@ class AblationVariant:
     rule_map : MoI rule map (a :data:`wsbus.mil.RULE_MAPS` name or ``"<benign rule>/<malignant rule>"``).
     alpha : ``"gradual"`` or a constant (the MIL scale factor).
     mixing : ``"combined"`` or ``"alternating"``.
-
-    Taught in ``book/06_joint_training.md``.
     """
 
     key: str
@@ -88,8 +86,6 @@ _BY_KEY = {v.key: v for v in TABLE_II_VARIANTS}
 class AblationResult:
     """What :func:`run_ablation` measured: one :class:`wsbus.evaluate.MethodResult` per variant (Table II order),
     with ``aspect``/``variant`` set and ``p_value`` = McNemar's exact test against the proposed row.
-
-    Taught in ``book/06_joint_training.md``.
     """
 
     rows: List[Any]
@@ -235,8 +231,6 @@ def summarize_ablations(results: Sequence[AblationResult], fmt: Literal["markdow
     which the variant was above / equal to / below the proposed row, and in brackets those where McNemar's test
     found the difference significant at ``alpha``. One run is one draw (a different seed is a different phantom,
     split and initialisation); a difference that does not keep its sign over seeds is not a finding.
-
-    Taught in ``book/06_joint_training.md``.
     """
     results = list(results)
     if not results:
@@ -273,8 +267,6 @@ def run_ablations(seeds: Sequence[int], out_dir: Union[str, os.PathLike, None] =
                   **kwargs: Any) -> List[AblationResult]:
     """:func:`run_ablation` once per seed (outputs in ``out_dir/seed_<s>/``), then ``out_dir/summary.md`` with
     :func:`summarize_ablations`. ``kwargs`` go to :func:`run_ablation`.
-
-    Taught in ``book/06_joint_training.md``.
     """
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):

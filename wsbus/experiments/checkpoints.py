@@ -80,8 +80,6 @@ def self_train_from_checkpoint(checkpoint: PathLike, out_dir: PathLike, *, data:
         when the file is not a wsbus checkpoint.
     ValueError
         when the checkpoint holds no split, the data lack images of the split, or its alpha cannot be rebuilt.
-
-    Taught in ``book/07_self_training.md``.
     """
     source = f"checkpoint {str(checkpoint)!r}"
     ckpt = load_checkpoint(checkpoint, map_location="cpu", require=("model", "config"))

@@ -19,8 +19,6 @@ class ExperimentData:
     ``strong`` are the few boxed training images, ``weak`` the image-labelled ones (their hidden boxes kept for
     measuring only), ``val`` the validation images held out from the training patients (settings are chosen on
     them), ``test`` the test images (scored once). ``samples`` is the whole source.
-
-    Taught in ``book/09_real_data.md``.
     """
 
     source: str
@@ -52,8 +50,6 @@ def prepare_data(source: str, recipe: Recipe, seed: int = 0,
 
     Raises ``ValueError`` with a clear message when the source lacks a class, when more boxed, test or validation
     images are asked for than it has, or when the split leaves no weak image.
-
-    Taught in ``book/09_real_data.md``.
     """
     spec = parse_source(source)
     if samples is None:

@@ -67,8 +67,6 @@ class Recipe:
     self_training_fraction, retrain, per_class : the offline self-training of Table IV
         (:func:`wsbus.self_training.self_train`).
     n_boot : bootstrap resamples of the CIs. panel_images : test images per class in the detection panels.
-
-    Taught in ``book/01_introduction.md``.
     """
 
     # data

@@ -87,8 +87,6 @@ def _method_of(state: Mapping[str, Any]) -> MethodResult:
 
 class Experiment:
     """One seed of the protocol on one split; :meth:`run` trains what is not finished yet and writes the outputs.
-
-    Taught in ``book/09_real_data.md``.
     """
 
     def __init__(self, data: ExperimentData, recipe: Recipe, out_dir: Union[str, os.PathLike], *, seed: int = 0,
@@ -260,7 +258,8 @@ class Experiment:
         atomic_write_text(f"# Table V ({self.data.source})\n\n" + results["table_v"] + note, out / "table_v.md")
         st = self.states.get("joint_self_training", {}).get("extra", {})
         if st.get("table_iv"):
-            atomic_write_text(f"# Table IV ({self.data.source}): self-training\n\n" + st["table_iv"], out / "table_iv.md")
+            atomic_write_text(f"# Table IV ({self.data.source}): self-training\n\n" + st["table_iv"],
+                              out / "table_iv.md")
         histories = {m: History(self.states[m]["history"]) for m in self.methods}
         loss_figure(histories).savefig(out / "loss_curves.png", dpi=110)
         detections = {m: self.states[m]["detections"] for m in self.methods}
@@ -300,8 +299,6 @@ def run_experiment(data: str = "phantom", out_dir: Union[str, os.PathLike] = "ws
     Returns
     -------
     dict : the content of ``results.json``.
-
-    Taught in ``book/09_real_data.md``.
     """
     recipe = recipe if recipe is not None else recipe_for(parse_source(data).kind, quick)
     with cpu_threads(threads):
@@ -319,9 +316,9 @@ def run_experiment(data: str = "phantom", out_dir: Union[str, os.PathLike] = "ws
         p = results["pseudo_box_precision"]
         if p is not None and p.get("overall") is not None:
             moved = next(iter(p["moved"].values()))
+            of_moved = float("nan") if moved["precision"] is None else moved["precision"]
             print(f"pseudo-box precision (IoU > 0.5 with the hidden box): {100 * p['overall']:.1f} % of "
-                  f"{p['n_pseudo_labelled']} weak images, {100 * (float('nan') if moved['precision'] is None else moved['precision']):.1f} % of the "
-                  f"{moved['n']} moved")
+                  f"{p['n_pseudo_labelled']} weak images, {100 * of_moved:.1f} % of the {moved['n']} moved")
     return results
 
 
@@ -357,8 +354,6 @@ def run_experiments(data: str = "phantom", out_dir: Union[str, os.PathLike] = "w
                     seeds: Sequence[int] = (0, 1, 2), **kwargs: Any) -> List[Dict[str, Any]]:
     """:func:`run_experiment` once per seed (outputs in ``out_dir/seed_<s>/``), then ``out_dir/summary.md`` and
     ``out_dir/summary.json`` (:func:`summarize_experiments`). ``kwargs`` go to :func:`run_experiment`.
-
-    Taught in ``book/09_real_data.md``.
     """
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):

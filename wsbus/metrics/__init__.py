@@ -4,6 +4,6 @@
 - :mod:`wsbus.metrics.stats` — bootstrap confidence intervals and paired tests;
 - :mod:`wsbus.metrics.tables` — Table II / IV / V-shaped result tables and ``results.json`` entries.
 
-Import the public names from :mod:`wsbus.evaluate`; this package is where they are written. Taught in
-``book/08_evaluation.md``.
+Import the public names from :mod:`wsbus.evaluate`; this package is where they are written.
+Taught in ``book/08_evaluation.md``.
 """

@@ -419,8 +419,6 @@ def image_scores(detections: Sequence[Mapping[str, Any]],
     numpy.ndarray
         float64 [N, len(classes)]; column j is the highest score of a detection labelled ``classes[j]``
         (0 when the image has none). With the default classes: column 0 benign, column 1 malignant.
-
-    Taught in ``book/08_evaluation.md``.
     """
     preds = _parse_detections(detections)
     classes = [int(c) for c in classes]

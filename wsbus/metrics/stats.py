@@ -186,8 +186,6 @@ class PairedTestResult:
         (:func:`scipy.stats.ttest_rel`); its p-value shrinks as ``n_boot`` grows, see :func:`paired_test`.
     n_a_only, n_b_only : discordant images (A right and B wrong; B right and A wrong).
     mcnemar_pvalue : McNemar's exact test on the per-image outcomes -- the p-value to report.
-
-    Taught in ``book/08_evaluation.md``.
     """
 
     n_images: int

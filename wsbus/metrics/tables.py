@@ -35,8 +35,6 @@ def _fraction(x: Any, what: str) -> float:
 
 def format_percent(x: Optional[float], what: str = "value") -> str:
     """A fraction as a percentage with two decimals: ``0.845 -> "84.50"``; ``None`` / ``nan`` -> ``"-"``.
-
-    Taught in ``book/08_evaluation.md``.
     """
     if x is None:
         return "-"
@@ -46,8 +44,6 @@ def format_percent(x: Optional[float], what: str = "value") -> str:
 
 def format_ci(ci: Optional[Sequence[float]], what: str = "ci") -> str:
     """A CI of fractions as ``"81.00–88.00"`` (percentages, en dash); ``None`` -> ``"-"``.
-
-    Taught in ``book/08_evaluation.md``.
     """
     if ci is None:
         return "-"
@@ -63,8 +59,6 @@ def format_ci(ci: Optional[Sequence[float]], what: str = "ci") -> str:
 
 def format_p_value(p: Optional[float], what: str = "p_value") -> str:
     """``"<0.0001"`` below 1e-4, else four decimals (``"0.0032"``); ``None`` / ``nan`` -> ``"-"``.
-
-    Taught in ``book/08_evaluation.md``.
     """
     if p is None:
         return "-"

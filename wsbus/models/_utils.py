@@ -18,8 +18,6 @@ STRONG_LOSS_KEYS = LOSS_KEYS[:4]
 
 def is_weak_target(target: Mapping[str, Any]) -> bool:
     """True for a weak target (no ``"boxes"``, or ``boxes=None``); it must then carry ``"image_label"``.
-
-    Taught in ``book/06_joint_training.md``.
     """
     return target.get("boxes") is None
 

@@ -28,7 +28,7 @@ def gray_conv(conv: nn.Conv2d) -> nn.Conv2d:
     """A copy of ``conv`` taking one input channel, its filters summed over the input channels.
 
     For an image replicated on all input channels the output is unchanged, which is how ImageNet filters
-    are reused on grayscale ultrasound. Taught in ``book/03_faster_rcnn.md``.
+    are reused on grayscale ultrasound.
     """
     new = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     conv.groups, conv.bias is not None, conv.padding_mode)
@@ -64,8 +64,6 @@ def vgg16_conv5(pretrained: bool = False, frozen_stages: int = 0) -> nn.Module:
     frozen_stages : int
         Number of leading conv blocks (conv1_x, conv2_x, ...) whose weights are frozen. The reference code
         freezes conv1 and conv2 (``trainable=False`` in ``VGGnet_train_bus.py``): ``frozen_stages=2``.
-
-    Taught in ``book/03_faster_rcnn.md``.
     """
     # Only the convolutional part: building torchvision's whole vgg16() would also initialise its 120M-parameter
     # classifier, which detection discards.
@@ -118,8 +116,6 @@ def resnet_c4(depth: int = 50, pretrained: bool = False, frozen_stages: int = 0,
         Normalisation layers. torchvision's convention: ``"frozen_bn"`` with pretrained weights (batch statistics
         of tiny detection batches are unreliable), ``"bn"`` from scratch. ``"gn"`` (GroupNorm, 32 groups) is
         batch-independent and cannot load ImageNet weights.
-
-    Taught in ``book/03_faster_rcnn.md``.
     """
     if depth not in (18, 50):
         raise ValueError(f"resnet depth must be 18 or 50, got {depth}")
@@ -150,8 +146,6 @@ class TinyBackbone(_Features):
     GroupNorm instead of BatchNorm keeps every image's features independent of the other images of its
     mini-batch: a weakly labelled image added to a combined mini-batch changes nothing for the strong images,
     and batches of one image train normally.
-
-    Taught in ``book/03_faster_rcnn.md``.
     """
 
     def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 64), groups: int = 8):
@@ -177,8 +171,6 @@ def build_backbone(name: str, pretrained: bool = False, frozen_stages: Optional[
     ``frozen_stages=None`` freezes conv1–2 of VGG16 / stem+layer1 of ResNets when ``pretrained`` (the reference
     code and torchvision) and nothing when training from scratch (random early filters should learn).
     ``norm=None`` is ``"frozen_bn"`` for pretrained ResNets and ``"bn"`` otherwise; it only applies to ResNets.
-
-    Taught in ``book/03_faster_rcnn.md``.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")

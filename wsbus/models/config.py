@@ -78,8 +78,6 @@ class DetectorConfig:
     frozen_stages, norm : backbone stages not trained (default 2 with pretrained weights, as the reference freezes
         conv1-2) and the ResNets' normalisation (``frozen_bn`` pretrained, ``bn`` from scratch).
     image_mean, image_std : grayscale normalisation (one value each), default :data:`GRAY_STATS`.
-
-    Taught in ``book/03_faster_rcnn.md``.
     """
 
     backbone: str = "vgg16"
@@ -186,8 +184,6 @@ class DetectorConfig:
     def preset(cls, backbone: str = "vgg16", **overrides: Any) -> "DetectorConfig":
         """The preset of ``backbone`` (:data:`PRESETS`) with ``overrides`` applied; an unknown option is a
         ``TypeError`` naming it. ``None`` for ``min_size`` / ``max_size`` keeps the preset's.
-
-        Taught in ``book/03_faster_rcnn.md``.
         """
         if backbone not in _PRESET_FIELDS:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
@@ -200,8 +196,7 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DetectorConfig":
-        """The config stored as ``model.config`` (or in a checkpoint's ``config["model"]``). Taught in
-        ``book/03_faster_rcnn.md``."""
+        """The config stored as ``model.config`` (or in a checkpoint's ``config["model"]``). """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -24,8 +24,6 @@ class WeakSemiRoIHeads(RoIHeads):
     through ``box_roi_pool`` → ``box_head`` → ``box_predictor`` in **one** pass with gradient: the strong rows
     give ``loss_classifier`` and ``loss_box_reg`` (:func:`wsbus.losses.fast_rcnn_loss`), the MoI rows give
     ``loss_mil`` (:func:`wsbus.losses.mil_loss` with ``mil_class_weights`` and ``mil_reduction``).
-
-    Taught in ``book/05_mil_moi.md``.
     """
 
     def __init__(self, *args, rule_map: Union[None, str, RuleMap, Mapping] = None, moi_by: str = "prob",
@@ -41,8 +39,6 @@ class WeakSemiRoIHeads(RoIHeads):
 
     def select_moi(self, weak_logits: list[Tensor], image_labels: Tensor) -> Tensor:
         """MoI index of each weak image within its proposals (no gradient; indices only).
-
-        Taught in ``book/05_mil_moi.md``.
         """
         with torch.no_grad():
             # float32 scores: under autocast the logits are bfloat16/float16, whose rounding would create ties
@@ -58,12 +54,9 @@ class WeakSemiRoIHeads(RoIHeads):
         gradient, on the chosen box only (together with the strong RoIs). The MIL loss depends on the MoI's
         logits alone, so this gives exactly the loss and gradients of scoring all proposals with gradient,
         without storing activations for, or back-propagating RoIAlign through, the proposals that were not
-        chosen (for a 3-image 1 strong + 2 weak tiny batch this is the difference between 1.16x and about 1.0x
-        the time of a torchvision strong step per image; on a GPU it is the memory of 2 x 300 RoIs).
+        chosen (what that saves is measured in ``docs/performance.md``).
 
         ``weak`` gives the position of each weak image in the mini-batch (its feature map).
-
-        Taught in ``book/05_mil_moi.md``.
         """
         n_images = next(iter(features.values())).shape[0]
         candidates: list[Tensor] = [weak_proposals[0].new_zeros((0, 4))] * n_images
@@ -87,9 +80,8 @@ class WeakSemiRoIHeads(RoIHeads):
         """torchvision's post-processing (decode, clip, score threshold, NMS) in float32.
 
         Under ``torch.autocast`` the head's outputs are bfloat16/float16 and torchvision would decode the boxes
-        in that dtype (see :func:`wsbus.models._utils.full_precision`); the detections are float32 whatever the autocast state.
-
-        Taught in ``book/03_faster_rcnn.md``.
+        in that dtype (see :func:`wsbus.models._utils.full_precision`); the detections are float32 whatever the
+        autocast state.
         """
         return super().postprocess_detections(full_precision(class_logits), full_precision(box_regression),
                                               proposals, image_shapes)

@@ -50,8 +50,6 @@ class CachedAnchorGenerator(AnchorGenerator):
 
     def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
         """One ``[A, 4]`` anchor tensor per image (the same cached tensor for every image of the batch).
-
-        Taught in ``book/03_faster_rcnn.md``.
         """
         grid_sizes = tuple(tuple(int(x) for x in fm.shape[-2:]) for fm in feature_maps)
         image_size = tuple(int(x) for x in image_list.tensors.shape[-2:])
@@ -83,8 +81,6 @@ class WeakSemiRPN(RegionProposalNetwork):
     default: weak images are used like test images, only their top proposals are ever scored).
 
     Targets are a list with one dict per image; weak images' dicts have no ``"boxes"``.
-
-    Taught in ``book/04_rpn_loss.md``.
     """
 
     def __init__(self, *args, n_reg: str = "torchvision", lam: Optional[float] = None, beta: float = 1.0 / 9.0,
@@ -101,11 +97,11 @@ class WeakSemiRPN(RegionProposalNetwork):
 
     def pre_nms_top_n(self) -> int:
         """Proposals kept before NMS: training / testing count, or the weak images' count while filtering
-        their proposals. Taught in ``book/04_rpn_loss.md``."""
+        their proposals. """
         return self.weak_pre_nms_top_n if self._weak_phase else super().pre_nms_top_n()
 
     def post_nms_top_n(self) -> int:
-        """Proposals kept after NMS (see :meth:`pre_nms_top_n`). Taught in ``book/04_rpn_loss.md``."""
+        """Proposals kept after NMS (see :meth:`pre_nms_top_n`). """
         return self.weak_post_nms_top_n if self._weak_phase else super().post_nms_top_n()
 
     @contextmanager
@@ -119,8 +115,6 @@ class WeakSemiRPN(RegionProposalNetwork):
     def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
                      regression_targets: list[Tensor], n_reg: Optional[float] = None) -> tuple[Tensor, Tensor]:
         """Sample anchors with torchvision's balanced sampler, then :func:`wsbus.losses.rpn_loss`.
-
-        Taught in ``book/04_rpn_loss.md``.
         """
         pos_masks, neg_masks = self.fg_bg_sampler(labels)
         pos = torch.cat(pos_masks).bool()
@@ -134,8 +128,6 @@ class WeakSemiRPN(RegionProposalNetwork):
         """Proposals for every image (strong: training counts, weak: ``weak_*`` counts, eval: testing counts)
         and, in training, ``loss_objectness`` / ``loss_rpn_box_reg`` from the strong images only (graph-connected
         zeros when there is none).
-
-        Taught in ``book/04_rpn_loss.md``.
         """
         features_list = list(features.values())
         objectness, pred_bbox_deltas = self.head(features_list)

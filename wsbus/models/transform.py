@@ -20,8 +20,6 @@ class GrayscaleRCNNTransform(GeneralizedRCNNTransform):
 
     def normalize(self, image: Tensor) -> Tensor:
         """Average RGB to gray when the model is grayscale, then torchvision's normalisation.
-
-        Taught in ``book/03_faster_rcnn.md``.
         """
         if image.shape[0] == 3 and len(self.image_mean) == 1:
             image = image.mean(dim=0, keepdim=True)
@@ -37,8 +35,7 @@ class GrayscaleRCNNTransform(GeneralizedRCNNTransform):
         return super().normalize(image)
 
     def torch_choice(self, k: list[int]) -> int:
-        """The training size; draws a random number only when there are several. Taught in
-        ``book/03_faster_rcnn.md``."""
+        """The training size; draws a random number only when there are several. """
         if len(k) == 1:
             return k[0]
         return super().torch_choice(k)

@@ -5,8 +5,7 @@ dashed, detections solid with their class and score, and mass-of-interest (MoI) 
 rule. Every function returns a :class:`matplotlib.figure.Figure` that is not registered with pyplot: save it with
 ``fig.savefig(...)`` or let Jupyter display it as a cell's value.
 
-Taught in ``book/08_evaluation.md`` (panels, bootstrap histograms) and ``book/07_self_training.md`` (precision
-against rank).
+Taught in ``book/08_evaluation.md`` and ``book/07_self_training.md``.
 """
 from __future__ import annotations
 
@@ -147,8 +146,6 @@ def draw_boxes(ax: Any, image: Optional[ImageLike], boxes: Any, labels: Any = No
     -----
     Box edges are in continuous pixel coordinates (pixel ``i`` covers ``[i, i + 1]``), which imshow places at
     ``i - 0.5``; boxes are shifted by half a pixel so they sit on the pixels they enclose.
-
-    Taught in ``book/08_evaluation.md``.
     """
     from matplotlib.patches import Rectangle
 
