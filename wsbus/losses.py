@@ -130,6 +130,7 @@ def fast_rcnn_loss(
     labels: Union[Tensor, Sequence[Tensor]],
     regression_targets: Union[Tensor, Sequence[Tensor]],
     beta: float = 1.0 / 9.0,
+    weights: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Fast R-CNN head loss: softmax cross-entropy over the sampled RoIs plus class-specific smooth-L1.
 
@@ -150,6 +151,9 @@ def fast_rcnn_loss(
     regression_targets : Tensor [N, 4] or list of per-image tensors
     beta : float
         Smooth-L1 parameter (torchvision: 1/9).
+    weights : Tensor [N], optional
+        A loss weight per RoI (ours, for RoIs matched to pseudo-boxes: the teacher's confidence). Both sums then
+        weight each RoI's term, still divided by :math:`N`: a weight of 1 everywhere (or None) is the formula above.
 
     Returns
     -------
@@ -167,14 +171,24 @@ def fast_rcnn_loss(
             f"fast_rcnn_loss: expected labels [{n}], regression_targets [{n}, 4] and box_regression "
             f"[{n}, {4 * num_classes}], got {tuple(labels.shape)}, {tuple(regression_targets.shape)} and "
             f"{tuple(box_regression.shape)}")
-    loss_classifier = F.cross_entropy(class_logits, labels)
+    if weights is not None and weights.shape != (n,):
+        raise ValueError(f"fast_rcnn_loss: weights must be [{n}], got {tuple(weights.shape)}")
+    if weights is None:
+        loss_classifier = F.cross_entropy(class_logits, labels)
+    else:
+        ce = F.cross_entropy(class_logits, labels, reduction="none")
+        loss_classifier = _safe_divide((weights.to(ce.dtype) * ce).sum(), _scalar(n, ce))
 
     positive = labels > 0
     per_class = box_regression.reshape(n, num_classes, 4)
     chosen = per_class.gather(1, labels.clamp(min=0).view(n, 1, 1).expand(n, 1, 4)).squeeze(1)
     # Background RoIs are never regressed; their targets may be non-finite (images without boxes).
     diff = torch.where(positive[:, None], chosen - regression_targets, torch.zeros_like(chosen))
-    box_sum = F.smooth_l1_loss(diff, torch.zeros_like(diff), beta=beta, reduction="sum")
+    if weights is None:
+        box_sum = F.smooth_l1_loss(diff, torch.zeros_like(diff), beta=beta, reduction="sum")
+    else:
+        per_roi = F.smooth_l1_loss(diff, torch.zeros_like(diff), beta=beta, reduction="none").sum(dim=1)
+        box_sum = (weights.to(per_roi.dtype) * per_roi).sum()
     loss_box_reg = _safe_divide(box_sum, _scalar(n, box_sum))
     return loss_classifier, loss_box_reg
 

@@ -9,7 +9,7 @@ from .dataset import KINDS, DetectionDataset, check_samples, collate
 from .dedup import assign_duplicate_patients, find_duplicates, label_conflicts
 from .phantom import SCANNERS, PhantomConfig, make_phantom
 from .splits import TABLE_I, Split, hold_out, split, split_table1
-from .transforms import GRAY_MEAN, GRAY_STD, eval_transforms, train_transforms
+from .transforms import GRAY_MEAN, GRAY_STD, eval_transforms, train_transforms, ultrasound_augmentation
 from .voc import load_voc, read_gray
 
 __all__ = [
@@ -18,6 +18,6 @@ __all__ = [
     "make_phantom", "PhantomConfig", "SCANNERS",
     "split", "split_table1", "hold_out", "Split", "TABLE_I",
     "find_duplicates", "label_conflicts", "assign_duplicate_patients",
-    "train_transforms", "eval_transforms", "GRAY_MEAN", "GRAY_STD",
+    "train_transforms", "eval_transforms", "ultrasound_augmentation", "GRAY_MEAN", "GRAY_STD",
     "DetectionDataset", "collate", "check_samples", "KINDS",
 ]

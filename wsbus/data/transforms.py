@@ -140,6 +140,72 @@ def train_transforms(*, flip: float = 0.5, degrees: float = 5.0, crop: float = 0
     ])
 
 
+class RandomSpeckle(v2.Transform):
+    """Multiply a float image in [0, 1] by fresh speckle, ``1 + s * (R - mean(R)) / std(R)`` with ``R`` Rayleigh
+    noise (the statistics of fully developed B-mode speckle) and ``s`` drawn from [0, max_strength]; then clip."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, max_strength: float = 0.25) -> None:
+        super().__init__()
+        if max_strength < 0:
+            raise ValueError(f"max_strength must be >= 0, got {max_strength}")
+        self.max_strength = max_strength
+
+    def make_params(self, flat_inputs: List[Any]) -> Dict[str, Any]:
+        return dict(strength=float(torch.empty(1).uniform_(0.0, self.max_strength)))
+
+    def transform(self, inpt: Any, params: Dict[str, Any]) -> Any:
+        u = torch.rand(inpt.shape, dtype=torch.float32).clamp_(min=1e-7).to(inpt.device)
+        rayleigh = torch.sqrt(-2.0 * torch.log(u))                 # Rayleigh(1): mean sqrt(pi / 2)
+        noise = (rayleigh - 1.2533141) / 0.6551364                 # zero mean, unit variance
+        return tv_tensors.wrap((inpt * (1.0 + params["strength"] * noise)).clamp_(0.0, 1.0), like=inpt)
+
+
+class RandomDepthGain(v2.Transform):
+    """An ultrasound gain change: an overall gain in ``[1 - max_gain, 1 + max_gain]`` times a depth (row) ramp from
+    ``1 - t`` at the top to ``1 + t`` at the bottom, ``t`` in ``[-max_tgc, max_tgc]``, as a different time-gain
+    compensation setting of the scanner would give; then clip."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, max_gain: float = 0.2, max_tgc: float = 0.3) -> None:
+        super().__init__()
+        if max_gain < 0 or max_tgc < 0:
+            raise ValueError(f"max_gain and max_tgc must be >= 0, got {max_gain}, {max_tgc}")
+        self.max_gain, self.max_tgc = max_gain, max_tgc
+
+    def make_params(self, flat_inputs: List[Any]) -> Dict[str, Any]:
+        draws = torch.empty(2).uniform_(-1.0, 1.0)
+        return dict(gain=1.0 + self.max_gain * float(draws[0]), tgc=self.max_tgc * float(draws[1]))
+
+    def transform(self, inpt: Any, params: Dict[str, Any]) -> Any:
+        h = inpt.shape[-2]
+        ramp = torch.linspace(1.0 - params["tgc"], 1.0 + params["tgc"], h, device=inpt.device).reshape(h, 1)
+        return tv_tensors.wrap((inpt * (params["gain"] * ramp)).clamp_(0.0, 1.0), like=inpt)
+
+
+def ultrasound_augmentation(*, speckle: float = 0.25, gain: float = 0.2, tgc: float = 0.3, shift: float = 0.03,
+                            scale: Tuple[float, float] = (0.95, 1.05)) -> v2.Compose:
+    """A strong augmentation suited to B-mode ultrasound (ours, for the student of a mean teacher): fresh speckle
+    (:class:`RandomSpeckle`), gain and depth-dependent gain (:class:`RandomDepthGain`), and a small shift and zoom
+    whose boxes follow (``v2.RandomAffine``); no colour jitter, which has no meaning for a gray B-mode scan.
+
+    Takes and returns ``(float image [C, H, W] in [0, 1], target)`` like :func:`train_transforms`.
+
+    Taught in ``book/07_self_training.md``.
+    """
+    return v2.Compose([
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.RandomAffine(degrees=0.0, translate=(shift, shift), scale=scale, fill={tv_tensors.Image: GRAY_MEAN,
+                                                                                  "others": 0}),
+        v2.ClampBoundingBoxes(),
+        RandomDepthGain(gain, tgc),
+        RandomSpeckle(speckle),
+    ])
+
+
 def eval_transforms() -> v2.Compose:
     """No augmentation: convert to a float image in [0, 1].
     """

@@ -1,10 +1,16 @@
 """What a training run does besides optimising, as hooks the loop calls (detectron2's ``HookBase`` pattern).
 
-The :class:`wsbus.engine.Trainer` calls, for every hook in ``trainer.hooks`` and in that order,
-``before_train(trainer)`` once, ``after_step(trainer, record)`` after every step, ``before_checkpoint(trainer)``
-right before a checkpoint is written, and ``after_train(trainer)`` once at the end (also when a step raised).
-The default hooks are, in this order: :class:`CSVLogger` (``log.csv``), :class:`TensorBoardLogger` (``tb/``),
-:class:`ProgressBar`, :class:`PeriodicCheckpointer` (``last.pt``), then one :class:`CallbackHook` per user callback.
+The :class:`wsbus.engine.Trainer` calls, for every hook in ``trainer.hooks`` and in that order, ``attach(trainer)``
+once when the trainer is built (as detectron2's ``register_hooks``), ``before_train(trainer)`` at the start of every
+``fit``, ``before_forward(trainer, images, targets)`` inside every step right before the
+model's forward (a hook may return changed images and targets: a teacher annotating the weak images, say),
+``after_step(trainer, record)`` after every step, ``before_checkpoint(trainer)`` right before a checkpoint is
+written, and ``after_train(trainer)`` once at the end (also when a step raised). A hook with state of its own (a
+teacher's weights) returns it from ``state_dict()``; checkpoints store it and a resumed run gives it back through
+``load_state_dict(state)``.
+The hooks are, in this order: :class:`CSVLogger` (``log.csv``), :class:`TensorBoardLogger` (``tb/``),
+:class:`ProgressBar`, the trainer's ``hooks=`` (a teacher, say), :class:`PeriodicCheckpointer` (``last.pt``, so a
+checkpoint holds the other hooks' state after the step), then one :class:`CallbackHook` per user callback.
 A hook of your own is any object with these methods (derive from :class:`Hook` and override what you need); each
 receives the :class:`~wsbus.engine.Trainer` itself.
 """
@@ -28,8 +34,17 @@ class Hook:
     """A hook that does nothing; override the methods you need.
     """
 
+    def attach(self, trainer: Any) -> None:
+        """Called once by the :class:`~wsbus.engine.Trainer` that the hook belongs to, when it is built (its model
+        is on its device)."""
+
     def before_train(self, trainer: Any) -> None:
         """Called once, before the first step of :meth:`wsbus.engine.Trainer.fit` (after any resume)."""
+
+    def before_forward(self, trainer: Any, images: List[Any], targets: List[Dict[str, Any]]):
+        """Called in every step, on the step's device and under its seed, right before the forward; returns the
+        ``(images, targets)`` the model gets (by default the ones given)."""
+        return images, targets
 
     def after_step(self, trainer: Any, record: Mapping[str, Any]) -> None:
         """Called after every step with its record (``trainer.step`` is already the number of steps done)."""
@@ -39,6 +54,13 @@ class Hook:
 
     def after_train(self, trainer: Any) -> None:
         """Called once when :meth:`~wsbus.engine.Trainer.fit` ends, normally or by an exception."""
+
+    def state_dict(self) -> Optional[Dict[str, Any]]:
+        """The hook's own state for checkpoints (tensors and plain data), or None when it has none."""
+        return None
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 def _is_last(trainer: Any) -> bool:

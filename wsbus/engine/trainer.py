@@ -147,7 +147,8 @@ class Trainer:
         :func:`wsbus.data.train_transforms`, None for none.
     progress, tensorboard : show a tqdm bar / write TensorBoard events (rank 0 only).
     callbacks : callables ``f(trainer, record)`` run after every step (after any checkpoint of that step).
-    hooks : more :class:`wsbus.engine.hooks.Hook` objects, run after the default ones.
+    hooks : more :class:`wsbus.engine.hooks.Hook` objects (e.g. an :class:`wsbus.engine.EMATeacher`), run after the
+        logging hooks and before the checkpointer, so that their state at a checkpoint is that step's.
     metadata : extra plain data stored under ``checkpoint["config"]["metadata"]`` (the CLI stores the data spec
         and the split there).
     **settings : the fields of :class:`wsbus.engine.TrainerConfig`: ``mode`` (``"strong"`` needs ``strong``,
@@ -212,8 +213,11 @@ class Trainer:
             self.hooks.append(TensorBoardLogger(cfg.log_every))
         if progress:
             self.hooks.append(ProgressBar(cfg.log_every))
-        self.hooks += [PeriodicCheckpointer(cfg.checkpoint_every, cfg.keep_every), *hooks]
+        # Hooks with state (a teacher) update before the checkpoint of a step is written; callbacks run after it.
+        self.hooks += [*hooks, PeriodicCheckpointer(cfg.checkpoint_every, cfg.keep_every)]
         self.hooks += [CallbackHook(fn) for fn in callbacks]
+        for hook in self.hooks:
+            hook.attach(self)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if not self.dist.enabled:
@@ -273,7 +277,13 @@ class Trainer:
             "config": {"model": self.model_config, "trainer": self.settings(), "metadata": self.metadata},
             "rng": get_rng_state(), "streams": self.stream_state(),
             "history": self.history.tail(self.config.history_tail),
+            "hooks": {key: state for key, state in ((self._hook_key(i, h), h.state_dict())
+                                                    for i, h in enumerate(self.hooks)) if state is not None},
         }
+
+    @staticmethod
+    def _hook_key(index: int, hook: Hook) -> str:
+        return f"{index}:{type(hook).__name__}"
 
     def load_state_dict(self, state: Mapping[str, Any], source: str = "state dict") -> None:
         """Restore :meth:`state_dict` output; raises :class:`wsbus.checkpoint.CheckpointError` naming ``source``
@@ -289,6 +299,14 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if state.get("rng"):
             set_rng_state(state["rng"])
+        saved_hooks = state.get("hooks") or {}
+        for i, hook in enumerate(self.hooks):
+            key = self._hook_key(i, hook)
+            if hook.state_dict() is not None or key in saved_hooks:
+                if key not in saved_hooks:
+                    raise CheckpointError(f"cannot resume from {source}: it holds no state of the hook {key} "
+                                          f"(it was written by a run without that hook)")
+                hook.load_state_dict(saved_hooks[key])
         self.step = step
         self.history = History(state.get("history") or [])
 
@@ -362,6 +380,8 @@ class Trainer:
         self.net.train()
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
             torch.manual_seed(derive_seed(self.config.seed, "step", step, self.dist.rank))
+            for hook in self.hooks:
+                images, targets = hook.before_forward(self, images, targets)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.config.amp):
                 terms = self._loss_terms(self.net(images, targets), step)
             total = self.objective(terms, tuple(batches), alpha)

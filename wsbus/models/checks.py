@@ -83,7 +83,10 @@ def check_targets(targets, images: list[Tensor], num_classes: int) -> list[dict[
                 if not 0 <= value < k:
                     raise ValueError(f"{where}: image_label {value} is out of range 0..{k - 1}")
                 label = torch.full((), value, dtype=torch.int64, device=device)  # a fill, not a copy
-            checked.append({"image_label": label})
+            weak = {"image_label": label}
+            if t.get("moi_box") is not None:
+                weak["moi_box"] = _moi_box(t["moi_box"], where).to(device, non_blocking=True)
+            checked.append(weak)
             continue
         if "labels" not in t:
             raise ValueError(f"{where} has 'boxes' but no 'labels' (keys: {sorted(t)})")
@@ -102,10 +105,47 @@ def check_targets(targets, images: list[Tensor], num_classes: int) -> list[dict[
         boxes, labels = boxes.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if boxes.shape[0]:
             flags.append((_bad_labels(labels, k).any() | _bad_boxes(boxes).any()).reshape(1))
-        checked.append({"boxes": boxes, "labels": labels})
+        checked.append({"boxes": boxes, "labels": labels, **_pseudo_extras(t, boxes.shape[0], k, where, device)})
     if flags and bool(torch.cat([f.to(flags[0].device) for f in flags]).any()):
         _raise_bad_target(checked, k)
     return checked
+
+
+def _moi_box(box, where: str) -> Tensor:
+    if not isinstance(box, Tensor) or not box.is_floating_point() or box.numel() != 4:
+        raise ValueError(f"{where}: moi_box must be one float box (4 numbers x1, y1, x2, y2), got {box!r}")
+    box = box.reshape(1, 4)
+    if not bool(torch.isfinite(box).all()) or not (box[0, 2] > box[0, 0] and box[0, 3] > box[0, 1]):
+        raise ValueError(f"{where}: moi_box {box.reshape(-1).tolist()} is degenerate (need finite x1 < x2, y1 < y2)")
+    return box
+
+
+def _pseudo_extras(t: Mapping, n_boxes: int, k: int, where: str, device) -> dict:
+    """The optional keys of a strong target made from pseudo-boxes: ``box_weights`` [K] (>= 0, the loss weight
+    of the RoIs matched to each box), ``ignore_iou`` (proposals overlapping a box by more than this but less
+    than the foreground threshold are ignored, not background) and ``mil`` (also train the MIL loss of the image's
+    mass of interest on its ``image_label``)."""
+    extra = {}
+    if t.get("box_weights") is not None:
+        w = t["box_weights"]
+        if not isinstance(w, Tensor) or not w.is_floating_point() or w.shape != (n_boxes,):
+            raise ValueError(f"{where}: box_weights must be a float tensor [{n_boxes}], got {w!r}")
+        if not bool(torch.isfinite(w).all() & (w >= 0).all()):
+            raise ValueError(f"{where}: box_weights must be finite and >= 0, got {w.tolist()}")
+        extra["box_weights"] = w.to(device, non_blocking=True)
+    if t.get("ignore_iou") is not None:
+        v = float(t["ignore_iou"])
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"{where}: ignore_iou must lie in [0, 1), got {t['ignore_iou']!r}")
+        extra["ignore_iou"] = v
+    if t.get("mil"):
+        if "image_label" not in t:
+            raise ValueError(f"{where}: a target with mil=True needs its image_label")
+        label = int(t["image_label"])
+        if not 0 <= label < k:
+            raise ValueError(f"{where}: image_label {label} is out of range 0..{k - 1}")
+        extra.update(mil=True, image_label=torch.full((), label, dtype=torch.int64, device=device))
+    return extra
 
 
 def _bad_labels(labels: Tensor, num_classes: int) -> Tensor:

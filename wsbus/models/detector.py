@@ -73,8 +73,11 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
     ``model(images, targets) -> dict`` in training mode, with the keys :data:`wsbus.models.LOSS_KEYS`; ``images``
     is a list of float tensors ``[C, H, W]`` in [0, 1] with C = 1 (or 3, averaged to gray); a strong target is
     ``{"boxes": float [K, 4] (x1, y1, x2, y2), "labels": int64 [K] in 1..num_classes-1}`` (K = 0: normal image),
-    a weak target ``{"image_label": int or 0-d tensor}``. ``model(images) -> list[dict(boxes, labels,
-    scores)]`` in eval mode, in input-image coordinates.
+    a weak target ``{"image_label": int or 0-d tensor}`` (optionally with ``"moi_box"`` [4], a mass of interest
+    chosen elsewhere, e.g. by a teacher, which the weak branch then uses instead of choosing its own). A strong
+    target made from pseudo-boxes may carry ``box_weights``, ``ignore_iou`` and ``mil`` (see
+    :class:`wsbus.models.WeakSemiRoIHeads`). ``model(images) -> list[dict(boxes, labels, scores)]`` in eval mode, in
+    input-image coordinates.
 
     Taught in ``book/03_faster_rcnn.md``.
     """
@@ -119,11 +122,12 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
         original_image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         if self.training:
             targets = check_targets(targets, images, self.num_classes)
-            # The transform resizes boxes; weak images have none, so they pass an empty box list through it.
+            # The transform resizes boxes; a weak image passes its given mass of interest (if any) or no box.
             empty = images[0].new_zeros((0, 4))
-            image_list, resized = self.transform(images, [{"boxes": empty} if is_weak_target(t) else t
-                                                          for t in targets])
-            targets = [t if is_weak_target(t) else r for t, r in zip(targets, resized)]
+            image_list, resized = self.transform(images, [{"boxes": t.get("moi_box", empty)} if is_weak_target(t)
+                                                          else t for t in targets])
+            targets = [r if not is_weak_target(t) else {**t, "moi_box": r["boxes"]} if "moi_box" in t else t
+                       for t, r in zip(targets, resized)]
         else:
             image_list, _ = self.transform(images, None)
             targets = None
@@ -137,11 +141,13 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
         return self.transform.postprocess(detections, image_list.image_sizes, original_image_sizes)
 
     # ------------------------------------------------------------------ inspection
-    def proposal_logits(self, images, grad: bool = False) -> list[tuple[Tensor, Tensor]]:
+    def proposal_logits(self, images, grad: bool = False, weak: bool = False) -> list[tuple[Tensor, Tensor]]:
         """RPN proposals and their Fast R-CNN class logits, per image, in input-image coordinates.
 
-        Runs in eval mode (test-time proposal counts; the module's mode is restored afterwards) and without
-        gradient unless ``grad=True``. Returns one ``(proposals [R, 4], logits [R, num_classes])`` pair per image.
+        Runs in eval mode (the module's mode is restored afterwards) and without gradient unless ``grad=True``,
+        with the test-time proposal counts, or with the weak images' counts when ``weak=True`` (the candidates that
+        training chooses a mass of interest among). Returns one ``(proposals [R, 4], logits [R, num_classes])``
+        pair per image.
         """
         images = check_images(images)
         original_image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
@@ -151,7 +157,8 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
             with torch.set_grad_enabled(grad):
                 image_list, _ = self.transform(images, None)
                 features = self.features(image_list.tensors)
-                proposals, _ = self.rpn(image_list, features, None)
+                with self.rpn.weak_counts(weak):
+                    proposals, _ = self.rpn(image_list, features, None)
                 heads = self.roi_heads
                 logits, _ = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals,
                                                                                   image_list.image_sizes)))
@@ -164,7 +171,7 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
         return out
 
     def mass_of_interest(self, images, image_labels=None, rule: Optional[str] = None,
-                         by: Optional[str] = None) -> list[dict[str, Any]]:
+                         by: Optional[str] = None, weak: bool = False) -> list[dict[str, Any]]:
         """The mass of interest each image would be trained on: for the widgets, figures and the book.
 
         Parameters
@@ -176,13 +183,15 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
             One rule of :data:`wsbus.mil.MOI_RULES` for every image (overrides the rule map).
         by : {"prob", "logit"}, optional
             Defaults to the model's ``moi_by``.
+        weak : choose among the weak images' candidates (the ``weak_proposals`` most object-like proposals, as
+            training does) instead of the test-time proposals.
 
         Returns
         -------
         list of dict with ``box`` (Tensor [4], input coordinates), ``index`` (int, into the proposals of
         :meth:`proposal_logits`), ``probs`` (Tensor [num_classes], softmax of the MoI's logits) and ``rule``.
         """
-        pairs = self.proposal_logits(images)
+        pairs = self.proposal_logits(images, weak=weak)
         if rule is not None:
             rules = [rule] * len(pairs)
         elif image_labels is not None:

@@ -6,6 +6,7 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import box_iou
 
 from ..losses import fast_rcnn_loss, mil_loss_unchecked
 from ..mil import MOI_BY, RuleMap, as_rule_map, select_moi_batch
@@ -86,6 +87,27 @@ class WeakSemiRoIHeads(RoIHeads):
         return super().postprocess_detections(full_precision(class_logits), full_precision(box_regression),
                                               proposals, image_shapes)
 
+    def select_training_samples(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]):
+        """torchvision's sampling of the strong images' RoIs; for a target with ``ignore_iou = t`` (made from
+        pseudo-boxes) a proposal that overlaps one of its boxes by IoU in (t, foreground threshold) is ignored rather
+        than labelled background (PCL's rule: a partial overlap with an uncertain box is no evidence of background).
+        """
+        self._ignore_iou = [t.get("ignore_iou") for t in targets]
+        try:
+            return super().select_training_samples(proposals, targets)
+        finally:
+            self._ignore_iou = None
+
+    def assign_targets_to_proposals(self, proposals: list[Tensor], gt_boxes: list[Tensor],
+                                    gt_labels: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """torchvision's matching, then the ignore rule of :meth:`select_training_samples`."""
+        matched, labels = super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
+        for j, threshold in enumerate(getattr(self, "_ignore_iou", None) or ()):
+            if threshold is not None and gt_boxes[j].numel():
+                overlap = box_iou(gt_boxes[j], proposals[j]).amax(dim=0)
+                labels[j] = torch.where((labels[j] == 0) & (overlap > threshold), -1, labels[j])
+        return matched, labels
+
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
                 targets: Optional[list[dict[str, Tensor]]] = None):
         """Eval: torchvision's detections. Training: ``([], {loss_classifier, loss_box_reg, loss_mil})``, see the
@@ -96,21 +118,22 @@ class WeakSemiRoIHeads(RoIHeads):
         if targets is None or len(targets) != len(proposals):
             raise ValueError("RoI heads in training mode need one target per image")
         strong = [i for i, t in enumerate(targets) if not is_weak_target(t)]
-        weak = [i for i, t in enumerate(targets) if is_weak_target(t)]
+        weak = [i for i, t in enumerate(targets) if is_weak_target(t) or t.get("mil")]
 
-        # The RoIs of each image: sampled proposals (strong images), the mass of interest (weak images).
-        rois = list(proposals)
-        labels = regression_targets = image_labels = None
+        # The RoIs of each image: sampled proposals (strong images), then the mass of interest (weak images).
+        parts: list[list[Tensor]] = [[] for _ in proposals]
+        labels = regression_targets = weights = image_labels = None
         if strong:
-            sampled, _, labels, regression_targets = self.select_training_samples(
+            sampled, matched, labels, regression_targets = self.select_training_samples(
                 [proposals[i] for i in strong], [targets[i] for i in strong])
+            weights = self.roi_weights([targets[i] for i in strong], matched, labels)
             for i, p in zip(strong, sampled):
-                rois[i] = p
+                parts[i].append(p)
         if weak:
             image_labels = torch.stack([targets[i]["image_label"] for i in weak]).to(proposals[weak[0]].device)
-            for i, box in zip(weak, self.weak_moi_boxes(features, [proposals[i] for i in weak], image_labels,
-                                                        image_shapes, weak)):
-                rois[i] = box
+            for i, box in zip(weak, self.moi_boxes(features, proposals, targets, image_labels, image_shapes, weak)):
+                parts[i].append(box)
+        rois = [torch.cat(p) if len(p) > 1 else p[0] for p in parts]
 
         # One head pass with gradient over all of them.
         class_logits, box_regression = self.box_predictor(self.box_head(self.box_roi_pool(features, rois,
@@ -120,21 +143,53 @@ class WeakSemiRoIHeads(RoIHeads):
 
         losses = {}
         if strong:
-            losses.update(self.strong_loss(torch.cat([logits[i] for i in strong]),
-                                           torch.cat([regression[i] for i in strong]), labels, regression_targets))
+            n = [len(lab) for lab in labels]
+            losses.update(self.strong_loss(torch.cat([logits[i][:k] for i, k in zip(strong, n)]),
+                                           torch.cat([regression[i][:k] for i, k in zip(strong, n)]), labels,
+                                           regression_targets, weights))
         else:
             losses.update(loss_classifier=zero_like_graph(class_logits), loss_box_reg=zero_like_graph(box_regression))
-        if weak:
-            losses.update(self.weak_loss(torch.cat([logits[i] for i in weak]), image_labels))
+        if weak:  # the mass of interest is each weak image's last RoI
+            losses.update(self.weak_loss(torch.cat([logits[i][-1:] for i in weak]), image_labels))
         else:
             losses.update(loss_mil=zero_like_graph(class_logits))
         return [], losses
 
+    def moi_boxes(self, features: dict[str, Tensor], proposals: list[Tensor], targets: list[dict[str, Tensor]],
+                  image_labels: Tensor, image_shapes: list[tuple[int, int]], weak: list[int]) -> list[Tensor]:
+        """The mass of interest ``[1, 4]`` of each weak image: the target's ``moi_box`` when a teacher chose it,
+        else this head's own choice among the image's proposals (:meth:`weak_moi_boxes`)."""
+        own = [j for j, i in enumerate(weak) if "moi_box" not in targets[i]]
+        chosen: list[Optional[Tensor]] = [targets[i].get("moi_box") for i in weak]
+        if own:
+            picked = self.weak_moi_boxes(features, [proposals[weak[j]] for j in own], image_labels[own]
+                                         if len(own) < len(weak) else image_labels, image_shapes,
+                                         [weak[j] for j in own])
+            for j, box in zip(own, picked):
+                chosen[j] = box
+        return [box.reshape(1, 4).to(proposals[0].dtype) for box in chosen]
+
+    @staticmethod
+    def roi_weights(targets: list[dict[str, Tensor]], matched: list[Tensor],
+                    labels: list[Tensor]) -> Optional[list[Tensor]]:
+        """The loss weight of each sampled RoI: its matched box's ``box_weights`` entry for a positive RoI of a
+        target that has them, 1 otherwise; None when no target has weights (the paper's unweighted loss)."""
+        if not any("box_weights" in t for t in targets):
+            return None
+        out = []
+        for t, m, lab in zip(targets, matched, labels):
+            w = torch.ones(lab.shape, dtype=torch.float32, device=lab.device)
+            if "box_weights" in t and t["box_weights"].numel():
+                w = torch.where(lab > 0, t["box_weights"].float()[m], w)
+            out.append(w)
+        return out
+
     def strong_loss(self, class_logits: Tensor, box_regression: Tensor, labels: list[Tensor],
-                    regression_targets: list[Tensor]) -> dict[str, Tensor]:
+                    regression_targets: list[Tensor], weights: Optional[list[Tensor]] = None) -> dict[str, Tensor]:
         """``loss_classifier`` and ``loss_box_reg`` of the strong images' sampled RoIs
-        (:func:`wsbus.losses.fast_rcnn_loss`)."""
-        loss_classifier, loss_box_reg = fast_rcnn_loss(class_logits, box_regression, labels, regression_targets)
+        (:func:`wsbus.losses.fast_rcnn_loss`, with per-RoI ``weights`` when given)."""
+        loss_classifier, loss_box_reg = fast_rcnn_loss(class_logits, box_regression, labels, regression_targets,
+                                                       weights=None if weights is None else torch.cat(weights))
         return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
 
     def weak_loss(self, moi_logits: Tensor, image_labels: Tensor) -> dict[str, Tensor]:

@@ -105,12 +105,14 @@ class WeakSemiRPN(RegionProposalNetwork):
         return self.weak_post_nms_top_n if self._weak_phase else super().post_nms_top_n()
 
     @contextmanager
-    def _weak(self) -> Iterator[None]:
-        self._weak_phase = True
+    def weak_counts(self, enabled: bool = True) -> Iterator[None]:
+        """Within the block, filter proposals with the weak images' pre/post-NMS counts (when ``enabled``)."""
+        before = self._weak_phase
+        self._weak_phase = bool(enabled) or before
         try:
             yield
         finally:
-            self._weak_phase = False
+            self._weak_phase = before
 
     def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
                      regression_targets: list[Tensor], n_reg: Optional[float] = None) -> tuple[Tensor, Tensor]:
@@ -159,7 +161,7 @@ class WeakSemiRPN(RegionProposalNetwork):
             obj = take_rows(scores.view(num_images, -1), idx).reshape(-1, 1)
             sizes = [images.image_sizes[i] for i in idx]
             if phase:
-                with self._weak():
+                with self.weak_counts():
                     found, _ = self.filter_proposals(props, obj, sizes, num_anchors_per_level)
             else:
                 found, _ = self.filter_proposals(props, obj, sizes, num_anchors_per_level)
