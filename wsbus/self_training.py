@@ -40,10 +40,12 @@ from .engine import Trainer
 from .evaluate import MethodResult, corloc, results_table, to_json_methods
 from .inference import detect
 from .seeding import seeded
+from .teachers import PseudoBoxTeacher
+from .data.transforms import ultrasound_augmentation
 from .viz.detections import plot_precision_vs_rank
 
-__all__ = ["PseudoLabel", "PseudoBoxPrecision", "SelfTrainingResult", "pseudo_label", "reconfigure", "n_moved",
-           "pseudo_box_precision", "self_train"]
+__all__ = ["PseudoLabel", "PseudoBoxPrecision", "SelfTrainingResult", "MeanTeacherSettings", "PROCEDURES",
+           "pseudo_label", "reconfigure", "n_moved", "pseudo_box_precision", "top_class_accuracy", "self_train"]
 
 Device = Union[str, torch.device, None]
 
@@ -339,32 +341,100 @@ def pseudo_box_precision(pseudo: Sequence[Optional[PseudoLabel]], weak: Sequence
 # ---------------------------------------------------------------------------------------------------------
 # The whole loop
 # ---------------------------------------------------------------------------------------------------------
+#: The self-training procedures: the paper's offline one and the online mean teacher (ours).
+PROCEDURES = ("paper", "mean_teacher")
+
+
+@dataclass(frozen=True)
+class MeanTeacherSettings:
+    """The online self-training procedure (ours): a student starts from the joint model and an exponential moving
+    average of it, the teacher, turns the weak images of every step into pseudo-labelled ones
+    (:class:`wsbus.teachers.PseudoBoxTeacher`).
+
+    Attributes
+    ----------
+    decay : the teacher's EMA decay per step.
+    score_thresh : the teacher's detections of the image's class at or above this are pseudo-boxes; when none
+        passes, the most confident one is forced (Omni-DETR's tag filter).
+    max_boxes : pseudo-boxes per image.
+    keep_mil : also keep the MIL loss on pseudo-labelled images.
+    ignore_iou : ignore, instead of labelling background, proposals that overlap a pseudo-box by more than this
+        (PCL's rule); None: background, as for real boxes.
+    weight_by_score : weight the RoIs matched to a pseudo-box by the teacher's confidence.
+    augment : the student sees a strongly augmented view of each pseudo-labelled image
+        (:func:`wsbus.data.ultrasound_augmentation`), the teacher the plain one.
+    evaluate : ``"teacher"`` (the EMA model, as Unbiased Teacher reports) or ``"student"`` is the result.
+
+    Taught in ``book/07_self_training.md``.
+    """
+
+    decay: float = 0.999
+    score_thresh: float = 0.7
+    max_boxes: int = 1
+    keep_mil: bool = False
+    ignore_iou: Optional[float] = None
+    weight_by_score: bool = False
+    augment: bool = False
+    evaluate: str = "teacher"
+
+    def __post_init__(self) -> None:
+        if self.evaluate not in ("teacher", "student"):
+            raise ValueError(f"evaluate must be 'teacher' or 'student', got {self.evaluate!r}")
+
+    def hook(self, initial: nn.Module) -> PseudoBoxTeacher:
+        """The :class:`wsbus.teachers.PseudoBoxTeacher` of these settings, starting from ``initial``."""
+        return PseudoBoxTeacher(self.decay, copy.deepcopy(initial), score_thresh=self.score_thresh,
+                                max_boxes=self.max_boxes, keep_mil=self.keep_mil, ignore_iou=self.ignore_iou,
+                                weight_by_score=self.weight_by_score,
+                                augment=ultrasound_augmentation() if self.augment else None)
+
+
+def top_class_accuracy(detections: Sequence[Mapping[str, torch.Tensor]], samples: Sequence[Sample]) -> float:
+    """The share of benign and malignant images whose most confident detection has the image's class (an image
+    without any detection counts as wrong); ``nan`` without such images."""
+    hits = []
+    for det, s in zip(detections, samples):
+        if s.image_label == 0:
+            continue
+        scores = torch.as_tensor(det["scores"]).reshape(-1)
+        hits.append(bool(scores.numel()) and int(torch.as_tensor(det["labels"]).reshape(-1)[int(scores.argmax())])
+                    == s.image_label)
+    return float(np.mean(hits)) if hits else math.nan
+
+
 @dataclass
 class SelfTrainingResult:
     """What :func:`self_train` produced: Table IV's columns plus everything behind them.
 
     Attributes
     ----------
-    methods : :class:`wsbus.evaluate.MethodResult` per model: ``"initial"`` then ``"retrained_<q>%"``.
-    pseudo : the pseudo-labels of the weak set (aligned with it).
-    precision : :class:`PseudoBoxPrecision`, or ``None`` when the weak set has no hidden boxes.
-    models : the trained models by method name.
-    histories : the training :class:`wsbus.engine.History` by method name (``"initial"`` is absent when an
-        initial model was passed in).
-    detections : test-set detections by method name.
+    methods : :class:`wsbus.evaluate.MethodResult` per model: ``"initial"``, then ``"retrained_<q>%"`` (the paper's
+        procedure; ``..._round<r>`` for later rounds) or ``"mean_teacher"``.
+    pseudo : the pseudo-labels of the weak set (aligned with it) by the model the result ends with (the paper's:
+        by the initial model, from which the first moves were made).
+    precision : :class:`PseudoBoxPrecision` of ``pseudo``, or ``None`` when the weak set has no hidden boxes.
+    class_accuracy : :func:`top_class_accuracy` of that model on the weak set.
+    procedure : ``"paper"`` or ``"mean_teacher"``.
+    models, histories, detections : by method name (``"initial"`` has no history when it was passed in).
     sets : ``(n_strong, n_weak)`` by method name.
     moved : ids of the weak images moved to the strong set, by retrained method name (most confident first).
+    teacher : the mean teacher's pseudo-labelling counts per class (:meth:`wsbus.teachers.PseudoBoxTeacher.summary`).
     seconds : wall-clock seconds spent per method (training + evaluation) and on pseudo-labelling.
+
+    Taught in ``book/07_self_training.md``.
     """
 
     methods: List[Any]
     pseudo: List[Optional[PseudoLabel]]
     precision: Optional[PseudoBoxPrecision]
+    class_accuracy: float = math.nan
+    procedure: str = "paper"
     models: Dict[str, nn.Module] = field(default_factory=dict, repr=False)
     histories: Dict[str, Any] = field(default_factory=dict, repr=False)
     detections: Dict[str, List[Dict[str, torch.Tensor]]] = field(default_factory=dict, repr=False)
     sets: Dict[str, Tuple[int, int]] = field(default_factory=dict)
     moved: Dict[str, List[str]] = field(default_factory=dict)
+    teacher: Optional[Dict[str, Dict[str, int]]] = None
     seconds: Dict[str, float] = field(default_factory=dict)
 
     def table(self, fmt: str = "markdown") -> str:
@@ -372,30 +442,83 @@ class SelfTrainingResult:
         return results_table(self.methods, kind="IV", fmt=fmt)
 
     def to_json(self, fractions: Optional[Sequence[float]] = None) -> Dict[str, Any]:
-        """``{"methods": [...], "pseudo_box_precision": {...} | None}`` in ``results.json``'s format."""
-        qs = fractions if fractions is not None else [float(m.name.split("_")[1].rstrip("%")) / 100
-                                                      for m in self.methods if m.name.startswith("retrained_")]
+        """``{"methods": [...], "procedure", "pseudo_box_precision": {...} | None, "class_accuracy", "teacher"}``
+        in ``results.json``'s format."""
+        qs = fractions if fractions is not None else sorted({float(m.name.split("_")[1].rstrip("%")) / 100
+                                                             for m in self.methods if m.name.startswith("retrained_")})
         prec = None
         if self.precision is not None:
             prec = self.precision.as_dict(qs)
             prec["moved"] = {name: {"n": len(ids), "precision": None if not ids else self.precision.of_ids(ids)}
                              for name, ids in self.moved.items()}
-        return {"methods": to_json_methods(self.methods), "pseudo_box_precision": prec}
+        return {"methods": to_json_methods(self.methods), "procedure": self.procedure,
+                "pseudo_box_precision": prec,
+                "class_accuracy": None if math.isnan(self.class_accuracy) else self.class_accuracy,
+                "teacher": self.teacher}
 
 
-def _method_name(fraction: float) -> str:
-    return f"retrained_{100 * float(fraction):g}%"
+def _method_name(fraction: float, round_: int = 1) -> str:
+    return f"retrained_{100 * float(fraction):g}%" + (f"_round{round_}" if round_ > 1 else "")
+
+
+class _Loop:
+    """The pieces both procedures share: train a model on given sets, evaluate it on the test set."""
+
+    def __init__(self, test, result, device, seed, kwargs, on_step, out_dir, batch_size, n_boot):
+        self.test, self.result, self.device, self.seed = test, result, device, seed
+        self.kwargs, self.on_step, self.out_dir = kwargs, on_step, out_dir
+        self.batch_size, self.n_boot = batch_size, n_boot
+
+    def train(self, name: str, model: nn.Module, s: List[Sample], w: List[Sample], n_steps: int,
+              hooks: Sequence[Any] = ()) -> nn.Module:
+        mode = "joint" if w else "strong"
+        kw = dict(self.kwargs)
+        if mode == "strong":
+            for key in ("alpha", "mixing", "n_weak"):
+                kw.pop(key, None)
+        on_step = self.on_step
+        callbacks = [] if on_step is None else [lambda trainer, record: on_step(name, trainer, record)]
+        run_dir = None if self.out_dir is None else os.path.join(self.out_dir, name.replace("%", "pct"))
+        kw.setdefault("checkpoint_every", max(1, n_steps // 10))
+        trainer = Trainer(model, s, w if w else None, mode=mode, steps=n_steps, seed=self.seed, device=self.device,
+                          callbacks=callbacks, out_dir=run_dir, hooks=list(hooks), **kw)
+        self.result.histories[name] = trainer.fit(resume=run_dir is not None)
+        return trainer.model
+
+    def evaluate(self, name: str, model: nn.Module, n_s: int, n_w: int, started: float) -> None:
+        dets = detect(model, self.test, device=self.device, batch_size=self.batch_size)
+        r = self.result
+        r.methods.append(MethodResult.from_corloc(name, corloc(dets, self.test), n_strong=n_s, n_weak=n_w,
+                                                  n_boot=self.n_boot, seed=0, supervision="Weak & Semi"))
+        r.detections[name], r.models[name], r.sets[name] = dets, model, (n_s, n_w)
+        r.seconds[name] = time.perf_counter() - started
+
+    def label_weak(self, model: nn.Module, weak: List[Sample], score_thresh: float) -> None:
+        """The pseudo-labels, their precision and the top-class accuracy of ``model`` on the weak set."""
+        t0 = time.perf_counter()
+        dets = detect(model, weak, device=self.device, batch_size=self.batch_size)
+        r = self.result
+        r.pseudo = [_best_of_class(s, d, float(score_thresh)) for s, d in zip(weak, dets)]
+        r.precision = pseudo_box_precision(r.pseudo, weak) if all(s.boxes is not None for s in weak) else None
+        r.class_accuracy = top_class_accuracy(dets, weak)
+        r.seconds["pseudo_label"] = r.seconds.get("pseudo_label", 0.0) + time.perf_counter() - t0
 
 
 def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[Sample], *,
                model_factory: Callable[[], nn.Module], initial: Optional[nn.Module] = None,
-               fractions: Sequence[float] = (0.5, 0.75), steps: int = 1000, retrain: str = "scratch",
-               retrain_steps: Optional[int] = None, device: Device = None, batch_size: int = 16,
+               procedure: str = "paper", fractions: Sequence[float] = (0.5, 0.75), steps: int = 1000,
+               retrain: str = "scratch", retrain_steps: Optional[int] = None, rounds: int = 1,
+               mean_teacher: Optional[MeanTeacherSettings] = None, device: Device = None, batch_size: int = 16,
                score_thresh: float = 0.0, per_class: bool = False, seed: int = 3, init_seed: int = 0,
                trainer_kwargs: Optional[Mapping[str, Any]] = None, n_boot: int = 1000,
                progress: bool = True, on_step: Optional[Callable[[str, Any, Dict[str, Any]], None]] = None,
                out_dir: Union[str, "os.PathLike[str]", None] = None) -> SelfTrainingResult:
-    """Self-training as in the paper's Table IV: joint model → pseudo-boxes → retrain for each fraction.
+    """Self-training (Table IV): from a joint model, pseudo-boxes on the weak images, then more training.
+
+    ``procedure="paper"`` is the paper's offline procedure, exactly: rank the weak images by the joint model's most
+    confident detection of their class, move the top fraction with that box to the strong set, retrain (for each
+    fraction; ``rounds`` > 1 repeats it from the retrained model). ``procedure="mean_teacher"`` is ours: the
+    online procedure of :class:`MeanTeacherSettings`, trained for ``retrain_steps`` steps from the joint model.
 
     Parameters
     ----------
@@ -405,11 +528,14 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
         seed (``init_seed``) so the initial and every retrained model start from the same weights.
     initial : an already trained joint model; when ``None`` one is trained with :class:`wsbus.engine.Trainer`
         (``mode="joint"``) for ``steps`` steps.
+    procedure : ``"paper"`` or ``"mean_teacher"`` (:data:`PROCEDURES`).
     fractions : shares of the weak set moved to the strong set (paper: 0.5 and 0.75).
     steps : training steps of the initial model.
     retrain : ``"scratch"`` (the paper: a new model on the reconfigured sets, same initial weights) or
-        ``"finetune"`` (continue from a copy of the initial model).
+        ``"finetune"`` (continue from a copy of the initial model); the mean teacher always continues.
     retrain_steps : steps of each retraining (default ``steps``).
+    rounds : the paper's procedure repeated from each round's retrained model (1: the paper's).
+    mean_teacher : settings of the mean teacher (default :class:`MeanTeacherSettings()`).
     device : ``"cpu"``, ``"cuda"``...; default: the initial model's device, else CPU.
     batch_size, score_thresh : for :func:`pseudo_label` and the test-set detections.
     per_class : move the top fraction of each image label separately (:func:`reconfigure`).
@@ -427,12 +553,14 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
     -------
     :class:`SelfTrainingResult`; ``result.table()`` is Table IV.
 
-    Notes
-    -----
     Taught in ``book/07_self_training.md``.
     """
+    if procedure not in PROCEDURES:
+        raise ValueError(f"procedure must be one of {PROCEDURES}, got {procedure!r}")
     if retrain not in ("scratch", "finetune"):
         raise ValueError(f"retrain must be 'scratch' or 'finetune', got {retrain!r}")
+    if int(rounds) < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds!r}")
     fractions = [float(q) for q in fractions]
     for q in fractions:
         n_moved(1, q)  # validates
@@ -443,65 +571,71 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
         raise ValueError("self-training needs weak images to pseudo-label; the weak set is empty")
     if not any(s.image_label > 0 for s in test):
         raise ValueError("the test set has no benign or malignant image: CorLoc is undefined")
-    retrain_steps = steps if retrain_steps is None else int(retrain_steps)
     kwargs = dict(trainer_kwargs or {})
-    for key in ("mode", "steps", "seed", "device", "callbacks", "out_dir"):
+    for key in ("mode", "steps", "seed", "device", "callbacks", "out_dir", "hooks"):
         if key in kwargs:
             raise ValueError(f"trainer_kwargs must not set {key!r}; self_train sets it")
     kwargs.setdefault("progress", progress)
     kwargs.setdefault("tensorboard", False)
     device = model_device(initial, device) if initial is not None else torch.device(device or "cpu")
-
-    result = SelfTrainingResult(methods=[], pseudo=[], precision=None)
-
-    def train(name: str, model: nn.Module, s: List[Sample], w: List[Sample], n_steps: int):
-        mode = "joint" if w else "strong"
-        kw = dict(kwargs)
-        if mode == "strong":
-            for key in ("alpha", "mixing", "n_weak"):
-                kw.pop(key, None)
-        callbacks = [] if on_step is None else [lambda trainer, record: on_step(name, trainer, record)]
-        run_dir = None if out_dir is None else os.path.join(out_dir, name.replace("%", "pct"))
-        kw.setdefault("checkpoint_every", max(1, n_steps // 10))
-        trainer = Trainer(model, s, w if w else None, mode=mode, steps=n_steps, seed=seed, device=device,
-                          callbacks=callbacks, out_dir=run_dir, **kw)
-        result.histories[name] = trainer.fit(resume=run_dir is not None)
-        return trainer.model
-
-    def evaluate(name: str, model: nn.Module, n_s: int, n_w: int, started: float) -> None:
-        dets = detect(model, test, device=device, batch_size=batch_size)
-        res = corloc(dets, test)
-        result.methods.append(MethodResult.from_corloc(name, res, n_strong=n_s, n_weak=n_w, n_boot=n_boot,
-                                                       seed=0, supervision="Weak & Semi"))
-        result.detections[name] = dets
-        result.models[name] = model
-        result.sets[name] = (n_s, n_w)
-        result.seconds[name] = time.perf_counter() - started
+    result = SelfTrainingResult(methods=[], pseudo=[], precision=None, procedure=procedure)
+    loop = _Loop(test, result, device, seed, kwargs, on_step, out_dir, batch_size, n_boot)
 
     t0 = time.perf_counter()
     if initial is None:
         with seeded(init_seed):
             model = model_factory()
-        initial = train("initial", model, strong, weak, steps)
+        initial = loop.train("initial", model, strong, weak, steps)
     initial.to(device)
-    evaluate("initial", initial, len(strong), len(weak), t0)
-
-    t0 = time.perf_counter()
-    result.pseudo = pseudo_label(initial, weak, device=device, batch_size=batch_size, score_thresh=score_thresh)
-    if all(s.boxes is not None for s in weak):
-        result.precision = pseudo_box_precision(result.pseudo, weak)
-    result.seconds["pseudo_label"] = time.perf_counter() - t0
-
-    for q in fractions:
-        t0 = time.perf_counter()
-        name = _method_name(q)
-        new_strong, new_weak = reconfigure(strong, weak, result.pseudo, q, per_class=per_class)
-        result.moved[name] = [x.id for x in new_strong[len(strong):]]
-        if retrain == "scratch":
-            with seeded(init_seed):
-                model = model_factory()
-        else:
-            model = copy.deepcopy(initial)
-        model = train(name, model, new_strong, new_weak, retrain_steps)
-        evaluate(name, model, len(new_strong), len(new_weak), t0)
+    loop.evaluate("initial", initial, len(strong), len(weak), t0)
+    retrain_steps = steps if retrain_steps is None else int(retrain_steps)
+    if procedure == "mean_teacher":
+        _mean_teacher(loop, initial, strong, weak, retrain_steps, mean_teacher or MeanTeacherSettings(),
+                      score_thresh)
+    else:
+        _paper(loop, initial, strong, weak, fractions, retrain_steps, retrain, int(rounds), per_class, score_thresh,
+               lambda: _fresh(model_factory, init_seed))
     return result
+
+
+def _fresh(model_factory: Callable[[], nn.Module], init_seed: int) -> nn.Module:
+    with seeded(init_seed):
+        return model_factory()
+
+
+def _paper(loop: _Loop, initial: nn.Module, strong: List[Sample], weak: List[Sample], fractions: List[float],
+           steps: int, retrain: str, rounds: int, per_class: bool, score_thresh: float,
+           fresh: Callable[[], nn.Module]) -> None:
+    """The paper's procedure for each fraction (and each round): rank, move the top fraction, retrain."""
+    result = loop.result
+    loop.label_weak(initial, weak, score_thresh)
+    first_pseudo, first_precision = result.pseudo, result.precision
+    for q in fractions:
+        labeller = initial
+        pseudo = first_pseudo
+        for r in range(1, rounds + 1):
+            t0 = time.perf_counter()
+            name = _method_name(q, r)
+            if r > 1:
+                loop.label_weak(labeller, weak, score_thresh)
+                pseudo = result.pseudo
+            new_strong, new_weak = reconfigure(strong, weak, pseudo, q, per_class=per_class)
+            result.moved[name] = [x.id for x in new_strong[len(strong):]]
+            model = fresh() if retrain == "scratch" else copy.deepcopy(labeller)
+            labeller = loop.train(name, model, new_strong, new_weak, steps)
+            loop.evaluate(name, labeller, len(new_strong), len(new_weak), t0)
+    if rounds > 1:  # the precision reported is that of the first moves, made by the initial model
+        result.pseudo, result.precision = first_pseudo, first_precision
+        loop.label_weak(initial, weak, score_thresh)
+
+
+def _mean_teacher(loop: _Loop, initial: nn.Module, strong: List[Sample], weak: List[Sample], steps: int,
+                  settings: MeanTeacherSettings, score_thresh: float) -> None:
+    """Ours: the student continues from the joint model while its EMA teacher pseudo-labels every weak batch."""
+    t0 = time.perf_counter()
+    hook = settings.hook(initial)
+    student = loop.train("mean_teacher", copy.deepcopy(initial), strong, weak, steps, hooks=[hook])
+    final = hook.model if settings.evaluate == "teacher" else student
+    loop.result.teacher = hook.summary()
+    loop.evaluate("mean_teacher", final, len(strong), len(weak), t0)
+    loop.label_weak(final, weak, score_thresh)
