@@ -87,11 +87,16 @@ def boxes_from_mask(mask: np.ndarray, *, min_area: int = 1, where: str = "mask")
         return empty
     cols = np.flatnonzero(foreground.any(axis=0))
     r0, c0 = int(rows[0]), int(cols[0])
-    crop = foreground[r0:int(rows[-1]) + 1, c0:int(cols[-1]) + 1]
+    return _component_boxes(foreground[r0:int(rows[-1]) + 1, c0:int(cols[-1]) + 1], c0, r0, min_area)
+
+
+def _component_boxes(crop: np.ndarray, c0: int, r0: int, min_area: int) -> np.ndarray:
+    """Boxes of the 8-connected components of the boolean ``crop`` (whose first and last rows and columns hold
+    foreground) with at least ``min_area`` pixels, shifted by the crop's offset ``(c0, r0)``."""
     components, count = ndimage.label(crop, structure=_EIGHT)
     if count == 1:  # the usual lesion mask: the one component's box is the crop, its area the foreground's
         if np.count_nonzero(crop) < min_area:
-            return empty
+            return np.zeros((0, 4), dtype=np.float32)
         return np.array([[c0, r0, c0 + crop.shape[1], r0 + crop.shape[0]]], dtype=np.float32)
     areas = np.bincount(components.ravel(), minlength=count + 1)[1:]
     slices = ndimage.find_objects(components, max_label=count)
@@ -128,6 +133,8 @@ def read_mask_boxes(mask_path: PathLike, image_shape: Tuple[int, int], *, min_ar
         _check_mask_size(mask_path, mask.shape, image_shape)
         return boxes_from_mask(mask, min_area=min_area, where=str(mask_path))
     array, (x0, y0) = crop
+    if array.dtype == bool and array.size:  # mode "1": foreground = nonzero, so the crop is its exact extent
+        return _component_boxes(array, x0, y0, min_area)
     boxes = boxes_from_mask(array, min_area=min_area, where=str(mask_path))
     if len(boxes) and (x0 or y0):
         boxes += np.array([x0, y0, x0, y0], dtype=np.float32)  # small integers: exact in float32
