@@ -712,8 +712,9 @@ def froc(detections: Sequence[Mapping[str, Any]], ground_truth: Sequence[Target]
     The lines of ``voc_eval_bus`` followed are ``inds2 = np.argwhere(sorted_scores <= -score_thresh)`` and
     ``if ovmax > ovthresh: bok=True`` (detected), and ``if sorted_scores[d] <= -score_thresh: if ovmax <=
     ovthresh: fp_froc[d] = 1.`` (false positives); those of ``bus.py`` are ``arr_score_thresh = np.arange(1.0,
-    -0.01, -0.05)``, ``curve_pts[i].append((np.float(num_all_fps)/ni, np.float(nok)/ni))`` and the mean of the
-    benign and malignant points for ``curve_pts[0]``.
+    -0.01, -0.05)``, ``curve_pts[i].append((np.float(num_all_fps)/ni,np.float(nok)/ni))`` and the mean of the
+    benign and malignant points for ``curve_pts[0]``. The reference runs its FROC on the test images with a
+    mass (normal test images are a separate run that only counts false positives); pass those to reproduce it.
 
     Deviations, and why:
 
@@ -727,9 +728,9 @@ def froc(detections: Sequence[Mapping[str, Any]], ground_truth: Sequence[Target]
       three decimals in its results file (``'{:.3f}'``): round them before calling to reproduce that.
     - A class without images gives ``nan`` for its curve (the reference divides by zero) and the overall curve
       is then the other class's; a class without any detection gives sensitivity 0 and no false positive (the
-      reference skips the counting then and fails on the undefined ``num_all_fps``). Detections with labels
-      other than 1 and 2 are ignored, as in :func:`corloc`. There are no "difficult" boxes in wsbus (the
-      reference's flags are all 0 for BUS).
+      reference skips the counting then, and its ``return`` fails on the undefined ``ni``, ``nok``,
+      ``num_all_fps``). Detections with labels other than 1 and 2 are ignored, as in :func:`corloc`. wsbus has
+      no "difficult" flag; the reference's FROC and CorLoc counts do not read it either (only its AP does).
 
     Parameters
     ----------
