@@ -85,3 +85,29 @@ def test_bad_input(busbra_root, write_image, breakage, pattern):
 def test_not_a_busbra_folder(tmp_path):
     with pytest.raises(DataError, match="bus_data.csv not found"):
         load_busbra(tmp_path)
+
+
+def test_bilevel_masks_and_writable_images(busbra_root, write_image):
+    """BUS-BRA's masks are 1-bit PNGs (Pillow mode "1"): same boxes as 0/255 ones, including a speck under
+    min_area and a second lesion; the images come back writable, C-contiguous uint8 (torch.from_numpy is silent)."""
+    import warnings
+
+    import torch
+    from PIL import Image
+
+    _, base, _ = busbra_root
+    m = _mask(40, 64, 5, 20, 10, 30) > 0
+    m[30:36, 40:50] = True   # a second lesion
+    m[0, 63] = True          # a speck (1 pixel < min_area 10)
+    m[20, 30] = True         # touches the first lesion's corner diagonally: part of it (8-connectivity)
+    write_image(base / "Masks" / "mask_0001-l.png", m)
+    with Image.open(base / "Masks" / "mask_0001-l.png") as im:
+        assert im.mode == "1"
+    a = load_busbra(base)[0]
+    assert a.boxes.tolist() == [[10, 5, 31, 21], [40, 30, 50, 36]] and a.labels.tolist() == [1, 1]
+    assert load_busbra(base, min_area=1)[0].boxes.tolist() == [[63, 0, 64, 1], [10, 5, 31, 21], [40, 30, 50, 36]]
+    for s in load_busbra(base):
+        assert s.image.dtype == np.uint8 and s.image.flags.c_contiguous and s.image.flags.writeable, s.id
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            torch.from_numpy(s.image)

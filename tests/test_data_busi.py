@@ -2,16 +2,70 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 from torchvision.ops import masks_to_boxes
 
 from wsbus.data import (DataError, Sample, assign_duplicate_patients, boxes_from_mask, find_duplicates,
-                        label_conflicts, load_busi, make_phantom)
+                        label_conflicts, load_busi, make_phantom, read_gray)
+from wsbus.data.busi import read_mask_boxes
 from wsbus.data.dedup import perceptual_hash
+
+
+def boxes_from_mask_reference(mask, *, min_area=1):
+    """The earlier boxes_from_mask, kept verbatim as the reference: scipy labels on the full mask, then
+    torchvision's masks_to_boxes on one dense boolean mask per component, + 1 on the maxima."""
+    mask = np.asarray(mask)
+    peak = float(mask.max()) if mask.size else 0.0
+    if peak <= 0:
+        return np.zeros((0, 4), dtype=np.float32)
+    components, count = ndimage.label(mask > peak / 2, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return np.zeros((0, 4), dtype=np.float32)
+    areas = np.bincount(components.ravel(), minlength=count + 1)[1:]
+    keep = np.flatnonzero(areas >= min_area) + 1
+    if len(keep) == 0:
+        return np.zeros((0, 4), dtype=np.float32)
+    masks = torch.from_numpy(components[None, :, :] == keep[:, None, None])
+    boxes = masks_to_boxes(masks)
+    boxes[:, 2:] += 1
+    return boxes.numpy().astype(np.float32)
+
+
+def assert_same_boxes(new, old, what=""):
+    assert new.dtype == old.dtype == np.float32, what
+    assert new.shape == old.shape, f"{what}: {new.tolist()} != {old.tolist()}"
+    assert new.tobytes() == old.tobytes(), f"{what}: {new.tolist()} != {old.tolist()}"  # bit for bit
+
+
+def random_masks(seed=0, n=60):
+    """Masks with several components: ellipses and rectangles (some touching the border or only diagonally),
+    specks of 1-3 pixels, soft (anti-aliased) edges; as uint8 0/255, 0/1, bool, uint16, int16, float."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        h, w = int(rng.integers(8, 90)), int(rng.integers(8, 90))
+        m = np.zeros((h, w), np.float64)
+        yy, xx = np.mgrid[:h, :w]
+        for _ in range(int(rng.integers(0, 5))):
+            cy, cx = rng.uniform(-5, h + 5), rng.uniform(-5, w + 5)
+            ry, rx = rng.uniform(1, h / 2), rng.uniform(1, w / 2)
+            m = np.maximum(m, np.clip(1.5 - np.hypot((yy - cy) / ry, (xx - cx) / rx), 0, 1))  # soft edge
+        for _ in range(int(rng.integers(0, 4))):  # specks under typical min_area
+            y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+            m[y:y + int(rng.integers(1, 3)), x:x + int(rng.integers(1, 3))] = 1
+        if k % 7 == 0:  # a diagonal chain: one component under 8-connectivity
+            d = np.arange(min(h, w) // 2)
+            m[d, d] = 1
+        u8 = np.rint(m * 255).astype(np.uint8)
+        out += [u8, (u8 > 127).astype(np.uint8), u8 > 127, u8.astype(np.uint16) * 7, u8.astype(np.int16) - 3,
+                m, m.astype(np.float32)]
+    return out
 
 
 def _mask(h, w, rects):
@@ -65,6 +119,85 @@ def test_boxes_from_mask_hand_worked_and_torchvision():
     d[1, 1] = d[2, 2] = 1
     assert boxes_from_mask(d).tolist() == [[1, 1, 3, 3]]
     assert boxes_from_mask(np.zeros((4, 4))).shape == (0, 4)
+
+
+def test_boxes_from_mask_equals_reference_on_random_masks():
+    masks = random_masks()
+    multi = 0
+    for i, m in enumerate(masks):
+        for min_area in (1, 2, 10, 50):
+            old = boxes_from_mask_reference(m, min_area=min_area)
+            assert_same_boxes(boxes_from_mask(m, min_area=min_area), old, f"mask {i} ({m.dtype}), min_area {min_area}")
+            multi += len(old) > 1
+    assert multi > 50  # the masks do exercise several components (not only the one-component shortcut)
+
+
+def test_boxes_from_mask_edge_cases_equal_reference():
+    cases = {
+        "empty": np.zeros((0, 0), np.uint8), "zeros": np.zeros((6, 7), np.uint8),
+        "full": np.full((5, 9), 255, np.uint8), "one pixel": np.pad(np.ones((1, 1), np.uint8), 3),
+        "odd peak": np.array([[0, 3, 4, 7], [0, 0, 0, 4]], np.uint8),  # > 3.5: the 4s and the 7
+        "negative": np.array([[-5, -1], [-2, -9]], np.int16), "nan": np.full((3, 3), np.nan),
+        "border corners": np.pad(np.ones((1, 1), np.uint8), ((0, 4), (0, 4))) + np.pad(np.ones((1, 1), np.uint8),
+                                                                                        ((4, 0), (4, 0))),
+        "diagonal touch": np.eye(6, dtype=np.uint8) * 255, "anti-diagonal": np.fliplr(np.eye(5, dtype=bool)),
+        "checkerboard": (np.indices((9, 11)).sum(0) % 2).astype(np.uint8),
+        "wide int64": np.array([[0, 2 ** 40], [2 ** 39 + 1, 0]], np.int64),
+    }
+    for name, m in cases.items():
+        for min_area in (1, 2, 3):
+            assert_same_boxes(boxes_from_mask(m, min_area=min_area), boxes_from_mask_reference(m, min_area=min_area),
+                              f"{name}, min_area {min_area}")
+    assert boxes_from_mask(cases["checkerboard"]).tolist() == [[0, 0, 11, 9]]  # one 8-connected component
+    with pytest.raises(DataError, match="some.png: a mask must be 2-D"):
+        boxes_from_mask(np.zeros((2, 3, 3)), where="some.png")
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "RGB", "L255soft"])
+def test_read_mask_boxes_equals_reference_on_files(tmp_path, mode):
+    """The Pillow-cropped path (mode "1" and "L" PNGs) and the read_gray path (RGB) give the reference's boxes."""
+    for i, m in enumerate(random_masks(seed=3, n=25)[::7]):  # the 0/255 uint8 masks
+        if mode == "1":
+            im = Image.fromarray(m > 127)
+        elif mode == "RGB":
+            im = Image.fromarray(np.stack([m] * 3, axis=-1))
+        elif mode == "L":
+            im = Image.fromarray(np.where(m > 127, 255, 0).astype(np.uint8))
+        else:  # soft 0..255 edges: the threshold (half the maximum) matters
+            im = Image.fromarray(m)
+        path = tmp_path / f"m{i}.png"
+        im.save(path)
+        assert im.mode == mode[:1] if mode != "RGB" else im.mode == "RGB"
+        for min_area in (1, 10):
+            old = boxes_from_mask_reference(read_gray(path), min_area=min_area)
+            assert_same_boxes(read_mask_boxes(path, m.shape, min_area=min_area), old, f"{path.name} {min_area}")
+
+
+def test_read_mask_boxes_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad_mask.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(DataError, match=r"bad_mask\.png: cannot read image"):
+        read_mask_boxes(bad, (4, 4))
+    with pytest.raises(DataError, match=r"missing\.png: image file not found"):
+        read_mask_boxes(tmp_path / "missing.png", (4, 4))
+    good = tmp_path / "small.png"
+    Image.fromarray(np.zeros((4, 5), bool)).save(good)
+    with pytest.raises(DataError, match=r"small\.png: mask size 5x4 differs from the image size 6x4"):
+        read_mask_boxes(good, (4, 6))
+    assert read_mask_boxes(good, (4, 5)).shape == (0, 4)  # an all-zero mask has no box
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((4, 5), 300, np.uint16)).save(deep)
+    with pytest.raises(DataError, match=r"deep\.png: expected an 8-bit image"):
+        read_mask_boxes(deep, (4, 5))
+
+
+def test_loaded_images_are_writable_contiguous_uint8(busi_root):
+    _, base, _ = busi_root
+    for s in load_busi(base):
+        assert s.image.dtype == np.uint8 and s.image.flags.c_contiguous and s.image.flags.writeable, s.id
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "The given NumPy array is not writable" would fail here
+            torch.from_numpy(s.image)
 
 
 def test_load_busi(busi_root):

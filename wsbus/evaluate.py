@@ -16,10 +16,12 @@ Taught in ``book/08_evaluation.md``.
 from .metrics.detection import (
     MASS_CLASSES,
     CorLocResult,
+    FROCResult,
     average_precision,
     corloc,
     evaluate_detections,
     false_positives_per_normal_image,
+    froc,
     image_auc,
     image_scores,
     sensitivity_specificity,
@@ -44,7 +46,7 @@ from .metrics.tables import (
 )
 
 __all__ = [
-    "MASS_CLASSES", "CorLocResult", "corloc", "average_precision", "image_scores", "image_auc",
+    "MASS_CLASSES", "CorLocResult", "corloc", "FROCResult", "froc", "average_precision", "image_scores", "image_auc",
     "sensitivity_specificity", "false_positives_per_normal_image", "evaluate_detections",
     "PairedTestResult", "bootstrap_ci", "bootstrap_means", "mcnemar_exact", "paired_test", "percentile_interval",
     "MethodResult", "add_p_values", "format_ci", "format_p_value", "format_percent", "render_table", "results_table",

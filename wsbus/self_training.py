@@ -364,8 +364,6 @@ class MeanTeacherSettings:
     augment : the student sees a strongly augmented view of each pseudo-labelled image
         (:func:`wsbus.data.ultrasound_augmentation`), the teacher the plain one.
     evaluate : ``"teacher"`` (the EMA model, as Unbiased Teacher reports) or ``"student"`` is the result.
-
-    Taught in ``book/07_self_training.md``.
     """
 
     decay: float = 0.999
@@ -420,8 +418,6 @@ class SelfTrainingResult:
     moved : ids of the weak images moved to the strong set, by retrained method name (most confident first).
     teacher : the mean teacher's pseudo-labelling counts per class (:meth:`wsbus.teachers.PseudoBoxTeacher.summary`).
     seconds : wall-clock seconds spent per method (training + evaluation) and on pseudo-labelling.
-
-    Taught in ``book/07_self_training.md``.
     """
 
     methods: List[Any]

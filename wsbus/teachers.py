@@ -49,8 +49,6 @@ class MoITeacher(EMATeacher):
     ----------
     decay : EMA decay of the teacher (1: frozen).
     model : the teacher's starting weights (e.g. the strong-only model); default a copy of the student.
-
-    Taught in ``book/05_mil_moi.md``.
     """
 
     @torch.no_grad()
@@ -108,8 +106,6 @@ class PseudoBoxTeacher(EMATeacher):
     ----------
     counts : per class (1 benign, 2 malignant), how many weak images got confident pseudo-boxes (``"confident"``),
         a forced one (``"forced"``) or none and stayed weak (``"none"``), over the run.
-
-    Taught in ``book/07_self_training.md``.
     """
 
     def __init__(self, decay: float = 0.999, model: Optional[nn.Module] = None, *, score_thresh: float = 0.7,

@@ -5,8 +5,7 @@ Whole images are resized to ``size x size`` grayscale; mass crops are cut around
 size`` grid. Label budgets and train/test splits are stratified by class and, when samples carry a ``patient``,
 grouped by patient so that no patient is on both sides.
 
-Taught in ``book/10_autoencoder_pretraining.md``, ``book/12_metric_learning.md`` and
-``book/13_transfer_domain_shift.md``.
+Taught in ``book/10_autoencoder_pretraining.md`` and ``book/12_metric_learning.md`` and ``book/13_transfer_domain_shift.md``.
 """
 from __future__ import annotations
 

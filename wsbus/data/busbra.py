@@ -14,8 +14,9 @@ from the masks, one per connected component (:func:`wsbus.data.busi.boxes_from_m
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
-from typing import List
+from typing import List, Set
 
 import numpy as np
 
@@ -31,6 +32,15 @@ def _busbra_root(root: Path) -> Path:
         if (candidate / "bus_data.csv").is_file():
             return candidate
     raise DataError(f"{root}: bus_data.csv not found here or in {root / 'BUSBRA'}")
+
+
+def _png_names(folder: Path) -> Set[str]:
+    """Names of the regular ``*.png`` files in ``folder`` (empty when it does not exist)."""
+    try:
+        with os.scandir(folder) as entries:
+            return {e.name for e in entries if e.name.endswith(".png") and e.is_file()}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
 
 
 def load_busbra(root: PathLike, *, min_area: int = 10) -> List[Sample]:
@@ -72,6 +82,8 @@ def load_busbra(root: PathLike, *, min_area: int = 10) -> List[Sample]:
         raise DataError(f"{csv_path}: missing column(s) {missing}; found {header}")
     if not rows:
         raise DataError(f"{csv_path}: no rows")
+    # One listing per folder instead of a stat call per file (the same checks and messages).
+    image_files, mask_files = _png_names(base / "Images"), _png_names(base / "Masks")
     samples, seen = [], set()
     for row, line in rows:
         where = f"{csv_path}, line {line}"
@@ -87,11 +99,11 @@ def load_busbra(root: PathLike, *, min_area: int = 10) -> List[Sample]:
         if not row["Case"]:
             raise DataError(f"{where}: empty Case (patient) for {image_id}")
         image_path = base / "Images" / f"{image_id}.png"
-        if not image_path.is_file():
+        if image_path.name not in image_files:
             raise DataError(f"{where}: no image {image_path} for ID {image_id!r}")
         mask_name = ("mask_" + image_id[len("bus_"):]) if image_id.startswith("bus_") else f"mask_{image_id}"
         mask_path = base / "Masks" / f"{mask_name}.png"
-        if not mask_path.is_file():
+        if mask_path.name not in mask_files:
             raise DataError(f"{where}: no mask {mask_path} for ID {image_id!r}")
         image = read_gray(image_path)
         boxes = read_mask_boxes(mask_path, image.shape, min_area=min_area)
@@ -101,7 +113,7 @@ def load_busbra(root: PathLike, *, min_area: int = 10) -> List[Sample]:
         samples.append(Sample(image, boxes, np.full(len(boxes), label, np.int64), label, image_id,
                               f"busbra:{row['Case']}"))
     described = {f"{i}.png" for i in seen}
-    extra = sorted(p.name for p in (base / "Images").glob("*.png") if p.name not in described)
+    extra = sorted(name for name in image_files if name not in described)
     if extra:
         raise DataError(f"{base / 'Images'}: {len(extra)} image(s) not described in {csv_path.name}, "
                         f"e.g. {extra[:3]}")

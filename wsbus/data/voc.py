@@ -47,7 +47,8 @@ def read_gray(path: PathLike) -> np.ndarray:
 
     Returns
     -------
-    ``uint8`` array of shape ``(H, W)``.
+    ``uint8`` array of shape ``(H, W)``, C-contiguous and writable (Pillow's array view of an image is read-only;
+    it is copied then, so that ``torch.from_numpy`` on it is safe and silent).
 
     Raises
     ------
@@ -77,7 +78,10 @@ def read_gray(path: PathLike) -> np.ndarray:
         raise
     except Exception as exc:  # PIL.UnidentifiedImageError, OSError, tifffile.TiffFileError, ValueError, ...
         raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
-    return _to_gray_uint8(array, path)
+    array = _to_gray_uint8(array, path)
+    if not array.flags.writeable:
+        array = array.copy()
+    return array
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

@@ -564,3 +564,230 @@ def evaluate_detections(detections: Sequence[Mapping[str, Any]], ground_truth: S
     if compute_ap:
         out["ap"] = {k: f(v) for k, v in average_precision(dets, gts, iou_thresh=iou_thresh).items()}
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# FROC: sensitivity (CorLoc) against false positives per image, as the reference code's voc_eval_bus counts them
+# --------------------------------------------------------------------------------------------------------------
+REFERENCE_FROC_THRESHOLDS: Tuple[float, ...] = tuple(k / 20 for k in range(20, -1, -1))
+"""The reference's FROC score thresholds 1.0, 0.95, ..., 0.05, 0.0 (``np.arange(1.0, -0.01, -0.05)`` there)."""
+
+FROC_FP_RATES: Tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+"""The usual FROC summary points (false positives per image) for :meth:`FROCResult.sensitivity_at`."""
+
+_FROC_KEYS = ("benign", "malignant", "overall")
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class FROCResult:
+    """Result of :func:`froc`: one curve point per score threshold, per class and overall.
+
+    Attributes
+    ----------
+    thresholds : numpy.ndarray of float64 [T]
+        The score thresholds, from high to low; a detection counts at threshold t when ``score >= t``.
+    sensitivity : dict str -> numpy.ndarray [T]
+        ``"benign"``, ``"malignant"``: per-class CorLoc at each threshold, ``detected / n_images[class]``;
+        ``"overall"``: the mean of the two class curves (the reference's "all" curve). ``nan`` for a class
+        without images.
+    fp_per_image : dict str -> numpy.ndarray [T]
+        ``"benign"``, ``"malignant"``: ``false_positives / n_images[class]`` (the reference's normalisation,
+        by the images *having a mass of that class*); ``"overall"``: the mean of the two.
+    detected : dict str -> numpy.ndarray of int [T]
+        Per class, images of that class whose mass is found (the reference's ``nok``).
+    false_positives : dict str -> numpy.ndarray of int [T]
+        Per class, false-positive detections of that class in all images (the reference's ``num_all_fps``).
+    n_images : dict str -> int
+        ``"benign"``, ``"malignant"`` (images with a ground-truth box of that class, the reference's ``ni``),
+        ``"normal"`` (images without any box) and ``"total"``.
+    iou_thresh, voc_plus_one :
+        The settings used.
+
+    The raw counts allow other normalisations, e.g. false positives per image over the whole test set:
+    ``(r.false_positives["benign"] + r.false_positives["malignant"]) / r.n_images["total"]``.
+    """
+
+    thresholds: np.ndarray
+    sensitivity: Dict[str, np.ndarray]
+    fp_per_image: Dict[str, np.ndarray]
+    detected: Dict[str, np.ndarray]
+    false_positives: Dict[str, np.ndarray]
+    n_images: Dict[str, int]
+    iou_thresh: float
+    voc_plus_one: bool
+
+    def _key(self, which: str) -> str:
+        if which not in _FROC_KEYS:
+            raise KeyError(f"{which!r}; FROC curves are 'overall', 'benign' and 'malignant'")
+        return which
+
+    def sensitivity_at(self, fp_rates: Sequence[float] = FROC_FP_RATES, which: str = "overall") -> np.ndarray:
+        """Sensitivity of curve ``which`` at given false-positive rates (per image).
+
+        For each rate r: the highest sensitivity among the thresholds whose ``fp_per_image <= r`` (the curve
+        as a step function, no interpolation between thresholds), 0 when no threshold is that strict (a
+        threshold above every score has sensitivity 0 and no false positive). ``nan`` for a class without
+        images. The reference code reports the curve points only (``froc_curve_pts``), not such a summary;
+        the default rates 1/8 ... 8 are the customary ones (the mean over them is the CPM score).
+
+        Returns
+        -------
+        numpy.ndarray of float64, one value per rate.
+        """
+        key = self._key(which)
+        rates = np.asarray(fp_rates, dtype=np.float64).reshape(-1)
+        if rates.size == 0 or not np.all(np.isfinite(rates)) or np.any(rates < 0):
+            raise ValueError(f"fp_rates must be finite, non-negative numbers, got {list(fp_rates)!r}")
+        sens, fp = self.sensitivity[key], self.fp_per_image[key]
+        if np.all(np.isnan(sens)):
+            return np.full(rates.shape, math.nan)
+        return np.array([float(np.max(sens[fp <= r], initial=0.0)) for r in rates])
+
+    def as_dict(self) -> Dict[str, Any]:
+        """JSON-friendly data: lists of floats (``None`` for ``nan``) and ints, and the settings."""
+        def floats(a: np.ndarray) -> List[Optional[float]]:
+            return [None if math.isnan(x) else float(x) for x in a.tolist()]
+        return {"thresholds": [float(t) for t in self.thresholds],
+                "sensitivity": {k: floats(v) for k, v in self.sensitivity.items()},
+                "fp_per_image": {k: floats(v) for k, v in self.fp_per_image.items()},
+                "detected": {k: [int(x) for x in v] for k, v in self.detected.items()},
+                "false_positives": {k: [int(x) for x in v] for k, v in self.false_positives.items()},
+                "n_images": dict(self.n_images), "iou_thresh": self.iou_thresh, "voc_plus_one": self.voc_plus_one}
+
+    def __repr__(self) -> str:
+        n = self.n_images
+        return (f"FROCResult({len(self.thresholds)} thresholds {self.thresholds[0]:g}..{self.thresholds[-1]:g}; "
+                f"benign n={n['benign']}, malignant n={n['malignant']}, normal n={n['normal']}; "
+                f"IoU > {self.iou_thresh:g}{', VOC +1' if self.voc_plus_one else ''})")
+
+
+def _froc_thresholds(thresholds: Optional[Sequence[float]]) -> np.ndarray:
+    if thresholds is None:
+        return np.array(REFERENCE_FROC_THRESHOLDS, dtype=np.float64)
+    if isinstance(thresholds, (str, bytes)):
+        raise TypeError(f"thresholds must be a sequence of numbers, got {thresholds!r}")
+    try:
+        t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"thresholds must be a sequence of numbers, got {thresholds!r}") from None
+    if t.size == 0:
+        raise ValueError("thresholds is empty; give at least one score threshold (or None for the reference's)")
+    if not np.all(np.isfinite(t)) or np.any((t < 0) | (t > 1)):
+        raise ValueError(f"thresholds must lie in [0, 1], got {t.tolist()}")
+    return np.unique(t)[::-1].copy()
+
+
+def froc(detections: Sequence[Mapping[str, Any]], ground_truth: Sequence[Target],
+         thresholds: Optional[Sequence[float]] = None, iou_thresh: float = 0.5,
+         voc_plus_one: bool = False) -> FROCResult:
+    """FROC curves: sensitivity (CorLoc) against false positives per image, per class and overall.
+
+    Counted as the reference code's ``voc_eval_bus`` counts them (``code/lib/datasets/voc_eval_bus.py`` of the
+    authors' repository), one call there per class and threshold, and normalised and averaged as its caller
+    ``bus._do_python_eval`` (``code/lib/datasets/bus.py``) does. For each class c (1 benign, 2 malignant) and
+    each threshold t, with only the detections of class c with ``score >= t``:
+
+    - **detected** (the reference's ``nok``): images having a ground-truth box of class c in which some such
+      detection has IoU > ``iou_thresh`` with a ground-truth box of class c -- exactly :func:`corloc`'s
+      per-class outcome at ``score_thresh = t``;
+    - **false positives** (``num_all_fps``, summed from ``fp_froc``): such detections whose best IoU with the
+      ground-truth boxes *of class c in their image* is ``<= iou_thresh``, in every image. So a detection in a
+      normal image, or a benign detection on a malignant mass, is a false positive, while a second detection of
+      an already-found mass (a duplicate) is **not** (``fp_froc`` looks at the overlap only, not at the
+      ``R['det']`` flags that make duplicates false positives for AP); a duplicate adds nothing to
+      sensitivity either;
+    - **sensitivity** ``= detected / n_c`` and **fp_per_image** ``= false_positives / n_c``, where ``n_c`` is
+      the number of images with a ground-truth box of class c (``ni``): both are divided by the images *of
+      that class*, as the reference does, not by all test images (normal images add false positives but
+      no images to ``n_c``);
+    - the **overall** curve is the point-wise mean of the two class curves, as the reference's "all" curve
+      (``curve_pts[0]``), not a pooled count.
+
+    The lines of ``voc_eval_bus`` followed are ``inds2 = np.argwhere(sorted_scores <= -score_thresh)`` and
+    ``if ovmax > ovthresh: bok=True`` (detected), and ``if sorted_scores[d] <= -score_thresh: if ovmax <=
+    ovthresh: fp_froc[d] = 1.`` (false positives); those of ``bus.py`` are ``arr_score_thresh = np.arange(1.0,
+    -0.01, -0.05)``, ``curve_pts[i].append((np.float(num_all_fps)/ni,np.float(nok)/ni))`` and the mean of the
+    benign and malignant points for ``curve_pts[0]``. The reference runs its FROC on the test images with a
+    mass (normal test images are a separate run that only counts false positives); pass those to reproduce it.
+
+    Deviations, and why:
+
+    - IoU: ``voc_plus_one=False`` (the default, as in :func:`corloc`) uses torchvision's ``box_iou`` on wsbus's
+      pixel-edge boxes (``x2`` = last pixel + 1), which is the quantity the reference computes with its ``+ 1.``
+      on inclusive VOC pixel indices; ``voc_plus_one=True`` applies the ``+ 1`` to the boxes as given, as the
+      reference does to its own.
+    - Thresholds: the default is exactly ``k / 20``, k = 20 ... 0; the reference's ``np.arange`` values lie up to
+      1e-15 below these, which changes nothing for its scores, written with three decimals. Scores are compared
+      in their own dtype (``scores >= t`` in torch, as :func:`corloc` does); the reference first rounds them to
+      three decimals in its results file (``'{:.3f}'``): round them before calling to reproduce that.
+    - A class without images gives ``nan`` for its curve (the reference divides by zero) and the overall curve
+      is then the other class's; a class without any detection gives sensitivity 0 and no false positive (the
+      reference skips the counting then, and its ``return`` fails on the undefined ``ni``, ``nok``,
+      ``num_all_fps``). Detections with labels other than 1 and 2 are ignored, as in :func:`corloc`. wsbus has
+      no "difficult" flag; the reference's FROC and CorLoc counts do not read it either (only its AP does).
+
+    Parameters
+    ----------
+    detections : list of dict(boxes [D, 4], labels [D], scores [D])
+        One dict per test image, torchvision's output format; any device.
+    ground_truth : list of dict(boxes [K, 4], labels [K]) or :class:`wsbus.data.Sample`
+        Same images, same order; K = 0 for a normal image.
+    thresholds : sequence of float in [0, 1], optional
+        Score thresholds (sorted from high to low, duplicates dropped); default
+        :data:`REFERENCE_FROC_THRESHOLDS` (1.0, 0.95, ..., 0.0).
+    iou_thresh : float
+        A detection hits a mass when IoU > ``iou_thresh`` (strictly), and is a false positive otherwise.
+    voc_plus_one : bool
+        The reference's ``+ 1`` pixel convention for the IoU (see above).
+
+    Returns
+    -------
+    FROCResult
+        ``.thresholds``, ``.sensitivity[key]``, ``.fp_per_image[key]`` for key ``"benign"``, ``"malignant"``,
+        ``"overall"``, the counts behind them, ``.n_images``, ``.sensitivity_at(rates)`` and ``.as_dict()``.
+    """
+    iou_thresh = _check_thresh(iou_thresh, "iou_thresh")
+    thr = _froc_thresholds(thresholds)
+    preds, truths = _parse_pair(detections, ground_truth)
+    n_t = thr.size
+    detected = {c: np.zeros(n_t, dtype=np.int64) for c in MASS_CLASSES}
+    false_pos = {c: np.zeros(n_t, dtype=np.int64) for c in MASS_CLASSES}
+    n_class = {c: 0 for c in MASS_CLASSES}
+    for p, t in zip(preds, truths):
+        boxes, labels, scores = p.boxes.cpu(), p.labels.cpu(), p.scores.cpu()
+        gt_boxes, gt_labels = t.boxes.cpu(), t.labels.cpu()
+        # torch compares a tensor with a Python float in the tensor's dtype: cast the thresholds the same way
+        thr_t = torch.as_tensor(thr, dtype=scores.dtype)
+        for c in MASS_CLASSES:
+            gt = gt_boxes[gt_labels == c]
+            if gt.shape[0]:
+                n_class[c] += 1
+            own = labels == c
+            if not bool(own.any()):
+                continue
+            det, s = boxes[own], scores[own]
+            if gt.shape[0]:
+                hit = _iou(det, gt, voc_plus_one).max(dim=1).values > iou_thresh   # ovmax > ovthresh
+            else:
+                hit = torch.zeros(det.shape[0], dtype=torch.bool)                   # ovmax = -inf
+            counted = s[:, None] >= thr_t[None, :]                                  # [D, T]: score >= t
+            false_pos[c] += (counted & ~hit[:, None]).sum(dim=0).numpy()
+            if gt.shape[0]:
+                detected[c] += (counted & hit[:, None]).any(dim=0).numpy()
+    names = {c: CLASSES[c] for c in MASS_CLASSES}
+    sensitivity: Dict[str, np.ndarray] = {}
+    fp_per_image: Dict[str, np.ndarray] = {}
+    for c in MASS_CLASSES:
+        n = n_class[c]
+        sensitivity[names[c]] = detected[c] / n if n else np.full(n_t, math.nan)
+        fp_per_image[names[c]] = false_pos[c] / n if n else np.full(n_t, math.nan)
+    present = [names[c] for c in MASS_CLASSES if n_class[c]]
+    for out in (sensitivity, fp_per_image):
+        out["overall"] = (np.mean([out[k] for k in present], axis=0) if present else np.full(n_t, math.nan))
+    n_normal = sum(1 for t in truths if t.labels.numel() == 0)
+    return FROCResult(
+        thresholds=thr, sensitivity=sensitivity, fp_per_image=fp_per_image,
+        detected={names[c]: detected[c] for c in MASS_CLASSES},
+        false_positives={names[c]: false_pos[c] for c in MASS_CLASSES},
+        n_images={names[1]: n_class[1], names[2]: n_class[2], "normal": n_normal, "total": len(truths)},
+        iou_thresh=iou_thresh, voc_plus_one=bool(voc_plus_one))

@@ -450,3 +450,70 @@ def plot_bootstrap(per_image: Mapping[str, Any], n_boot: int = 1000, level: floa
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# FROC curves
+# --------------------------------------------------------------------------------------------------------------
+_FROC_STYLE = {"benign": (CLASS_COLORS[1], "-"), "malignant": (CLASS_COLORS[2], "-"), "overall": ("#000000", "--")}
+
+
+def plot_froc(result: Any, ax: Any = None, fp_rates: Optional[Sequence[float]] = None) -> Any:
+    """FROC curves of a :class:`wsbus.evaluate.FROCResult`: sensitivity against false positives per image.
+
+    One curve per class (benign green, malignant red, as the boxes elsewhere) and the overall curve (black,
+    dashed), each through its points from the highest threshold to the lowest; the legend gives the images
+    behind each class. The false-positive axis is logarithmic, as usual for FROC curves; points with no false
+    positive (which a log axis cannot show) are drawn at the left edge, a decade below the smallest positive
+    rate, with open markers. A class without images is left out.
+
+    Parameters
+    ----------
+    result : :class:`wsbus.evaluate.FROCResult` (from :func:`wsbus.evaluate.froc`).
+    ax : matplotlib Axes to draw into; a new figure is made when ``None``.
+    fp_rates : optional false-positive rates to mark with vertical dotted lines (e.g. ``FROC_FP_RATES``).
+
+    Returns
+    -------
+    matplotlib Figure (the one holding ``ax`` when given).
+    """
+    from ..metrics.detection import FROCResult
+
+    if not isinstance(result, FROCResult):
+        raise TypeError(f"plot_froc needs a FROCResult (from wsbus.evaluate.froc), got {type(result).__name__}")
+    own = ax is None
+    if own:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(5.6, 4.2))
+        ax = fig.subplots()
+    else:
+        fig = ax.figure
+    keys = [k for k in ("benign", "malignant", "overall") if not np.all(np.isnan(result.sensitivity[k]))]
+    positive = [result.fp_per_image[k][result.fp_per_image[k] > 0] for k in keys]
+    positive = np.concatenate(positive) if positive else np.zeros(0)
+    floor = float(positive.min()) / 10 if positive.size else 0.01
+    for key in keys:
+        color, style = _FROC_STYLE[key]
+        fp = np.where(result.fp_per_image[key] > 0, result.fp_per_image[key], floor)
+        sens = 100 * result.sensitivity[key]
+        label = "overall (mean of the classes)" if key == "overall" else f"{key} (n={result.n_images[key]})"
+        ax.plot(fp, sens, style, color=color, linewidth=1.8, marker="o", markersize=3.5, label=label)
+        zero = result.fp_per_image[key] == 0
+        if zero.any():
+            ax.plot(fp[zero], sens[zero], "o", markersize=5, markerfacecolor="white", color=color)
+    for r in fp_rates or ():
+        ax.axvline(float(r), color="#7f7f7f", linestyle=":", linewidth=0.8)
+    ax.set_xscale("log")
+    any_zero = any(bool(np.any(result.fp_per_image[k] == 0)) for k in keys)
+    ax.set_xlabel("false positives per image" + (" (open markers: no false positive)" if any_zero else ""))
+    ax.set_ylabel("sensitivity (CorLoc) [%]")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(f"FROC, IoU > {result.iou_thresh:g}, score thresholds "
+                 f"{result.thresholds[0]:g} to {result.thresholds[-1]:g}", fontsize=9)
+    if keys:
+        ax.legend(fontsize=8, loc="upper left")
+    if own:
+        fig.tight_layout()
+    return fig
