@@ -315,3 +315,33 @@ def test_retrain_finetune_starts_from_the_initial_model():
     # model is the factory's fresh initialisation
     assert all(torch.allclose(tuned[k].float(), before[k].float(), atol=1e-6) for k in before)
     assert not all(torch.allclose(fresh[k].float(), before[k].float(), atol=1e-6) for k in before)
+
+
+def test_mean_teacher_procedure_and_paper_rounds_end_to_end():
+    from wsbus.data.phantom import make_phantom
+    from wsbus.models import build_detector
+    from wsbus.self_training import MeanTeacherSettings
+
+    torch.set_num_threads(1)
+    data = make_phantom(14, seed=5, size=64, proportions=(0.0, 0.5, 0.5))
+    strong, weak, test = data[:3], data[3:11], data[11:]
+
+    def factory():
+        return build_detector("tiny", min_size=64, max_size=64)
+
+    kw = dict(model_factory=factory, steps=2, device="cpu", progress=False, n_boot=50,
+              trainer_kwargs=dict(n_strong=1, n_weak=1))
+    mt = self_train(strong, weak, test, procedure="mean_teacher",
+                    mean_teacher=MeanTeacherSettings(decay=0.9, score_thresh=0.0, keep_mil=True), **kw)
+    assert [m.name for m in mt.methods] == ["initial", "mean_teacher"] and mt.procedure == "mean_teacher"
+    assert len(mt.histories["mean_teacher"]) == 2 and mt.sets["mean_teacher"] == (3, 8)
+    assert sum(sum(c.values()) for c in mt.teacher.values()) == 2     # 2 steps x 1 weak image annotated
+    assert 0.0 <= mt.class_accuracy <= 1.0 and len(mt.pseudo) == len(weak)
+    js = mt.to_json()
+    assert js["procedure"] == "mean_teacher" and js["pseudo_box_precision"]["n_weak"] == len(weak)
+    rounds = self_train(strong, weak, test, procedure="paper", fractions=(0.5,), rounds=2, **kw)
+    assert [m.name for m in rounds.methods] == ["initial", "retrained_50%", "retrained_50%_round2"]
+    with pytest.raises(ValueError, match="procedure"):
+        self_train(strong, weak, test, procedure="online", **kw)
+    with pytest.raises(ValueError, match="rounds"):
+        self_train(strong, weak, test, rounds=0, **kw)

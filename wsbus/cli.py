@@ -174,6 +174,9 @@ def _experiment_parser(sub) -> None:
     x.add_argument("--n-test", type=_positive_int, default=None, help="test images")
     x.add_argument("--n-val", type=_non_negative_int, default=None,
                    help="validation images held out from the training patients")
+    x.add_argument("--self-training", choices=("paper", "mean_teacher"), default=None,
+                   help="the self-training procedure: the paper's offline one or the mean teacher (ours); default: "
+                        "the recipe's")
     x.add_argument("--evaluate-on", choices=("test", "val"), default="test",
                    help="score the test set (default; report it once) or the validation set (choosing settings)")
     x.add_argument("--seed", type=int, default=0, help="split, initial weights and data order (default 0)")
@@ -456,7 +459,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from .data.sources import parse_source
     from .experiments import METHODS, run_experiment, run_experiments
 
-    recipe = _recipe(args, parse_source(args.data).kind, n_test=args.n_test, n_val=args.n_val)
+    recipe = _recipe(args, parse_source(args.data).kind, n_test=args.n_test, n_val=args.n_val,
+                     self_training=args.self_training)
     if args.n_strong is not None:
         recipe = recipe.replace(n_strong=args.n_strong, strong_fraction=None)
     kwargs = dict(recipe=recipe, methods=args.methods or METHODS, device=args.device, threads=args.threads,

@@ -6,10 +6,11 @@ from typing import Any, List, Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..evaluate import froc
 from ..models import STRONG_LOSS_KEYS
-from ..viz.detections import detection_panels
+from ..viz.detections import detection_panels, plot_froc
 
-__all__ = ["moving_average", "loss_figure", "panel_indices", "panels_figure"]
+__all__ = ["moving_average", "loss_figure", "panel_indices", "panels_figure", "froc_figure"]
 
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 
@@ -71,3 +72,14 @@ def panels_figure(test: Sequence[Any], detections: Mapping[str, Sequence[Mapping
             dets.append(d[i])
             titles.append(f"{name}\n{test[i].id}")
     return detection_panels(images, images, dets, ncols=len(idx), titles=titles, ax_size=2.4)
+
+
+def froc_figure(samples: Sequence[Any], detections: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
+    """One FROC panel (:func:`wsbus.viz.detections.plot_froc`) per method, side by side, on the same images."""
+    fig = Figure(figsize=(4.2 * len(detections), 3.8))
+    axes = fig.subplots(1, len(detections), squeeze=False)[0]
+    for ax, (name, dets) in zip(axes, detections.items()):
+        plot_froc(froc(dets, samples), ax=ax)
+        ax.set_title(name, fontsize=9)
+    fig.tight_layout()
+    return fig

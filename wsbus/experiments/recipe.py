@@ -64,8 +64,11 @@ class Recipe:
     alpha_stretch : the gradual alpha climbs the reference's 30 stairs over ``alpha_stretch * steps`` steps, so it
         ends a run at ``1 - 0.99 * 0.9^floor(30 / alpha_stretch)`` (1: the plain scaling of the paper's schedule).
     mixing : ``"combined"`` (the paper) or ``"alternating"`` mini-batches.
-    self_training_fraction, retrain, per_class : the offline self-training of Table IV
-        (:func:`wsbus.self_training.self_train`).
+    self_training : the self-training procedure of ``joint_self_training``: ``"paper"`` (offline: rank, move the
+        top ``self_training_fraction``, retrain; ``retrain``, ``per_class``, ``self_training_rounds``) or
+        ``"mean_teacher"`` (ours, online; its settings in ``mean_teacher``, a
+        :class:`wsbus.self_training.MeanTeacherSettings` as a mapping), see :func:`wsbus.self_training.self_train`.
+    self_training_steps : steps of the retraining (default ``steps``).
     n_boot : bootstrap resamples of the CIs. panel_images : test images per class in the detection panels.
     """
 
@@ -94,9 +97,13 @@ class Recipe:
     alpha_stretch: float = 4.0
     mixing: str = "combined"
     # self-training
+    self_training: str = "paper"
     self_training_fraction: float = 0.5
     retrain: str = "scratch"
     per_class: bool = True
+    self_training_rounds: int = 1
+    self_training_steps: Optional[int] = None
+    mean_teacher: Mapping[str, Any] = field(default_factory=dict)
     # evaluation
     n_boot: int = 1000
     panel_images: int = 2
@@ -104,6 +111,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if (self.n_strong is None) == (self.strong_fraction is None):
             raise ValueError("a recipe gives n_strong or strong_fraction (one of them)")
+        if self.self_training not in ("paper", "mean_teacher"):
+            raise ValueError(f"self_training must be 'paper' or 'mean_teacher', got {self.self_training!r}")
         if not self.alpha_stretch > 0:
             raise ValueError(f"alpha_stretch must be > 0, got {self.alpha_stretch!r}")
         for name in ("steps", "batch_strong", "batch_weak", "size", "n_boot"):
@@ -117,7 +126,7 @@ class Recipe:
     def as_dict(self) -> Dict[str, Any]:
         """Plain data (for ``results.json``)."""
         d = dataclasses.asdict(self)
-        for key in ("phantom", "detector"):
+        for key in ("phantom", "detector", "mean_teacher"):
             d[key] = dict(getattr(self, key))
         for key in ("n_test", "n_val", "n_strong"):
             if isinstance(d[key], Mapping):

@@ -16,7 +16,7 @@ interrupted experiment, started again with the same arguments, skips the finishe
 unfinished one from its last checkpoint (bit for bit on CPU). Outputs: ``results.json`` (design §11's schema plus
 CIs, McNemar p-values against ``joint``, the bootstrap t-test, the finding's checks, pseudo-box precision, FROC
 and timings), ``table_v.md``, ``table_iv.md``, ``detections.png``, ``loss_curves.png`` and
-``precision_vs_rank.png``.
+``precision_vs_rank.png`` and ``froc.png``.
 """
 from __future__ import annotations
 
@@ -33,14 +33,15 @@ from ..checkpoint import atomic_save, atomic_write_json, atomic_write_text, load
 from ..data.sources import parse_source
 from ..distributed import resolve_device
 from ..engine import History, Trainer
-from ..evaluate import MethodResult, add_p_values, corloc, paired_test, render_table, results_table, to_json_methods
+from ..evaluate import (MethodResult, add_p_values, corloc, froc, paired_test, render_table, results_table,
+                        to_json_methods)
 from ..inference import detect
 from ..models import build_detector
 from ..seeding import cpu_threads, seeded
-from ..self_training import self_train
+from ..self_training import MeanTeacherSettings, self_train
 from ..viz.detections import plot_precision_vs_rank
 from .data import ExperimentData, experiment_seeds, prepare_data
-from .figures import loss_figure, panels_figure
+from .figures import froc_figure, loss_figure, panels_figure
 from .progress import StepProgress
 from .recipe import Recipe, recipe_for
 
@@ -49,6 +50,8 @@ __all__ = ["METHODS", "SUPERVISION", "Experiment", "run_experiment", "run_experi
 
 #: The methods of an experiment, in table order.
 METHODS = ("strong_full", "strong_few", "weak_only", "joint", "joint_self_training")
+#: How Table V names each self-training procedure.
+PROCEDURE_NAMES = {"paper": "paper's self-training", "mean_teacher": "mean teacher, ours"}
 #: Table V's "Supervision" column of each method.
 SUPERVISION = {"strong_full": "Strong", "strong_few": "Strong", "weak_only": "Weak", "joint": "Weak & Semi",
                "joint_self_training": "Weak & Semi"}
@@ -131,10 +134,9 @@ class Experiment:
                 "weak_only": (None, d.strong + d.weak, "weak"), "joint": (d.strong, d.weak, "joint")}[name]
 
     def steps_of(self, name: str) -> int:
-        """Training steps of a method (the all-boxes reference may train longer)."""
-        if name == "strong_full" and self.recipe.strong_full_steps is not None:
-            return int(self.recipe.strong_full_steps)
-        return int(self.recipe.steps)
+        """Training steps of a method (the all-boxes reference and the self-training may train longer)."""
+        special = {"strong_full": self.recipe.strong_full_steps, "joint_self_training": self.recipe.self_training_steps}
+        return int(special.get(name) or self.recipe.steps)
 
     def evaluate(self, name: str, model: torch.nn.Module, n_strong: int, n_weak: int):
         dets = detect(model, self.eval_set, device=self.device)
@@ -174,25 +176,27 @@ class Experiment:
         self.finish(name, m, dets, history, started)
 
     def self_training(self, bar: StepProgress) -> Any:
-        """Table IV: pseudo-boxes from the joint model, the top fraction moved, retrained."""
+        """Table IV: from the joint model, the recipe's self-training procedure (the paper's or the mean teacher)."""
         started = (time.perf_counter(), time.process_time())
         name = "joint_self_training"
         joint = self.build_model()
         joint.load_state_dict(load_checkpoint(self.run_dir("joint") / "last.pt", map_location="cpu")["model"])
         r = self.recipe
         st = self_train(self.data.strong, self.data.weak, self.eval_set, model_factory=self.build_model,
-                        initial=joint.to(self.device), fractions=(r.self_training_fraction,), steps=r.steps,
-                        retrain=r.retrain, per_class=r.per_class, device=self.device, seed=self.train_seed,
-                        init_seed=self.init_seed, n_boot=r.n_boot, progress=False,
+                        initial=joint.to(self.device), procedure=r.self_training,
+                        fractions=(r.self_training_fraction,), steps=r.steps, retrain_steps=self.steps_of(name),
+                        retrain=r.retrain, rounds=r.self_training_rounds, per_class=r.per_class,
+                        mean_teacher=MeanTeacherSettings(**dict(r.mean_teacher)), device=self.device,
+                        seed=self.train_seed, init_seed=self.init_seed, n_boot=r.n_boot, progress=False,
                         trainer_kwargs=dict(r.trainer_options(), alpha=r.alpha_schedule(r.steps), mixing=r.mixing),
                         on_step=lambda *_: bar.step(), out_dir=self.run_dir(name))
-        retrained = st.methods[-1]
-        m = replace(retrained, name=name, supervision=SUPERVISION[name])
+        final = st.methods[-1]
+        m = replace(final, name=name, supervision=SUPERVISION[name] + f" ({PROCEDURE_NAMES[r.self_training]})")
         summary = st.to_json()
-        self.finish(name, m, st.detections[retrained.name], st.histories[retrained.name], started,
-                    table_iv=st.table(), self_training=summary["methods"],
-                    pseudo_box_precision=summary["pseudo_box_precision"],
-                    moved=st.moved[retrained.name],
+        self.finish(name, m, st.detections[final.name], st.histories[final.name], started,
+                    table_iv=st.table(), self_training=summary["methods"], procedure=r.self_training,
+                    pseudo_box_precision=summary["pseudo_box_precision"], class_accuracy=summary["class_accuracy"],
+                    teacher=summary["teacher"], moved=st.moved.get(final.name, []),
                     precision_curve={"scores": st.precision.scores.tolist(), "correct": st.precision.correct.tolist()}
                     if st.precision is not None else None)
         return st
@@ -232,6 +236,7 @@ class Experiment:
                 entry.update(p_value_bootstrap_t=r.t_pvalue, difference_vs_joint=r.difference,
                              difference_vs_joint_ci=list(r.difference_ci))
             entry["n_test_images_with_mass"] = int(m.per_image.size)
+            entry["froc"] = froc(self.states[m.name]["detections"], self.eval_set).as_dict()
             entry["timing"] = self.states[m.name]["timing"]
         st = self.states.get("joint_self_training", {}).get("extra", {})
         results: Dict[str, Any] = {
@@ -240,6 +245,9 @@ class Experiment:
             "evaluated_on": self.evaluate_on,
             "pseudo_box_precision": st.get("pseudo_box_precision"),
             "self_training": st.get("self_training"),
+            "self_training_procedure": st.get("procedure"),
+            "self_training_class_accuracy": st.get("class_accuracy"),
+            "self_training_teacher": st.get("teacher"),
             "data": self.data.counts(),
             "config": {**self.recipe.as_dict(), "seed": self.seed, "device": str(self.device),
                        "methods": list(names)},
@@ -264,6 +272,7 @@ class Experiment:
         loss_figure(histories).savefig(out / "loss_curves.png", dpi=110)
         detections = {m: self.states[m]["detections"] for m in self.methods}
         panels_figure(self.eval_set, detections, self.recipe.panel_images).savefig(out / "detections.png", dpi=110)
+        froc_figure(self.eval_set, detections).savefig(out / "froc.png", dpi=110)
         curve = st.get("precision_curve")
         if curve and curve["scores"]:
             plot_precision_vs_rank(np.asarray(curve["scores"]), np.asarray(curve["correct"], dtype=bool),
@@ -315,10 +324,12 @@ def run_experiment(data: str = "phantom", out_dir: Union[str, os.PathLike] = "ws
                   f"{'holds' if f['holds'] else 'does NOT hold'} here; outputs in {out_dir}")
         p = results["pseudo_box_precision"]
         if p is not None and p.get("overall") is not None:
-            moved = next(iter(p["moved"].values()))
-            of_moved = float("nan") if moved["precision"] is None else moved["precision"]
-            print(f"pseudo-box precision (IoU > 0.5 with the hidden box): {100 * p['overall']:.1f} % of "
-                  f"{p['n_pseudo_labelled']} weak images, {100 * of_moved:.1f} % of the {moved['n']} moved")
+            line = (f"pseudo-box precision (IoU > 0.5 with the hidden box): {100 * p['overall']:.1f} % of "
+                    f"{p['n_pseudo_labelled']} weak images")
+            for name, moved in p["moved"].items():
+                if moved["precision"] is not None:
+                    line += f", {100 * moved['precision']:.1f} % of the {moved['n']} moved ({name})"
+            print(line + f" ({results['self_training_procedure']})")
     return results
 
 
