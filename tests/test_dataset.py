@@ -84,3 +84,14 @@ def test_rgb_images_keep_three_channels():
     s = Sample(rgb, np.array([[1, 1, 5, 5]], np.float32), np.array([1]), 1, "rgb")
     image, _ = DetectionDataset([s])[0]
     assert image.shape == (3, 10, 12) and float(image[1].mean()) == 1.0 and float(image[0].mean()) == 0.0
+
+
+def test_min_extent_widens_only_squashed_boxes_inside_the_image():
+    from wsbus.data.dataset import min_extent
+
+    boxes = torch.tensor([[226.5, 308.0, 264.0, 308.0],   # zero height at the bottom edge
+                          [0.0, 0.0, 0.2, 5.0],            # 0.2 px wide at the left edge
+                          [10.0, 10.0, 20.0, 20.0]])       # fine: untouched
+    out = min_extent(boxes, (308, 300))
+    assert out.tolist() == [[226.5, 307.0, 264.0, 308.0], [0.0, 0.0, 1.0, 5.0], [10.0, 10.0, 20.0, 20.0]]
+    assert torch.equal(min_extent(boxes[2:], (308, 300)), boxes[2:])

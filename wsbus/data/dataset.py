@@ -23,6 +23,21 @@ from .transforms import apply, eval_transforms
 KINDS = ("strong", "weak", "eval")
 
 
+def min_extent(boxes: torch.Tensor, size: Tuple[int, int], extent: float = 1.0) -> torch.Tensor:
+    """``boxes`` widened where needed to at least ``extent`` pixels in each direction, inside an image of ``size``
+    (H, W). A rotation or crop can squash a thin box at the border of the image to zero height (a pseudo-box, say);
+    the detector refuses such a box, and dropping it would lose a mass."""
+    h, w = float(size[0]), float(size[1])
+    out = boxes.clone()
+    for lo, hi, limit in ((0, 2, w), (1, 3, h)):
+        short = out[:, hi] - out[:, lo] < extent
+        if bool(short.any()):
+            centre = (out[short, lo] + out[short, hi]) / 2
+            start = (centre - extent / 2).clamp(min=0.0, max=max(limit - extent, 0.0))
+            out[short, lo], out[short, hi] = start, torch.clamp(start + extent, max=limit)
+    return out
+
+
 def check_samples(samples: Sequence[Any], kind: str, item: str = "item",
                   no_boxes: str = "has no boxes but the dataset's kind is 'strong' "
                                   "(use kind='weak', or give normal images an empty [0, 4] box array)") -> None:
@@ -102,7 +117,7 @@ class DetectionDataset(Dataset):
             if len(boxes) != len(s.boxes):
                 raise DataError(f"sample {s.id!r}: the transforms changed the number of boxes from "
                                 f"{len(s.boxes)} to {len(boxes)} (a mass box must never be dropped)")
-            out = {"boxes": boxes, "labels": target["labels"], **out}
+            out = {"boxes": min_extent(boxes, image.shape[-2:]), "labels": target["labels"], **out}
         return image, out
 
 
