@@ -168,3 +168,23 @@ def test_spec_forms():
     assert parse_source("masks:root").kind == "masks"
     with pytest.raises(ValueError, match="coco:DIR"):
         parse_source("cocoa:x")
+
+
+def test_cli_convert_exports_any_source(tmp_path, capsys, write_image, gray_image):
+    from wsbus.cli import main
+
+    out = tmp_path / "coco"
+    assert main(["convert", "--data", "phantom:6", "--to", "coco", str(out), "--size", "48"]) == 0
+    assert f"read them back with --data coco:{out}" in capsys.readouterr().out
+    assert_same_samples(load_source(f"coco:{out}"), load_source("phantom:6", size=48))
+    # a masks: folder, converted and read back
+    root = tmp_path / "m"
+    write_image(root / "images" / "s1.png", gray_image(20, 20, 1))
+    m = np.zeros((20, 20), np.uint8)
+    m[3:9, 4:12] = 255
+    write_image(root / "masks" / "s1.png", m)
+    (root / "labels.csv").write_text("id,label,patient\ns1,malignant,px\n")
+    assert main(["convert", "--data", f"masks:{root}", "--to", "coco", str(tmp_path / "c2")]) == 0
+    assert_same_samples(load_source(f"coco:{tmp_path / 'c2'}"), load_source(f"masks:{root}"))
+    assert main(["convert", "--data", f"coco:{tmp_path / 'nothing'}", "--to", "coco", str(tmp_path / "c3")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -260,3 +260,18 @@ def test_cli_predict_errors(checkpoint, tmp_path, capsys):
     assert main(not_a_checkpoint) == 2
     assert "bad.png' cannot be read" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()                                      # nothing written before the check
+
+
+def test_help_of_the_new_commands_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom wsbus.cli import main\n"
+            "for c in ['predict', 'convert', 'export']:\n"
+            "    try:\n        main([c, '--help'])\n    except SystemExit:\n        pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("NO TORCH")
+    for option in ("--score-thresh", "--strict", "--workers", "--to", "--format", "--opset"):
+        assert option in proc.stdout

@@ -259,8 +259,37 @@ class _ImageDataset(torch.utils.data.Dataset):
             return i, None, f"{where}: cannot read image ({type(exc).__name__}: {exc})"
 
 
-def _collate_items(batch):
-    return batch
+class _Batch:
+    """One DataLoader batch, packed in the worker: the uint8 images of the batch in ONE flat numpy array, which
+    crosses from the worker pickled through the pipe (cheaper for the main process than one shared-memory tensor
+    per image, each received through its own socket); float images (tensor inputs) as they are."""
+
+    def __init__(self, items):
+        self.indices = [i for i, _, _ in items]
+        self.errors = [err for _, _, err in items]
+        self.shapes = [tuple(t.shape) if t is not None else None for _, t, _ in items]
+        packed = [t.reshape(-1) for _, t, _ in items if t is not None and t.dtype == torch.uint8]
+        self.flat = torch.cat(packed).numpy() if packed else None
+        self.other = {k: t for k, (_, t, _) in enumerate(items) if t is not None and t.dtype != torch.uint8}
+
+    def images(self) -> List[Optional[torch.Tensor]]:
+        """The images in batch order (None where reading failed), views into the packed array."""
+        flat = torch.from_numpy(self.flat) if self.flat is not None else None
+        out, offset = [], 0
+        for k, shape in enumerate(self.shapes):
+            if shape is None:
+                out.append(None)
+            elif k in self.other:
+                out.append(self.other[k])
+            else:
+                n = int(np.prod(shape))
+                out.append(flat[offset:offset + n].view(shape))
+                offset += n
+        return out
+
+
+def _collate_items(items) -> _Batch:
+    return _Batch(items)
 
 
 def input_size(model: nn.Module) -> Tuple[int, int]:
@@ -310,7 +339,7 @@ def iter_predict(model: nn.Module, images: Union[ImageInput, Iterable[ImageInput
     model.to(dev)
     loader = torch.utils.data.DataLoader(
         _ImageDataset(items), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=_collate_items, pin_memory=dev.type == "cuda",
+        collate_fn=_collate_items,
         prefetch_factor=4 if num_workers else None)
     from tqdm.auto import tqdm
 
@@ -319,7 +348,8 @@ def iter_predict(model: nn.Module, images: Union[ImageInput, Iterable[ImageInput
     model.eval()
     try:
         with _settings(model, size, score_thresh):
-            for batch in loader:
+            for packed in loader:
+                batch = list(zip(packed.indices, packed.images(), packed.errors))
                 good = [(i, t) for i, t, err in batch if err is None]
                 dets: Dict[int, Dict[str, torch.Tensor]] = {}
                 if good:

@@ -234,10 +234,37 @@ def read_image(path: PathLike, frame: Optional[int] = None) -> np.ndarray:
     return read_gray(path)
 
 
-def _is_image_file(path: Path) -> bool:
-    if path.name.startswith(".") or not path.is_file():
+def _is_image_name(name: str) -> Optional[bool]:
+    """True / False from the name alone; None when only the content can tell (no ending: DICOM?)."""
+    if name.startswith("."):
         return False
-    return path.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES or (not path.suffix and is_dicom(path))
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix:
+        return suffix in IMAGE_SUFFIXES + DICOM_SUFFIXES
+    return None
+
+
+def _folder_images(folder: Path, recursive: bool) -> List[Tuple[Path, str]]:
+    """``(path, name below folder)`` of the image files of a folder, sorted by that name; :func:`os.scandir`
+    tells files from folders without one ``stat`` per file."""
+    found: List[Tuple[Path, str]] = []
+    pending = [(folder, "")]
+    while pending:
+        directory, prefix = pending.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    if recursive:
+                        pending.append((Path(entry.path), f"{prefix}{entry.name}/"))
+                    continue
+                if not entry.is_file():
+                    continue
+                keep = _is_image_name(entry.name)
+                if keep or (keep is None and is_dicom(entry.path)):
+                    found.append((Path(entry.path), prefix + entry.name))
+    return sorted(found, key=lambda item: item[1])
 
 
 def _expand(path: Path, name: str) -> List[ImageFile]:
@@ -285,27 +312,28 @@ def _list_grouped(inputs: Union[PathLike, Iterable[PathLike]], *, recursive: boo
     for raw in inputs:
         path = Path(raw).expanduser()
         if path.is_dir():
-            pattern = path.rglob("*") if recursive else path.iterdir()
-            files = sorted((p for p in pattern if _is_image_file(p)), key=lambda p: p.relative_to(path).as_posix())
+            files = _folder_images(path, recursive)
             if not files:
                 raise DataError(f"{path}: no images found in the folder (looked for "
                                 f"{', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)} and extensionless DICOM files"
                                 f"{', in sub-folders too' if recursive else ''})")
-            found.append([(p, p.relative_to(path).as_posix()) for p in files])
+            found.append(files)
         elif path.is_file():
             found.append([(path, path.name)])
         else:
             raise DataError(f"{path}: no such file or folder")
-    seen: set = set()
-    unique: List[List[Tuple[Path, str]]] = []
-    for group in found:
-        kept = []
-        for path, name in group:
-            key = path.resolve()
-            if key not in seen:
-                seen.add(key)
-                kept.append((path, name))
-        unique.append(kept)
+    unique: List[List[Tuple[Path, str]]] = found
+    if len(found) > 1:  # one input cannot list a file twice; several may
+        seen: set = set()
+        unique = []
+        for group in found:
+            kept = []
+            for path, name in group:
+                key = os.path.realpath(path)
+                if key not in seen:
+                    seen.add(key)
+                    kept.append((path, name))
+            unique.append(kept)
     counts: dict = {}
     for group in unique:
         for _, name in group:
