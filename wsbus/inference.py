@@ -171,7 +171,7 @@ class Prediction:
         if not self.ok:
             return {"image": self.name, "file": _file_of(self), "frame": self.frame, "status": "failed",
                     "error": self.error}
-        top = CLASSES[int(self.labels[0])] if len(self.labels) else CLASSES[0]
+        top = CLASSES[int(self.labels[int(self.scores.argmax())])] if len(self.labels) else CLASSES[0]
         return {"image": self.name, "file": _file_of(self), "frame": self.frame, "status": "ok", "width": self.width,
                 "height": self.height, "n_detections": int(len(self.scores)), "max_benign": self.max_score(1),
                 "max_malignant": self.max_score(2), "predicted": top}
