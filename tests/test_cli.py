@@ -153,7 +153,7 @@ def test_parse_source():
     assert parse_source("phantom:12").n == 12
     assert parse_source("voc:/data/SNUBH").path == Path("/data/SNUBH")
     assert parse_source("BUSBRA:rel/dir").kind == "busbra"
-    for bad in ("", "phantom:0", "phantom:-3", "phantom:ten", "busi:", "coco:/x"):
+    for bad in ("", "phantom:0", "phantom:-3", "phantom:ten", "busi:", "coco:", "cocoa:/x"):
         with pytest.raises(ValueError):
             parse_source(bad)
     a, b = load_source("phantom:5", size=64), load_source("phantom:5", size=64)

@@ -260,8 +260,73 @@ def _fetch_parser(sub) -> None:
     f.set_defaults(func=cmd_fetch)
 
 
+def _predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="detect masses in new scans (PNG, JPEG, TIFF, DICOM) with a trained detector",
+                       description="Run a `wsbus train` checkpoint over image files and folders (DICOM needs "
+                                   "pydicom: pip install 'wsbus[dicom]'; each frame of a multi-frame DICOM is an "
+                                   "image '<file>#<frame>', frames from 0). Writes DIR/detections.json (COCO "
+                                   "results), DIR/images.json (the COCO images list: ids -> files), "
+                                   "DIR/detections.csv, DIR/summary.csv and DIR/summary.json (max benign and "
+                                   "malignant score per image) and DIR/overlays/<image>.png. A file that cannot be "
+                                   "read is reported and skipped; overlays are written as images finish, the tables "
+                                   "at the end and every minute, also when the run is interrupted (then "
+                                   "'complete': false). Exit status 1 when every image failed, or any with "
+                                   "--strict.")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `wsbus train` (DIR/last.pt)")
+    p.add_argument("--images", required=True, nargs="+", metavar="DIR|FILE",
+                   help="image files and/or folders of images (a folder's PNG, JPEG, TIFF, BMP and DICOM files)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--score-thresh", type=float, default=0.05, help="keep detections scoring >= this (default 0.05)")
+    _add_device(p)
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--size", type=_positive_int, default=None,
+                   help="the detector's input min size instead of the checkpoint's (max size scaled alike)")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when any image cannot be read")
+    p.add_argument("--workers", type=_non_negative_int, default=1,
+                   help="DataLoader processes reading the images while the model runs (default 1; 0: none)")
+    p.add_argument("--recursive", action="store_true", help="also read the folders' sub-folders")
+    p.add_argument("--no-overlays", action="store_true", help="do not write the overlay PNGs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+
+def _convert_parser(sub) -> None:
+    c = sub.add_parser("convert", help="export a data source as a COCO folder (images/*.png + annotations.json)",
+                       description="Write the samples of --data as OUT_DIR/images/<id>.png and "
+                                   "OUT_DIR/annotations.json (COCO; categories 1 benign, 2 malignant; image labels, "
+                                   "patients and weak images kept in extra image fields). `--data coco:OUT_DIR` "
+                                   "reads it back exactly.")
+    c.add_argument("--data", required=True, help="phantom, phantom:N, voc:DIR, busi:DIR, busbra:DIR, coco:DIR, "
+                                                 "coco:FILE.json or masks:ROOT")
+    c.add_argument("--to", required=True, choices=("coco",), help="the format to write (coco)")
+    c.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
+    c.add_argument("--size", type=_positive_int, default=128, help="the phantom's image side (default 128)")
+    c.add_argument("--seed", type=int, default=0, help="the phantom's seed (default 0)")
+    c.set_defaults(func=cmd_convert)
+
+
+def _export_parser(sub) -> None:
+    x = sub.add_parser("export", help="export a trained detector to TorchScript or ONNX, checked against PyTorch",
+                       description="Write torchvision's FasterRCNN rebuilt from the checkpoint's detector as "
+                                   "TorchScript (torch.jit.script) or ONNX (needs pip install 'wsbus[export]'); the "
+                                   "exported model takes one-channel float images [1, H, W] in [0, 1]. Then run the "
+                                   "exported file and the PyTorch model on the same images and print the check "
+                                   "(same detection counts and labels, boxes within a tolerance); exit status 1 "
+                                   "when it fails.")
+    x.add_argument("--checkpoint", required=True, help="a checkpoint written by `wsbus train` (DIR/last.pt)")
+    x.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="torchscript or onnx")
+    x.add_argument("out", metavar="OUT", help="the file to write (e.g. model.pt or model.onnx)")
+    x.add_argument("--size", type=_positive_int, default=None,
+                   help="the exported model's input min size instead of the checkpoint's (max size scaled alike)")
+    x.add_argument("--images", nargs="+", default=None, metavar="DIR|FILE",
+                   help="images of the check (default: three phantom scans at the model's size)")
+    x.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
+    x.add_argument("--no-check", action="store_true", help="skip the check")
+    x.set_defaults(func=cmd_export)
+
+
 _COMMANDS = (_train_parser, _evaluate_parser, _self_train_parser, _experiment_parser, _demo_parser, _ablate_parser,
-             _fetch_parser)
+             _fetch_parser, _predict_parser, _convert_parser, _export_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -500,6 +565,71 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     result = fetch(args.name, dest=args.dest)
     if result is not None:
         print(result)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``wsbus predict``: :func:`wsbus.inference.iter_predict` into a :class:`wsbus.inference.PredictionWriter`."""
+    from tqdm.auto import tqdm
+
+    from .data.images import list_images
+    from .distributed import resolve_device
+    from .inference import PredictionWriter, input_size, iter_predict, load_detector
+
+    device = resolve_device(args.device)
+    model = load_detector(args.checkpoint, device=device)
+    files = list_images(args.images, recursive=args.recursive)  # a missing path or an empty folder stops here
+    settings = {"checkpoint": str(args.checkpoint), "backbone": model.config.get("backbone"),
+                "checkpoint_size": list(input_size(model)), "size": args.size, "score_thresh": args.score_thresh,
+                "device": str(device), "batch_size": args.batch_size}
+    with PredictionWriter(args.out, overlays=not args.no_overlays, settings=settings) as writer:
+        for p in iter_predict(model, files, device=device, batch_size=args.batch_size,
+                              score_thresh=args.score_thresh, num_workers=args.workers,
+                              progress=not args.no_progress, size=args.size, errors="skip",
+                              keep_images=not args.no_overlays):
+            writer.add(p)
+            if not p.ok:
+                tqdm.write(f"wsbus: skipped {p.error}", file=sys.stderr)
+    failed = len(writer.failed)
+    done = len(writer.predictions) - failed
+    n_det = sum(len(p.scores) for p in writer.predictions if p.ok)
+    print(f"predicted {done} image(s) ({n_det} detection(s) with score >= {args.score_thresh:g}) on {device}"
+          f"{f', {failed} failed' if failed else ''}; results in {args.out}")
+    if failed and (args.strict or done == 0):
+        print(f"wsbus: error: {failed} of {len(writer.predictions)} image(s) could not be read"
+              f"{' (--strict)' if done else ''}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """``wsbus convert --to coco``: :func:`wsbus.data.write_coco` of a data source."""
+    from .data import write_coco
+    from .data.sources import load_source
+
+    samples = load_source(args.data, size=args.size, seed=args.seed)
+    path = write_coco(samples, args.out_dir)
+    n_boxes = sum(len(s.boxes) for s in samples if s.is_strong)
+    weak = sum(not s.is_strong for s in samples)
+    print(f"wrote {len(samples)} image(s) with {n_boxes} box(es){f' ({weak} weak)' if weak else ''} of {args.data} "
+          f"to {path}; read them back with --data coco:{args.out_dir}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``wsbus export``: :func:`wsbus.export.export_detector`, then its check printed."""
+    from .export import export_detector
+
+    try:
+        check = export_detector(args.checkpoint, args.out, args.format, size=args.size, check=not args.no_check,
+                                check_images=args.images, opset=args.opset)
+    except ImportError as exc:
+        raise CliError(str(exc)) from None
+    print(f"exported {args.checkpoint} as {args.format} to {args.out}")
+    if check is not None:
+        print(check)
+        if not check.passed:
+            return 1
     return 0
 
 

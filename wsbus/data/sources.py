@@ -10,6 +10,13 @@ spec                   samples
 ``voc:DIR``            :func:`wsbus.data.load_voc` (VOC-BUS folder, e.g. SNUBH's format)
 ``busi:DIR``           :func:`wsbus.data.load_busi` (``Dataset_BUSI_with_GT``)
 ``busbra:DIR``         :func:`wsbus.data.load_busbra` (BUS-BRA)
+``coco:DIR``           :func:`wsbus.data.load_coco` of ``DIR/annotations.json``, images in
+                       ``DIR/images/`` (or ``DIR``): what ``wsbus convert --to coco`` writes
+``coco:FILE.json``     :func:`wsbus.data.load_coco` of that file, images in its folder's
+                       ``images/`` (or its folder)
+``masks:ROOT``         :func:`wsbus.data.load_masks` of ``ROOT/images/``, ``ROOT/masks/``
+                       (``<stem>.png``), ``ROOT/labels.csv`` (``id,label[,patient]``), options
+                       in an optional ``ROOT/masks.json`` (:mod:`wsbus.data.masks`)
 =====================  ==============================================================
 """
 from __future__ import annotations
@@ -19,20 +26,25 @@ from typing import List, NamedTuple, Optional
 
 from .busbra import load_busbra
 from .busi import load_busi
+from .coco import load_coco_source
 from .formats import Sample
+from .masks import load_masks_source
 from .phantom import make_phantom
 from .voc import load_voc
 
 __all__ = ["DataSpec", "parse_source", "load_source", "SOURCES", "FOLDER_LOADERS", "DEFAULT_PHANTOM_SIZE"]
 
 #: Kinds of ``--data`` specs.
-SOURCES = ("phantom", "voc", "busi", "busbra")
+SOURCES = ("phantom", "voc", "busi", "busbra", "coco", "masks")
 #: The loader of each folder source: ``loader(path) -> list[Sample]``.
-FOLDER_LOADERS = {"voc": load_voc, "busi": load_busi, "busbra": load_busbra}
+FOLDER_LOADERS = {"voc": load_voc, "busi": load_busi, "busbra": load_busbra, "coco": load_coco_source,
+                  "masks": load_masks_source}
+#: Folder sources whose spec may also name a file.
+FILE_SOURCES = ("coco",)
 #: Images in ``--data phantom``.
 DEFAULT_PHANTOM_SIZE = 300
 
-_FORMS = "phantom, phantom:N, voc:DIR, busi:DIR or busbra:DIR"
+_FORMS = "phantom, phantom:N, voc:DIR, busi:DIR, busbra:DIR, coco:DIR, coco:FILE.json or masks:ROOT"
 
 
 class DataSpec(NamedTuple):
@@ -78,7 +90,8 @@ def load_source(spec: str, *, size: int = 128, seed: int = 0) -> List[Sample]:
 
     Parameters
     ----------
-    spec : ``phantom``, ``phantom:N``, ``voc:DIR``, ``busi:DIR`` or ``busbra:DIR``.
+    spec : ``phantom``, ``phantom:N``, ``voc:DIR``, ``busi:DIR``, ``busbra:DIR``, ``coco:DIR``, ``coco:FILE.json``
+        or ``masks:ROOT`` (the module's table).
     size : the phantom's image side in pixels (ignored for folders, whose images keep their size).
     seed : the phantom's seed (ignored for folders).
 
@@ -100,7 +113,7 @@ def load_source(spec: str, *, size: int = 128, seed: int = 0) -> List[Sample]:
     path = parsed.path
     if not path.exists():
         raise FileNotFoundError(f"data spec {spec!r}: the folder {str(path)!r} does not exist")
-    if not path.is_dir():
+    if not path.is_dir() and not (parsed.kind in FILE_SOURCES and path.is_file()):
         raise NotADirectoryError(f"data spec {spec!r}: {str(path)!r} is not a folder")
     samples = FOLDER_LOADERS[parsed.kind](path)
     if not samples:
