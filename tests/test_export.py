@@ -64,9 +64,9 @@ def test_onnx_reproduces_the_detector_at_another_size(checkpoint, tmp_path):
     images = [torch.rand(1, 70, 90, generator=torch.Generator().manual_seed(0))]   # a size not exported with
     got = run_exported(out, "onnx", images)
     native = _detections(model, images)[0]                                        # the model's own 64 px
-    from wsbus.inference import _settings
+    from wsbus.inference import model_settings
 
-    with _settings(model, 96, 0.05):
+    with model_settings(model, 96, 0.05):
         resized = _detections(model, images)[0]
     assert len(got[0]["boxes"]) == len(resized["boxes"])
     assert torch.equal(got[0]["labels"], resized["labels"])

@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, Iterable, List, Union
 
 import torch
 
-__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "REQUIRED_KEYS", "atomic_save", "atomic_write_text",
-           "atomic_write_json", "load_checkpoint", "remove_stale_temporaries"]
+__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "REQUIRED_KEYS", "atomic_write", "atomic_save",
+           "atomic_write_text", "atomic_write_json", "load_checkpoint", "remove_stale_temporaries"]
 
 #: Format version written under ``"version"``; bump when the layout changes incompatibly.
 CHECKPOINT_VERSION = 1
@@ -49,7 +49,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: PathLike, write: Callable[[Any], None], mode: str) -> Path:
+def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it onto ``path``, fsync the
     directory; on any error remove the temporary file and leave ``path`` as it was."""
     path = Path(path)
@@ -88,12 +88,12 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
     -------
     pathlib.Path of the written file.
     """
-    return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+    return atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
 
 def atomic_write_text(text: str, path: PathLike) -> Path:
     """Write ``text`` to ``path`` atomically (as :func:`atomic_save`): a reader never sees half a file."""
-    return _atomic_write(path, lambda f: f.write(text), "w")
+    return atomic_write(path, lambda f: f.write(text), "w")
 
 
 def atomic_write_json(obj: Any, path: PathLike) -> Path:
@@ -144,7 +144,8 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None]
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle with code, wrong format ...
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read as a torch checkpoint (truncated, not a torch "
+                              f"file, or holding pickled objects): {type(exc).__name__}: {exc}") from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(ckpt).__name__}, expected a dict")
     missing = [k for k in require if k not in ckpt]

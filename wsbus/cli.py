@@ -1,5 +1,5 @@
 """The ``wsbus`` command line (also ``python -m wsbus``): ``train``, ``evaluate``, ``self-train``, ``experiment``,
-``demo``, ``ablate``, ``fetch``.
+``demo``, ``ablate``, ``predict``, ``convert``, ``export``, ``fetch``.
 
 The library never imports this module. It imports the library lazily, inside each command, so that ``--help`` and
 ``--version`` answer at once, without loading torch. Training settings not given on the command line come from the
@@ -17,6 +17,9 @@ Examples
     wsbus experiment --data busbra:BUSBRA --seeds 0 1 2 --out runs/busbra
     wsbus demo --quick
     wsbus ablate --variants proposed moi_abnormal alternating --out runs/table_ii
+    wsbus predict --checkpoint runs/joint/last.pt --images scans/ --out predictions
+    wsbus convert --data busbra:BUSBRA --to coco busbra_coco
+    wsbus export --checkpoint runs/joint/last.pt --format onnx joint.onnx
 """
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ _non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 _fraction = _checked(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
 _positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
 _RECIPES = ("phantom", "real", "paper")
-_DATA_HELP = "phantom, phantom:N, voc:DIR, busi:DIR or busbra:DIR"
+_DATA_HELP = "phantom, phantom:N, voc:DIR, busi:DIR, busbra:DIR, coco:DIR|FILE.json or masks:DIR"
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:

@@ -33,6 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import make_phantom
+from .data.images import list_images, read_image
+from .inference import input_size, load_detector, model_settings
+
 __all__ = ["EXPORT_FORMATS", "BOX_TOLERANCE", "SCORE_TOLERANCE", "ExportCheck", "torchvision_detector",
            "export_detector", "run_exported", "check_export", "default_check_images"]
 
@@ -90,8 +94,6 @@ def torchvision_detector(model: nn.Module, size: Optional[int] = None) -> nn.Mod
     """
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-    from .inference import input_size
-
     lo, hi = input_size(model)
     if size is not None:
         lo, hi = int(size), max(int(size), int(round(size * hi / lo)))
@@ -121,7 +123,6 @@ def _atomic_target(out: Path, write) -> Path:
 def default_check_images(model: nn.Module, n: int = 3, size: Optional[int] = None) -> List[torch.Tensor]:
     """``n`` phantom scans (``[1, H, W]`` float in [0, 1]) at the model's input size, the last ones wider than
     tall, so the check covers the resize and padding of non-square images."""
-    from .data import make_phantom
     from .inference import input_size
 
     side = int(size) if size is not None else input_size(model)[0]
@@ -175,8 +176,6 @@ def export_detector(model: Union[nn.Module, PathLike, Mapping[str, Any]], out: P
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {EXPORT_FORMATS}")
     if not isinstance(model, nn.Module):
-        from .inference import load_detector
-
         model = load_detector(model, device="cpu")
     model = model.cpu().eval()
     tv = torchvision_detector(model, size)
@@ -217,8 +216,6 @@ def _require(module: str, package: str):
 def _check_images(model: nn.Module, images: Optional[Sequence[Any]], size: Optional[int]) -> List[torch.Tensor]:
     if not images:
         return default_check_images(model, 3, size)
-    from .data.images import list_images, read_image
-
     tensors: List[torch.Tensor] = []
     for x in images:
         if isinstance(x, (str, os.PathLike)):
@@ -277,13 +274,11 @@ def check_export(model: nn.Module, path: PathLike, format: str, images: Sequence
     """Run the exported file and the PyTorch ``model`` (eval mode, ``size`` as exported) on the same images and
     compare the detections (see the module notes). Tolerances default to :data:`BOX_TOLERANCE` /
     :data:`SCORE_TOLERANCE` of the format."""
-    from .inference import _settings
-
     images = _gray(images)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _settings(model, size, float(model.roi_heads.score_thresh)):
+        with torch.no_grad(), model_settings(model, size, float(model.roi_heads.score_thresh)):
             ref = [model([img])[0] for img in images]
     finally:
         model.train(was_training)

@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, atomic_write, atomic_write_json, atomic_write_text, load_checkpoint
 from .data.formats import CLASSES, DataError, Sample
-from .data.images import ImageFile, read_image
+from .data.images import ImageFile, list_grouped, read_image
 from .distributed import model_device
 from .models import DetectorConfig, WeakSemiFasterRCNN
+from .viz.samples import CLASS_COLORS
 
 __all__ = ["detect", "load_detector", "DETECTION_KEYS", "predict", "iter_predict", "Prediction",
-           "PredictionWriter", "draw_detections", "input_size"]
+           "PredictionWriter", "draw_detections", "input_size", "model_settings"]
 
 Device = Union[str, torch.device, None]
 #: The keys of one image's detections.
@@ -185,13 +186,11 @@ def _group_inputs(images: Union[ImageInput, Iterable[ImageInput]]) -> List[Tuple
                                                                                   Optional[int]]]:
     """``(name, source, path, frame)`` per image, in input order; paths and folders expanded by
     :func:`wsbus.data.images.list_images` (all together, so that names are unique across them)."""
-    from .data.images import _list_grouped
-
     if isinstance(images, (str, os.PathLike, np.ndarray, torch.Tensor, Sample, ImageFile)):
         images = [images]
     images = list(images)
     paths = [x for x in images if isinstance(x, (str, os.PathLike))]
-    by_input = _list_grouped(paths) if paths else []
+    by_input = list_grouped(paths) if paths else []
     out, k_path = [], 0
     for k, x in enumerate(images):
         if isinstance(x, (str, os.PathLike)):
@@ -299,7 +298,7 @@ def input_size(model: nn.Module) -> Tuple[int, int]:
 
 
 @contextmanager
-def _settings(model: nn.Module, size: Optional[int], score_thresh: float):
+def model_settings(model: nn.Module, size: Optional[int], score_thresh: float):
     """Temporarily resize the input (``size``; the max size scaled by the same factor) and lower the box head's
     score threshold to ``score_thresh`` when it is below the model's own."""
     tr, heads = model.transform, model.roi_heads
@@ -347,7 +346,7 @@ def iter_predict(model: nn.Module, images: Union[ImageInput, Iterable[ImageInput
     was_training = model.training
     model.eval()
     try:
-        with _settings(model, size, score_thresh):
+        with model_settings(model, size, score_thresh):
             for packed in loader:
                 batch = list(zip(packed.indices, packed.images(), packed.errors))
                 good = [(i, t) for i, t, err in batch if err is None]
@@ -446,8 +445,6 @@ def draw_detections(image: Union[np.ndarray, torch.Tensor], boxes: Any, labels: 
     """
     from torchvision.utils import draw_bounding_boxes
 
-    from .viz.samples import CLASS_COLORS
-
     t = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
     if t.ndim == 2:
         t = t[None]
@@ -523,8 +520,6 @@ class PredictionWriter:
 
     def add(self, p: Prediction) -> None:
         """Record one result; write its overlay now (when it has an image, which is then dropped from ``p``)."""
-        from .checkpoint import _atomic_write
-
         k = len(self.predictions)
         self.predictions.append(p)
         if self.overlays and p.ok and p.image is not None:
@@ -538,14 +533,13 @@ class PredictionWriter:
             from PIL import Image
 
             picture = Image.fromarray(draw_detections(p.image, p.boxes, p.labels, p.scores))
-            _atomic_write(self.out_dir / "overlays" / name, lambda f: picture.save(f, format="PNG"), "wb")
+            atomic_write(self.out_dir / "overlays" / name, lambda f: picture.save(f, format="PNG"), "wb")
             p.image = None  # the picture is on disk; do not keep every image in memory
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.write_tables(complete=False)
 
     def write_tables(self, complete: bool) -> None:
         """(Re)write the JSON and CSV files from the results so far."""
-        from .checkpoint import atomic_write_json, atomic_write_text
         from .data.coco import COCO_CATEGORIES
 
         images, results, failed, rows = [], [], [], []

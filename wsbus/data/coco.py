@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .formats import CLASSES, CLASS_TO_INDEX, DataError, Sample
+from .images import read_image
 
 __all__ = ["COCO_CATEGORIES", "ANNOTATIONS_FILE", "IMAGES_FOLDER", "load_coco", "to_coco", "write_coco",
            "load_coco_source"]
@@ -153,15 +154,32 @@ def load_coco(annotations_json: Union[PathLike, Mapping[str, Any]], image_dir: O
     """
     if mixed not in ("error", "malignant"):
         raise ValueError(f"mixed must be 'error' or 'malignant', got {mixed!r}")
-    from .images import read_image
-
     data, source = _read_json(annotations_json)
     if image_dir is None:
         if isinstance(annotations_json, Mapping):
             raise ValueError("load_coco needs image_dir when the annotations are given as a dict")
         base = Path(annotations_json).parent
         image_dir = base / IMAGES_FOLDER if (base / IMAGES_FOLDER).is_dir() else base
-    image_dir = Path(image_dir)
+    classes, images, per_image = _coco_tables(data, source, categories)
+    samples: List[Sample] = []
+    seen: Dict[str, Any] = {}
+    for image_id, im in images.items():
+        where = f"{source}: image {image_id!r} ({im['file_name']})"
+        sid = _sample_id(im)
+        if sid in seen:
+            raise DataError(f"{where}: sample id {sid!r} also belongs to image {seen[sid]!r}")
+        seen[sid] = image_id
+        try:
+            samples.append(_coco_sample(im, per_image[image_id], classes, Path(image_dir), source, where, sid, mixed))
+        except DataError as exc:
+            if str(exc).startswith(source):
+                raise
+            raise DataError(f"{where}: {exc}") from exc
+    return samples
+
+
+def _coco_tables(data: Mapping[str, Any], source: str, categories: Optional[Mapping[str, str]]):
+    """``(class of each category id, image entry of each image id, annotations of each image id)``, checked."""
     for key in ("images", "categories"):
         if not isinstance(data.get(key), list):
             raise DataError(f"{source}: missing or malformed {key!r} list")
@@ -193,67 +211,60 @@ def load_coco(annotations_json: Union[PathLike, Mapping[str, Any]], image_dir: O
         if ann.get("category_id") not in classes:
             raise DataError(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
         per_image[ann["image_id"]].append(ann)
+    return classes, images, per_image
 
-    samples: List[Sample] = []
-    seen: Dict[str, Any] = {}
-    for image_id, im in images.items():
-        where = f"{source}: image {image_id!r} ({im['file_name']})"
-        sid = _sample_id(im)
-        if sid in seen:
-            raise DataError(f"{where}: sample id {sid!r} also belongs to image {seen[sid]!r}")
-        seen[sid] = image_id
-        path = image_dir / str(im["file_name"])
-        pixels = read_image(path)
-        h, w = pixels.shape[:2]
-        declared = (im.get("width"), im.get("height"))
-        if None not in declared and (int(declared[0]), int(declared[1])) != (w, h):
-            raise DataError(f"{path}: the image is {w}x{h} but {source} says {declared[0]}x{declared[1]}")
-        patient = im.get("patient", im.get("patient_id"))
-        patient = None if patient is None or str(patient).strip() == "" else str(patient)
-        label_name = im.get("image_label")
-        given_label = None
-        if label_name is not None:
-            name = str(label_name).strip().lower()
-            if name not in CLASS_TO_INDEX:
-                raise DataError(f"{where}: image_label {label_name!r} is not one of {list(CLASSES)}")
-            given_label = CLASS_TO_INDEX[name]
-        try:
-            if im.get("weak"):
-                if given_label is None:
-                    raise DataError(f"{where}: a weak image (no boxes known) needs an 'image_label'")
-                samples.append(Sample(pixels, None, None, given_label, sid, patient))
-                continue
-            boxes, labels = [], []
-            for ann in per_image[image_id]:
-                cls = classes[ann["category_id"]]
-                if cls == 0:
-                    continue
-                a_where = f"{source}: annotation {ann.get('id', '?')} of image {image_id!r}"
-                bbox = ann.get("bbox")
-                if bbox is None or (isinstance(bbox, (list, tuple)) and len(bbox) == 0):
-                    if ann.get("segmentation") in (None, [], {}):
-                        raise DataError(f"{a_where}: neither a 'bbox' nor a 'segmentation'")
-                    bbox = _bbox_from_segmentation(ann["segmentation"], h, w, a_where)
-                try:
-                    x, y, bw, bh = (float(v) for v in bbox)
-                except (TypeError, ValueError):
-                    raise DataError(f"{a_where}: bbox must be [x, y, width, height], got {bbox!r}") from None
-                if not (bw > 0 and bh > 0):
-                    raise DataError(f"{a_where}: empty or negative bbox {list(bbox)} (width and height must be > 0)")
-                boxes.append((x, y, x + bw, y + bh))
-                labels.append(cls)
-            kinds = set(labels)
-            if len(kinds) > 1 and mixed == "error":
-                raise DataError(f"{where}: mixed labels, the image has both benign and malignant boxes (pass "
-                                f"mixed='malignant' to label such images malignant)")
-            image_label = given_label if given_label is not None else (max(kinds) if kinds else 0)
-            samples.append(Sample(pixels, np.asarray(boxes, np.float32).reshape(-1, 4),
-                                  np.asarray(labels, np.int64), image_label, sid, patient))
-        except DataError as exc:
-            if str(exc).startswith(source):
-                raise
-            raise DataError(f"{where}: {exc}") from exc
-    return samples
+
+def _coco_sample(im: Mapping[str, Any], anns: List[Mapping[str, Any]], classes: Mapping[Any, int], image_dir: Path,
+                 source: str, where: str, sid: str, mixed: str) -> Sample:
+    """One image entry and its annotations as a :class:`Sample` (its image read from ``image_dir``)."""
+    path = image_dir / str(im["file_name"])
+    pixels = read_image(path)
+    h, w = pixels.shape[:2]
+    declared = (im.get("width"), im.get("height"))
+    if None not in declared and (int(declared[0]), int(declared[1])) != (w, h):
+        raise DataError(f"{path}: the image is {w}x{h} but {source} says {declared[0]}x{declared[1]}")
+    patient = im.get("patient", im.get("patient_id"))
+    patient = None if patient is None or str(patient).strip() == "" else str(patient)
+    given_label = None
+    if im.get("image_label") is not None:
+        name = str(im["image_label"]).strip().lower()
+        if name not in CLASS_TO_INDEX:
+            raise DataError(f"{where}: image_label {im['image_label']!r} is not one of {list(CLASSES)}")
+        given_label = CLASS_TO_INDEX[name]
+    if im.get("weak"):
+        if given_label is None:
+            raise DataError(f"{where}: a weak image (no boxes known) needs an 'image_label'")
+        return Sample(pixels, None, None, given_label, sid, patient)
+    boxes, labels = [], []
+    for ann in anns:
+        cls = classes[ann["category_id"]]
+        if cls == 0:
+            continue
+        boxes.append(_annotation_box(ann, h, w, f"{source}: annotation {ann.get('id', '?')} of image {im['id']!r}"))
+        labels.append(cls)
+    kinds = set(labels)
+    if len(kinds) > 1 and mixed == "error":
+        raise DataError(f"{where}: mixed labels, the image has both benign and malignant boxes (pass "
+                        f"mixed='malignant' to label such images malignant)")
+    image_label = given_label if given_label is not None else (max(kinds) if kinds else 0)
+    return Sample(pixels, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), image_label,
+                  sid, patient)
+
+
+def _annotation_box(ann: Mapping[str, Any], h: int, w: int, where: str) -> tuple:
+    """``(x1, y1, x2, y2)`` of an annotation: its ``bbox``, or the extent of its ``segmentation``."""
+    bbox = ann.get("bbox")
+    if bbox is None or (isinstance(bbox, (list, tuple)) and len(bbox) == 0):
+        if ann.get("segmentation") in (None, [], {}):
+            raise DataError(f"{where}: neither a 'bbox' nor a 'segmentation'")
+        bbox = _bbox_from_segmentation(ann["segmentation"], h, w, where)
+    try:
+        x, y, bw, bh = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}") from None
+    if not (bw > 0 and bh > 0):
+        raise DataError(f"{where}: empty or negative bbox {list(bbox)} (width and height must be > 0)")
+    return (x, y, x + bw, y + bh)
 
 
 def _file_names(samples: Sequence[Sample]) -> List[str]:
@@ -327,7 +338,7 @@ def write_coco(samples: Sequence[Sample], out_dir: PathLike) -> Path:
     """
     from PIL import Image
 
-    from ..checkpoint import _atomic_write, atomic_write_json
+    from ..checkpoint import atomic_write, atomic_write_json
 
     samples = list(samples)
     coco = to_coco(samples)
@@ -336,7 +347,7 @@ def write_coco(samples: Sequence[Sample], out_dir: PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for s, entry in zip(samples, coco["images"]):
         picture = Image.fromarray(np.ascontiguousarray(s.image))
-        _atomic_write(folder / entry["file_name"], lambda f, im=picture: im.save(f, format="PNG"), "wb")
+        atomic_write(folder / entry["file_name"], lambda f, im=picture: im.save(f, format="PNG"), "wb")
     return atomic_write_json(coco, out_dir / ANNOTATIONS_FILE)
 
 

@@ -42,7 +42,7 @@ from .formats import DataError
 from .voc import read_gray, to_gray
 
 __all__ = ["IMAGE_SUFFIXES", "DICOM_SUFFIXES", "ImageFile", "is_dicom", "dicom_frame_count", "read_dicom",
-           "read_image", "list_images", "frame_label"]
+           "read_image", "list_images", "list_grouped", "frame_label"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -301,10 +301,10 @@ def list_images(inputs: Union[PathLike, Iterable[PathLike]], *, recursive: bool 
     DataError
         naming the path when an input does not exist, or a folder holds no image file.
     """
-    return [f for group in _list_grouped(inputs, recursive=recursive) for f in group]
+    return [f for group in list_grouped(inputs, recursive=recursive) for f in group]
 
 
-def _list_grouped(inputs: Union[PathLike, Iterable[PathLike]], *, recursive: bool = False) -> List[List[ImageFile]]:
+def list_grouped(inputs: Union[PathLike, Iterable[PathLike]], *, recursive: bool = False) -> List[List[ImageFile]]:
     """:func:`list_images`, one list per input (empty for a file already listed by an earlier input)."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]

@@ -253,74 +253,84 @@ def load_masks(images_dir: PathLike, masks_dir: PathLike, labels_csv: Optional[P
         raise DataError(f"{images_dir}: no images found (looked for {', '.join(suffixes)})")
     masks = _find_masks(images, masks_dir, pattern)
 
-    table: Dict[str, Tuple[int, Optional[str]]] = {}
-    if labels_csv is not None:
-        labels_csv = Path(labels_csv)
-        if not labels_csv.is_file():
-            raise DataError(f"{labels_csv}: label table not found")
-        by_key = {}
-        for p in images:
-            by_key.setdefault(p.stem, p)
-            by_key.setdefault(p.name, p)
-        first_line: Dict[Path, int] = {}
-        for image_id, text, patient, line in _read_table(labels_csv, id_column, label_column, patient_column):
-            where = f"{labels_csv}, line {line}"
-            image = by_key.get(image_id)
-            if image is None:
-                raise DataError(f"{where}: no image {image_id!r} in {images_dir} (looked for a file whose name or "
-                                f"stem is {image_id!r})")
-            if image in first_line:
-                raise DataError(f"{where}: image {image_id!r} already labelled on line {first_line[image]}")
-            first_line[image] = line
-            label = values.get(text.strip().lower())
-            if label is None:
-                raise DataError(f"{where}: unknown label {text!r} in column {label_column!r}; known values "
-                                f"{sorted(values)} (pass label_map={{{text!r}: 'benign'|'malignant'|'normal'}})")
-            table[image.name] = (label, patient)
-        unlabelled = [p for p in images if p.name not in table]
-        if unlabelled:
-            raise DataError(f"{unlabelled[0]}: the image has no row in {labels_csv} ({len(unlabelled)} image(s) "
-                            f"without a label, e.g. {[p.name for p in unlabelled[:3]]})")
-    elif colour_table is None:
+    if labels_csv is None and colour_table is None:
         raise DataError(f"{masks_dir}: binary masks need a label table (labels_csv) to tell benign from malignant; "
                         f"or pass colors= for colour-coded masks")
-
+    table = {} if labels_csv is None else _label_table(Path(labels_csv), images, images_dir, id_column, label_column,
+                                                      patient_column, values)
     samples: List[Sample] = []
     for image_path in images:
-        pixels = read_image(image_path)
         label, patient = table.get(image_path.name, (None, None))
-        files = masks[image_path]
-        if colour_table is not None:
-            parts = [_colour_boxes(m, pixels.shape, colour_table, min_area) for m in files]
-        else:
-            parts = [(b, np.full(len(b), label or 0, dtype=np.int64))
-                     for b in (read_mask_boxes(m, pixels.shape, min_area=min_area) for m in files)]
-        boxes = np.concatenate([b for b, _ in parts]).astype(np.float32) if parts else np.zeros((0, 4), np.float32)
-        labels = np.concatenate([lab for _, lab in parts]) if parts else np.zeros(0, np.int64)
-        where = files[0] if files else image_path
-        if label is None:  # colour masks without a table: the worst class present, normal without a lesion
-            label = int(labels.max()) if len(labels) else 0
-        if label == 0:
-            if len(boxes):
-                raise DataError(f"{where}: a normal image with a non-empty mask ({len(boxes)} lesion(s))")
-            samples.append(Sample(pixels, boxes, labels, 0, image_path.stem, patient))
-            continue
-        if not files:
-            if missing_mask == "weak":
-                samples.append(Sample(pixels, None, None, label, image_path.stem, patient))
-                continue
-            expected = (str(masks_dir / _format(pattern[1], image_path)) if pattern[0] == "format"
-                        else f"a file in {masks_dir} matching {pattern[1].pattern!r}")
-            raise DataError(f"{image_path}: no mask for a {CLASSES[label]} image (expected {expected}; pass "
-                            f"missing_mask='weak' to keep such images as weak samples)")
-        if len(boxes) == 0:
-            raise DataError(f"{where}: the mask of a {CLASSES[label]} image is empty (no lesion component of at "
-                            f"least {min_area} pixels)")
-        try:
-            samples.append(Sample(pixels, boxes, labels, label, image_path.stem, patient))
-        except DataError as exc:
-            raise DataError(f"{where}: {exc} (the mask's classes disagree with the table's label)") from exc
+        sample = _mask_sample(image_path, masks[image_path], label, patient, colour_table, min_area, missing_mask,
+                              masks_dir, pattern)
+        samples.append(sample)
     return samples
+
+
+def _label_table(labels_csv: Path, images: List[Path], images_dir: Path, id_column: str, label_column: str,
+                 patient_column: Optional[str], values: Dict[str, int]) -> Dict[str, Tuple[int, Optional[str]]]:
+    """``{image file name: (label, patient)}`` from the label table, every image labelled exactly once."""
+    if not labels_csv.is_file():
+        raise DataError(f"{labels_csv}: label table not found")
+    by_key: Dict[str, Path] = {}
+    for p in images:
+        by_key.setdefault(p.stem, p)
+        by_key.setdefault(p.name, p)
+    first_line: Dict[Path, int] = {}
+    table: Dict[str, Tuple[int, Optional[str]]] = {}
+    for image_id, text, patient, line in _read_table(labels_csv, id_column, label_column, patient_column):
+        where = f"{labels_csv}, line {line}"
+        image = by_key.get(image_id)
+        if image is None:
+            raise DataError(f"{where}: no image {image_id!r} in {images_dir} (looked for a file whose name or "
+                            f"stem is {image_id!r})")
+        if image in first_line:
+            raise DataError(f"{where}: image {image_id!r} already labelled on line {first_line[image]}")
+        first_line[image] = line
+        label = values.get(text.strip().lower())
+        if label is None:
+            raise DataError(f"{where}: unknown label {text!r} in column {label_column!r}; known values "
+                            f"{sorted(values)} (pass label_map={{{text!r}: 'benign'|'malignant'|'normal'}})")
+        table[image.name] = (label, patient)
+    unlabelled = [p for p in images if p.name not in table]
+    if unlabelled:
+        raise DataError(f"{unlabelled[0]}: the image has no row in {labels_csv} ({len(unlabelled)} image(s) "
+                        f"without a label, e.g. {[p.name for p in unlabelled[:3]]})")
+    return table
+
+
+def _mask_sample(image_path: Path, files: List[Path], label: Optional[int], patient: Optional[str],
+                 colour_table, min_area: int, missing_mask: str, masks_dir: Path, pattern) -> Sample:
+    """One image with its mask files as a :class:`Sample` (label from the table, or from the mask's colours)."""
+    pixels = read_image(image_path)
+    if colour_table is not None:
+        parts = [_colour_boxes(m, pixels.shape, colour_table, min_area) for m in files]
+    else:
+        parts = [(b, np.full(len(b), label or 0, dtype=np.int64))
+                 for b in (read_mask_boxes(m, pixels.shape, min_area=min_area) for m in files)]
+    boxes = np.concatenate([b for b, _ in parts]).astype(np.float32) if parts else np.zeros((0, 4), np.float32)
+    labels = np.concatenate([lab for _, lab in parts]) if parts else np.zeros(0, np.int64)
+    where = files[0] if files else image_path
+    if label is None:  # colour masks without a table: the worst class present, normal without a lesion
+        label = int(labels.max()) if len(labels) else 0
+    if label == 0:
+        if len(boxes):
+            raise DataError(f"{where}: a normal image with a non-empty mask ({len(boxes)} lesion(s))")
+        return Sample(pixels, boxes, labels, 0, image_path.stem, patient)
+    if not files:
+        if missing_mask == "weak":
+            return Sample(pixels, None, None, label, image_path.stem, patient)
+        expected = (str(masks_dir / _format(pattern[1], image_path)) if pattern[0] == "format"
+                    else f"a file in {masks_dir} matching {pattern[1].pattern!r}")
+        raise DataError(f"{image_path}: no mask for a {CLASSES[label]} image (expected {expected}; pass "
+                        f"missing_mask='weak' to keep such images as weak samples)")
+    if len(boxes) == 0:
+        raise DataError(f"{where}: the mask of a {CLASSES[label]} image is empty (no lesion component of at "
+                        f"least {min_area} pixels)")
+    try:
+        return Sample(pixels, boxes, labels, label, image_path.stem, patient)
+    except DataError as exc:
+        raise DataError(f"{where}: {exc} (the mask's classes disagree with the table's label)") from exc
 
 
 def load_masks_source(root: PathLike) -> List[Sample]:
