@@ -217,3 +217,33 @@ def test_ultrasound_augmentation_keeps_boxes_and_repeats_with_its_seed():
     assert out.shape == image.shape and 0.0 <= float(out.min()) and float(out.max()) <= 1.0
     assert 0 <= box[0] < box[2] <= 64 and 0 <= box[1] < box[3] <= 64
     assert abs(float(box[2] - box[0]) - 30.0) < 3.0       # a small zoom: the box keeps about its size
+
+
+def test_a_zero_mil_weight_silences_an_images_mil_term():
+    model = _model().train()
+    images = detector_images(2)
+    box = torch.tensor([8.0, 10.0, 40.0, 38.0])
+    both = model(images, [{"image_label": 2, "moi_box": box}, {"image_label": 1, "moi_box": box + 4}])
+    first = model(images[:1], [{"image_label": 2, "moi_box": box}])
+    gated = model(images, [{"image_label": 2, "moi_box": box}, {"image_label": 1, "moi_box": box + 4,
+                                                                 "mil_weight": 0.0}])
+    assert float(gated["loss_mil"].detach()) == pytest.approx(float(first["loss_mil"].detach()), rel=1e-5)
+    assert float(gated["loss_mil"].detach()) != pytest.approx(float(both["loss_mil"].detach()), rel=1e-3)
+    nothing = model(images[:1], [{"image_label": 2, "moi_box": box, "mil_weight": 0.0}])
+    assert float(nothing["loss_mil"].detach()) == 0.0 and nothing["loss_mil"].requires_grad
+    with pytest.raises(ValueError, match="mil_weight"):
+        model(images[:1], [{"image_label": 2, "mil_weight": -1.0}])
+
+
+def test_moi_teacher_confidence_gate_counts_and_weights():
+    data = make_phantom(30, seed=1, size=DETECTOR_SIZE)
+    parts = split(data, strong_fraction=0.3, n_test=6, seed=0)
+    gate = MoITeacher(decay=1.0, min_confidence=1.0)          # nothing is that confident: no MIL at all
+    tr = Trainer(_model(), parts.strong, parts.weak, mode="joint", steps=2, progress=False, tensorboard=False,
+                 hooks=[gate])
+    history = tr.fit()
+    assert gate.seen == 2 * 2 and gate.passed == 0 and all(r["loss_mil"] == 0.0 for r in history)
+    open_gate = MoITeacher(decay=1.0, min_confidence=0.0)
+    Trainer(_model(), parts.strong, parts.weak, mode="joint", steps=2, progress=False, tensorboard=False,
+            hooks=[open_gate]).fit()
+    assert open_gate.seen == 4 and open_gate.passed == 0       # without a gate nothing is counted as passed

@@ -259,9 +259,11 @@ def mil_loss(
 
 def mil_loss_unchecked(moi_logits: Tensor, image_labels: Tensor,
                        class_weights: Optional[Union[Sequence[float], Tensor]],
-                       reduction: str = "weighted_mean") -> Tensor:
+                       reduction: str = "weighted_mean", sample_weights: Optional[Tensor] = None) -> Tensor:
     """:func:`mil_loss` without input validation, for callers that validated the labels already (the detector
-    checks them where they enter): the label range check is a host-device synchronisation on a GPU."""
+    checks them where they enter): the label range check is a host-device synchronisation on a GPU.
+    ``sample_weights`` [B] (ours) multiply each image's class weight, e.g. 0 for an image whose mass of interest a
+    teacher is not confident about."""
     b, num_classes = moi_logits.shape
     image_labels = image_labels.reshape(-1).long()
     if moi_logits.dtype in (torch.float16, torch.bfloat16):
@@ -278,6 +280,8 @@ def mil_loss_unchecked(moi_logits: Tensor, image_labels: Tensor,
             weights = torch.full_like(nll, w[-1])
             for c in range(len(w) - 1):
                 weights = torch.where(image_labels == c, w[c], weights)
+    if sample_weights is not None:
+        weights = weights * sample_weights.to(dtype=weights.dtype, device=weights.device).reshape(-1)
     # where(): a zero weight must silence its term even if that term is inf.
     weighted = torch.where(weights != 0, weights * nll, torch.zeros_like(nll))
     if reduction == "batch_mean":

@@ -49,7 +49,17 @@ class MoITeacher(EMATeacher):
     ----------
     decay : EMA decay of the teacher (1: frozen).
     model : the teacher's starting weights (e.g. the strong-only model); default a copy of the student.
+    min_confidence : a weak image whose chosen box the teacher gives less than this probability of the image's class
+        gets no MIL loss in that step (``mil_weight`` 0): only confident masses of interest teach the student.
     """
+
+    def __init__(self, decay: float = 0.999, model: Optional[nn.Module] = None, *,
+                 min_confidence: float = 0.0) -> None:
+        super().__init__(decay, model)
+        if not 0.0 <= float(min_confidence) <= 1.0:
+            raise ValueError(f"min_confidence must lie in [0, 1], got {min_confidence!r}")
+        self.min_confidence = float(min_confidence)
+        self.passed = self.seen = 0
 
     @torch.no_grad()
     def before_forward(self, trainer: Any, images: List[Tensor], targets: List[Dict[str, Any]]):
@@ -62,9 +72,25 @@ class MoITeacher(EMATeacher):
         index = select_moi_batch([lg.float() for _, lg in pairs],
                                  heads.rule_map.rule_ids(labels.to(pairs[0][1].device)), by=heads.moi_by)
         targets = list(targets)
-        for i, (boxes, _), k in zip(weak, pairs, index.tolist()):
+        for i, (boxes, lg), k, label in zip(weak, pairs, index.tolist(), labels.tolist()):
             targets[i] = {**targets[i], "moi_box": boxes[k]}
+            if self.min_confidence > 0:
+                confident = float(torch.softmax(lg[k].float(), dim=0)[label]) >= self.min_confidence
+                targets[i]["mil_weight"] = 1.0 if confident else 0.0
+                self.passed += int(confident)
+            self.seen += 1
         return images, targets
+
+    def state_dict(self) -> Optional[Dict[str, Any]]:
+        state = super().state_dict()
+        if state is not None:
+            state["counts"] = {"passed": self.passed, "seen": self.seen}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        counts = state.get("counts") or {}
+        self.passed, self.seen = int(counts.get("passed", 0)), int(counts.get("seen", 0))
 
 
 def tag_filter(detection: Mapping[str, Tensor], label: int, score_thresh: float,

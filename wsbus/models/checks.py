@@ -86,6 +86,11 @@ def check_targets(targets, images: list[Tensor], num_classes: int) -> list[dict[
             weak = {"image_label": label}
             if t.get("moi_box") is not None:
                 weak["moi_box"] = _moi_box(t["moi_box"], where).to(device, non_blocking=True)
+            if t.get("mil_weight") is not None:
+                w = torch.as_tensor(t["mil_weight"], dtype=torch.float32)
+                if w.numel() != 1 or not bool(torch.isfinite(w).all() & (w >= 0).all()):
+                    raise ValueError(f"{where}: mil_weight must be one finite number >= 0, got {t['mil_weight']!r}")
+                weak["mil_weight"] = w.reshape(()).to(device, non_blocking=True)
             checked.append(weak)
             continue
         if "labels" not in t:

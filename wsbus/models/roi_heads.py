@@ -150,7 +150,10 @@ class WeakSemiRoIHeads(RoIHeads):
         else:
             losses.update(loss_classifier=zero_like_graph(class_logits), loss_box_reg=zero_like_graph(box_regression))
         if weak:  # the mass of interest is each weak image's last RoI
-            losses.update(self.weak_loss(torch.cat([logits[i][-1:] for i in weak]), image_labels))
+            given = [targets[i].get("mil_weight") for i in weak]
+            sample_weights = None if all(g is None for g in given) else torch.stack(
+                [torch.ones((), device=image_labels.device) if g is None else g.reshape(()).float() for g in given])
+            losses.update(self.weak_loss(torch.cat([logits[i][-1:] for i in weak]), image_labels, sample_weights))
         else:
             losses.update(loss_mil=zero_like_graph(class_logits))
         return [], losses
@@ -192,9 +195,11 @@ class WeakSemiRoIHeads(RoIHeads):
                                                        weights=None if weights is None else torch.cat(weights))
         return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
 
-    def weak_loss(self, moi_logits: Tensor, image_labels: Tensor) -> dict[str, Tensor]:
-        """``loss_mil`` of the weak images' masses of interest (:func:`wsbus.losses.mil_loss`)."""
+    def weak_loss(self, moi_logits: Tensor, image_labels: Tensor,
+                  sample_weights: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """``loss_mil`` of the weak images' masses of interest (:func:`wsbus.losses.mil_loss`; a target's
+        ``mil_weight`` multiplies its image's weight)."""
         # The labels were validated where they entered (wsbus.models.checks.check_targets): the unchecked form
         # skips mil_loss's range check, a host-device sync.
         return {"loss_mil": mil_loss_unchecked(moi_logits, image_labels, self.mil_class_weights,
-                                               reduction=self.mil_reduction)}
+                                               reduction=self.mil_reduction, sample_weights=sample_weights)}
