@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from wsbus.data import make_phantom
 from wsbus.evaluate import MethodResult
@@ -247,3 +248,29 @@ def test_summarize_experiments_by_hand():
     assert data["joint_minus_strong_few"] == [pytest.approx(0.1), pytest.approx(0.2)]
     assert "| joint - strong_few | +10.00 (p 0.01) | +20.00 (p 0.2) | +15.00 |" in table
     assert "| strong_few | 50.00 | 40.00 | 45.00 | 7.07 |" in table
+
+
+@pytest.mark.slow
+def test_joint_warm_start_and_moi_teacher_recipe(tmp_path, monkeypatch):
+    """The joint run starts from strong_few's final weights and trains with a teacher choosing its MoI."""
+    from wsbus.engine import Trainer
+    from wsbus.experiments import runner
+
+    recipe = TINY.replace(joint_warm_start=True, joint_steps=2, moi_teacher=dict(decay=0.9, min_confidence=0.2))
+    seen = {}
+    original = Trainer.__init__
+
+    def spy(self, model, *args, hooks=(), **kw):
+        seen[kw["mode"]] = ({k: v.clone() for k, v in model.state_dict().items()}, [type(h).__name__ for h in hooks],
+                            kw["steps"])
+        original(self, model, *args, hooks=hooks, **kw)
+
+    monkeypatch.setattr(runner.Trainer, "__init__", spy)
+    run_experiment("phantom", tmp_path, recipe=recipe, methods=["strong_few", "joint"], progress=False, verbose=False)
+    from wsbus.checkpoint import load_checkpoint
+
+    few = load_checkpoint(tmp_path / "runs" / "strong_few" / "last.pt")["model"]
+    start, hooks, steps = seen["joint"]
+    assert all(torch.equal(start[k], few[k]) for k in few) and hooks == ["MoITeacher"] and steps == 2
+    with pytest.raises(ValueError, match="joint_warm_start"):
+        run_experiment("phantom", tmp_path / "b", recipe=recipe, methods=["joint"], progress=False)

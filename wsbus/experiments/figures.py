@@ -39,9 +39,10 @@ def loss_figure(histories: Mapping[str, Any]) -> Figure:
         batches = set(h.column("batch"))
         if batches != {"weak"}:
             l_s = np.sum([h.column(k) for k in STRONG_LOSS_KEYS], axis=0)
-            ax_s.plot(steps, moving_average(l_s, window), label=name, color=color, linewidth=1.4)
-        if batches != {"strong"}:
-            ax_w.plot(steps, moving_average(h.column("loss_mil"), window), label=name, color=color, linewidth=1.4)
+            ax_s.plot(steps, np.maximum(moving_average(l_s, window), 1e-6), label=name, color=color, linewidth=1.4)
+        if batches != {"strong"}:  # a gated MIL loss can be exactly 0: floored for the log axis
+            ax_w.plot(steps, np.maximum(moving_average(h.column("loss_mil"), window), 1e-6), label=name, color=color,
+                      linewidth=1.4)
     ax_s.set_title(r"supervised loss $L_s$ (RPN + Fast R-CNN)", fontsize=9)
     ax_w.set_title(r"MIL loss $L_{ws}$ of the mass of interest", fontsize=9)
     for ax in (ax_s, ax_w):

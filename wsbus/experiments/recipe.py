@@ -58,6 +58,11 @@ class Recipe:
     mil_class_weights : ``"inverse_frequency"`` of the training labels, None, or 3 numbers.
     steps : training steps of every few-box run; ``strong_full_steps`` those of the all-boxes reference (default
         ``steps``: it may need more to converge on a large training set).
+    joint_warm_start, joint_steps : the joint run starts from the strong_few model (a warm-up on the boxed images
+        alone, whose steps then count in its budget) and trains ``joint_steps`` more steps (default ``steps``).
+    moi_teacher : the joint run's masses of interest are chosen by a teacher (ours): the keyword arguments of
+        :class:`wsbus.teachers.MoITeacher` (``decay``, ``min_confidence``); empty: the head being trained chooses
+        (the paper).
     batch_strong, batch_weak : images per step from each stream.
     lr, weight_decay : Adam's settings.
     alpha : the MIL weight of the joint runs: ``"gradual"`` or a constant.
@@ -89,6 +94,9 @@ class Recipe:
     # training
     steps: int = 800
     strong_full_steps: Optional[int] = None
+    joint_warm_start: bool = False
+    joint_steps: Optional[int] = None
+    moi_teacher: Mapping[str, Any] = field(default_factory=dict)
     batch_strong: int = 2
     batch_weak: int = 2
     lr: float = 5e-4
@@ -126,7 +134,7 @@ class Recipe:
     def as_dict(self) -> Dict[str, Any]:
         """Plain data (for ``results.json``)."""
         d = dataclasses.asdict(self)
-        for key in ("phantom", "detector", "mean_teacher"):
+        for key in ("phantom", "detector", "mean_teacher", "moi_teacher"):
             d[key] = dict(getattr(self, key))
         for key in ("n_test", "n_val", "n_strong"):
             if isinstance(d[key], Mapping):

@@ -39,6 +39,7 @@ from ..inference import detect
 from ..models import build_detector
 from ..seeding import cpu_threads, seeded
 from ..self_training import MeanTeacherSettings, self_train
+from ..teachers import MoITeacher
 from ..viz.detections import plot_precision_vs_rank
 from .data import ExperimentData, experiment_seeds, prepare_data
 from .figures import froc_figure, loss_figure, panels_figure
@@ -100,6 +101,8 @@ class Experiment:
             raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
         if "joint_self_training" in methods and "joint" not in methods:
             raise ValueError("joint_self_training starts from the joint model: include 'joint' in the methods")
+        if recipe.joint_warm_start and "joint" in methods and "strong_few" not in methods:
+            raise ValueError("the recipe's joint run starts from strong_few (joint_warm_start): include 'strong_few'")
         if evaluate_on not in ("test", "val"):
             raise ValueError(f"evaluate_on must be 'test' or 'val', got {evaluate_on!r}")
         self.eval_set = data.test if evaluate_on == "test" else data.val
@@ -135,8 +138,16 @@ class Experiment:
 
     def steps_of(self, name: str) -> int:
         """Training steps of a method (the all-boxes reference and the self-training may train longer)."""
-        special = {"strong_full": self.recipe.strong_full_steps, "joint_self_training": self.recipe.self_training_steps}
+        special = {"strong_full": self.recipe.strong_full_steps, "joint_self_training": self.recipe.self_training_steps,
+                   "joint": self.recipe.joint_steps}
         return int(special.get(name) or self.recipe.steps)
+
+    def trained_weights(self, name: str) -> Dict[str, torch.Tensor]:
+        """The final weights of a method already trained in this experiment (its ``last.pt``)."""
+        path = self.run_dir(name) / "last.pt"
+        if not path.is_file():
+            raise ValueError(f"{name} has not been trained in {self.out} yet (no {path}); the recipe needs it first")
+        return load_checkpoint(path, map_location="cpu")["model"]
 
     def evaluate(self, name: str, model: torch.nn.Module, n_strong: int, n_weak: int):
         dets = detect(model, self.eval_set, device=self.device)
@@ -166,11 +177,16 @@ class Experiment:
         strong, weak, mode = self.sets(name)
         steps = self.steps_of(name)
         kw: Dict[str, Any] = dict(self.recipe.trainer_options())
+        model, hooks = self.build_model(), []
         if mode == "joint":
             kw.update(alpha=self.recipe.alpha_schedule(steps), mixing=self.recipe.mixing)
-        trainer = Trainer(self.build_model(), strong, weak, mode=mode, steps=steps, seed=self.train_seed,
-                          device=self.device, out_dir=self.run_dir(name), checkpoint_every=max(1, steps // 10),
-                          progress=False, tensorboard=False, callbacks=[bar.step], **kw)
+            if self.recipe.joint_warm_start:
+                model.load_state_dict(self.trained_weights("strong_few"))
+            if self.recipe.moi_teacher:
+                hooks.append(MoITeacher(**dict(self.recipe.moi_teacher)))
+        trainer = Trainer(model, strong, weak, mode=mode, steps=steps, seed=self.train_seed, device=self.device,
+                          out_dir=self.run_dir(name), checkpoint_every=max(1, steps // 10), progress=False,
+                          tensorboard=False, callbacks=[bar.step], hooks=hooks, **kw)
         history = trainer.fit(resume=True)
         m, dets = self.evaluate(name, trainer.model, len(strong or ()), len(weak or ()))
         self.finish(name, m, dets, history, started)
@@ -180,7 +196,7 @@ class Experiment:
         started = (time.perf_counter(), time.process_time())
         name = "joint_self_training"
         joint = self.build_model()
-        joint.load_state_dict(load_checkpoint(self.run_dir("joint") / "last.pt", map_location="cpu")["model"])
+        joint.load_state_dict(self.trained_weights("joint"))
         r = self.recipe
         st = self_train(self.data.strong, self.data.weak, self.eval_set, model_factory=self.build_model,
                         initial=joint.to(self.device), procedure=r.self_training,
