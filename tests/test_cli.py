@@ -160,3 +160,16 @@ def test_parse_source():
     assert len(a) == 5 and a[0].image.shape == (64, 64) and [s.id for s in a] == [s.id for s in b]
     with pytest.raises(NotADirectoryError, match="is not a folder"):
         load_source(f"voc:{__file__}")
+
+
+def test_train_init_starts_from_another_runs_weights(trained, tmp_path):
+    out, _ = trained
+    run = tmp_path / "warm"
+    proc = wsbus(*TRAIN, "--steps", "1", "--init", out / "last.pt", "--lr", "1e-12", "--out", run)
+    assert proc.returncode == 0, proc.stderr
+    a, b = load_checkpoint(out / "last.pt")["model"], load_checkpoint(run / "last.pt")["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)   # one negligible step from it
+    assert load_checkpoint(run / "last.pt")["config"]["metadata"]["init"] == str(out / "last.pt")
+    bad = wsbus(*TRAIN, "--steps", "1", "--init", out / "last.pt", "--size", "96", "--backbone", "resnet18",
+                "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and "--init" in bad.stderr

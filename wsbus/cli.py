@@ -113,6 +113,9 @@ def _train_parser(sub) -> None:
     t.add_argument("--out", required=True, help="output folder (last.pt, log.csv, config.json, split.json)")
     _add_recipe_options(t)
     t.add_argument("--pretrained", action="store_true", help="ImageNet backbone weights (downloads them)")
+    t.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from the weights of this checkpoint (e.g. a strong run's last.pt: a warm-up on the "
+                        "boxed images) instead of a fresh initialisation")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--n-strong", type=_positive_int, default=None, help="strong (boxed) training images")
     g.add_argument("--strong-fraction", type=_fraction, default=None,
@@ -413,8 +416,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .data.sources import load_source, parse_source
     from .distributed import cleanup_distributed, init_distributed
     from .engine import Trainer
+    from .inference import load_detector
     from .models import build_detector
     from .seeding import seeded
+    from .teachers import MoITeacher
 
     info, device = init_distributed(args.device)
     _setup_logging(info.is_main)
@@ -434,16 +439,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         with seeded(args.seed):  # the model's initial weights
             model = build_detector(**recipe.detector_options(list(strong or []) + list(weak or []),
                                                              pretrained=args.pretrained))
+        if args.init:
+            try:
+                model.load_state_dict(load_detector(args.init).state_dict())
+            except RuntimeError as exc:
+                raise CliError(f"--init {args.init}: its detector differs from this run's ({exc})") from None
+        hooks = [MoITeacher(**dict(recipe.moi_teacher))] if args.mode == "joint" and recipe.moi_teacher else []
         alpha = recipe.alpha_schedule(recipe.steps, _alpha_spec(args.alpha))
         metadata = {"data": args.data, "phantom_size": recipe.size, "split": split_params, "split_ids": split_ids,
-                    "argv": list(sys.argv)}
+                    "init": args.init, "argv": list(sys.argv)}
         joint = dict(alpha=alpha, mixing=recipe.mixing) if args.mode == "joint" else {}
         trainer = Trainer(model, strong, weak, mode=args.mode, steps=recipe.steps, optimizer=args.optimizer,
                           device=device, amp=args.amp, clip_grad_norm=args.clip_grad_norm, out_dir=out,
                           checkpoint_every=args.checkpoint_every, keep_every=args.keep_every,
                           log_every=args.log_every, seed=args.seed, num_workers=args.workers,
                           progress=not args.no_progress, tensorboard=not args.no_tensorboard, metadata=metadata,
-                          **recipe.trainer_options(), **joint)
+                          hooks=hooks, **recipe.trainer_options(), **joint)
         if info.is_main:
             atomic_write_json({"data": args.data, "params": split_params, **split_ids}, split_file)
             atomic_write_json({"command": "train", "args": _plain(args), "recipe": recipe.as_dict(),
