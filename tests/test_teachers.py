@@ -247,3 +247,30 @@ def test_moi_teacher_confidence_gate_counts_and_weights():
     Trainer(_model(), parts.strong, parts.weak, mode="joint", steps=2, progress=False, tensorboard=False,
             hooks=[open_gate]).fit()
     assert open_gate.seen == 4 and open_gate.passed == 0       # without a gate nothing is counted as passed
+
+
+def test_moi_teacher_regressed_box_and_abnormal_confidence():
+    """With ``regress=True`` the MoI is the teacher's regressed box of the image's class around the chosen
+    proposal, as its own head would output; ``confidence="abnormal"`` gates on 1 - p_normal."""
+    model = _model(seed=3)
+    images = detector_images(2, seed=7)
+    targets = [{"image_label": torch.tensor(1)}, {"image_label": torch.tensor(2)}]
+
+    class T:
+        device = torch.device("cpu")
+
+    T.model = model
+    plain, regressed = MoITeacher(decay=1.0), MoITeacher(decay=1.0, regress=True, min_confidence=0.5,
+                                                         confidence="abnormal")
+    plain.attach(T())
+    regressed.attach(T())
+    _, a = plain.before_forward(T(), images, targets)
+    _, b = regressed.before_forward(T(), images, targets)
+    triples = model.proposal_predictions(images, weak=True)
+    for t_a, t_b, (props, logits, boxes), label in zip(a, b, triples, (1, 2)):
+        k = next(j for j in range(len(props)) if torch.equal(props[j], t_a["moi_box"]))
+        assert torch.equal(t_b["moi_box"], boxes[k, label]) or torch.equal(t_b["moi_box"], props[k])
+        p = torch.softmax(logits[k], 0)
+        assert t_b["mil_weight"] == (1.0 if float(1 - p[0]) >= 0.5 else 0.0)
+    with pytest.raises(ValueError, match="confidence"):
+        MoITeacher(confidence="benign")

@@ -366,3 +366,19 @@ def test_tiny_detector_resume_is_exact(phantom, tmp_path):
     resumed.fit(resume=True)
     for (k, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_cosine_learning_rate_schedule_by_hand_and_recorded():
+    import math
+
+    from wsbus.engine import TrainerConfig
+
+    cfg = TrainerConfig(lr=1e-3, lr_schedule="cosine", lr_floor=0.1, steps=10)
+    assert cfg.lr_at(0) == pytest.approx(1e-3) and cfg.lr_at(10) == pytest.approx(1e-4)
+    assert cfg.lr_at(5) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2))))
+    assert TrainerConfig(lr=1e-3).lr_at(7) == 1e-3
+    with pytest.raises(ValueError, match="lr_floor"):
+        TrainerConfig(lr_floor=2.0)
+    tr = trainer(steps=4, lr=1e-3, lr_schedule="cosine", lr_floor=0.0)
+    history = tr.fit()
+    assert history.column("lr") == pytest.approx([tr.config.lr_at(k, 4) for k in range(4)])

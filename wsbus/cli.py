@@ -448,13 +448,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         alpha = recipe.alpha_schedule(recipe.steps, _alpha_spec(args.alpha))
         metadata = {"data": args.data, "phantom_size": recipe.size, "split": split_params, "split_ids": split_ids,
                     "init": args.init, "argv": list(sys.argv)}
-        joint = dict(alpha=alpha, mixing=recipe.mixing) if args.mode == "joint" else {}
+        joint = {}
+        if args.mode == "joint":  # the recipe's joint settings, unless given on the command line
+            joint = dict(alpha=alpha, mixing=recipe.mixing, **{k: v for k, v in recipe.joint_trainer.items()
+                                                               if not (k == "lr" and args.lr is not None)})
         trainer = Trainer(model, strong, weak, mode=args.mode, steps=recipe.steps, optimizer=args.optimizer,
                           device=device, amp=args.amp, clip_grad_norm=args.clip_grad_norm, out_dir=out,
                           checkpoint_every=args.checkpoint_every, keep_every=args.keep_every,
                           log_every=args.log_every, seed=args.seed, num_workers=args.workers,
                           progress=not args.no_progress, tensorboard=not args.no_tensorboard, metadata=metadata,
-                          hooks=hooks, **recipe.trainer_options(), **joint)
+                          hooks=hooks, **{**recipe.trainer_options(), **joint})
         if info.is_main:
             atomic_write_json({"data": args.data, "params": split_params, **split_ids}, split_file)
             atomic_write_json({"command": "train", "args": _plain(args), "recipe": recipe.as_dict(),

@@ -49,16 +49,22 @@ class MoITeacher(EMATeacher):
     ----------
     decay : EMA decay of the teacher (1: frozen).
     model : the teacher's starting weights (e.g. the strong-only model); default a copy of the student.
-    min_confidence : a weak image whose chosen box the teacher gives less than this probability of the image's class
-        gets no MIL loss in that step (``mil_weight`` 0): only confident masses of interest teach the student.
+    min_confidence : a weak image whose chosen region the teacher is less confident about than this gets no MIL loss
+        in that step (``mil_weight`` 0): only confident masses of interest teach the student.
+    confidence : what the gate reads: ``"label"`` (the teacher's probability of the image's class) or ``"abnormal"``
+        (one minus its probability of normal tissue, which does not depend on the benign/malignant call).
+    regress : the mass of interest is the teacher's regressed box for the image's class around the chosen proposal
+        (the box its head would output), instead of the proposal itself.
     """
 
-    def __init__(self, decay: float = 0.999, model: Optional[nn.Module] = None, *,
-                 min_confidence: float = 0.0) -> None:
+    def __init__(self, decay: float = 0.999, model: Optional[nn.Module] = None, *, min_confidence: float = 0.0,
+                 confidence: str = "label", regress: bool = False) -> None:
         super().__init__(decay, model)
         if not 0.0 <= float(min_confidence) <= 1.0:
             raise ValueError(f"min_confidence must lie in [0, 1], got {min_confidence!r}")
-        self.min_confidence = float(min_confidence)
+        if confidence not in ("label", "abnormal"):
+            raise ValueError(f"confidence must be 'label' or 'abnormal', got {confidence!r}")
+        self.min_confidence, self.confidence, self.regress = float(min_confidence), confidence, bool(regress)
         self.passed = self.seen = 0
 
     @torch.no_grad()
@@ -67,15 +73,19 @@ class MoITeacher(EMATeacher):
         if not weak:
             return images, targets
         heads = trainer.model.roi_heads
-        pairs = self.model.proposal_logits([images[i] for i in weak], weak=True)
+        triples = self.model.proposal_predictions([images[i] for i in weak], weak=True)
         labels = torch.stack([torch.as_tensor(targets[i]["image_label"]).reshape(()) for i in weak])
-        index = select_moi_batch([lg.float() for _, lg in pairs],
-                                 heads.rule_map.rule_ids(labels.to(pairs[0][1].device)), by=heads.moi_by)
+        index = select_moi_batch([lg.float() for _, lg, _ in triples],
+                                 heads.rule_map.rule_ids(labels.to(triples[0][1].device)), by=heads.moi_by)
         targets = list(targets)
-        for i, (boxes, lg), k, label in zip(weak, pairs, index.tolist(), labels.tolist()):
-            targets[i] = {**targets[i], "moi_box": boxes[k]}
+        for i, (boxes, lg, regressed), k, label in zip(weak, triples, index.tolist(), labels.tolist()):
+            box = regressed[k, label] if self.regress else boxes[k]
+            if self.regress and not bool(box[2] > box[0]) or self.regress and not bool(box[3] > box[1]):
+                box = boxes[k]  # a regressed box clipped to nothing at the border: the proposal itself
+            targets[i] = {**targets[i], "moi_box": box}
             if self.min_confidence > 0:
-                confident = float(torch.softmax(lg[k].float(), dim=0)[label]) >= self.min_confidence
+                p = torch.softmax(lg[k].float(), dim=0)
+                confident = float(1.0 - p[0] if self.confidence == "abnormal" else p[label]) >= self.min_confidence
                 targets[i]["mil_weight"] = 1.0 if confident else 0.0
                 self.passed += int(confident)
             self.seen += 1

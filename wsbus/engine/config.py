@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -9,9 +10,11 @@ import torch
 
 from .streams import MIXINGS, MODES, check_choice
 
-__all__ = ["TrainerConfig", "OPTIMIZERS", "AMP_DTYPES", "amp_dtype_of"]
+__all__ = ["TrainerConfig", "OPTIMIZERS", "LR_SCHEDULES", "AMP_DTYPES", "amp_dtype_of"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+#: Learning-rate schedules: ``constant`` (the reference) or ``cosine`` decay from ``lr`` to ``lr_floor * lr``.
+LR_SCHEDULES = ("constant", "cosine")
 #: Names accepted for ``amp_dtype``.
 AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
               "half": torch.float16}
@@ -36,6 +39,8 @@ class TrainerConfig:
     lr: float = 5e-4
     weight_decay: float = 5e-4
     optimizer: str = "adam"
+    lr_schedule: str = "constant"
+    lr_floor: float = 0.0
     steps: int = 60000
     seed: int = 3
     amp: bool = False
@@ -64,6 +69,9 @@ class TrainerConfig:
             raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={self.lr!r}, "
                              f"weight_decay={self.weight_decay!r}")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not 0.0 <= float(self.lr_floor) <= 1.0:
+            raise ValueError(f"lr_floor must lie in [0, 1] (a fraction of lr), got {self.lr_floor!r}")
         if self.amp_dtype is not None:
             name = str(self.amp_dtype).replace("torch.", "")
             if name not in AMP_DTYPES:
@@ -77,6 +85,16 @@ class TrainerConfig:
     def as_dict(self) -> dict:
         """Plain data."""
         return dataclasses.asdict(self)
+
+    def lr_at(self, step: int, total: Optional[int] = None) -> float:
+        """The learning rate of step ``step`` of a run of ``total`` steps (default ``steps``): constant, or the
+        cosine ``lr * (floor + (1 - floor) * (1 + cos(pi * step / total)) / 2)``. A function of the step alone, so a
+        resumed run sets the same rates."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        total = max(1, int(self.steps if total is None else total))
+        return self.lr * (self.lr_floor + (1.0 - self.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, total)
+                                                                                          / total)))
 
 
 def amp_dtype_of(config: TrainerConfig, device: torch.device) -> Optional[torch.dtype]:

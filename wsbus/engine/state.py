@@ -15,8 +15,8 @@ import torch
 __all__ = ["RESUME_KEYS", "check_plain", "resume_problems"]
 
 #: Trainer settings that must agree between a checkpoint and the run resuming from it.
-RESUME_KEYS = ("mode", "mixing", "n_strong", "n_weak", "seed", "optimizer", "lr", "weight_decay", "amp", "amp_dtype",
-               "world_size", "alpha", "n_strong_images", "n_weak_images")
+RESUME_KEYS = ("mode", "mixing", "n_strong", "n_weak", "seed", "optimizer", "lr", "weight_decay", "lr_schedule",
+               "lr_floor", "amp", "amp_dtype", "world_size", "alpha", "n_strong_images", "n_weak_images")
 
 
 def check_plain(obj: Any, where: str) -> None:

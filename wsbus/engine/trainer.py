@@ -154,7 +154,8 @@ class Trainer:
     **settings : the fields of :class:`wsbus.engine.TrainerConfig`: ``mode`` (``"strong"`` needs ``strong``,
         ``"weak"`` needs ``weak``, ``"joint"`` both), ``mixing`` (``"combined"`` | ``"alternating"``, joint only),
         ``n_strong`` / ``n_weak`` (per-rank images per step from each stream; reference 1 + 2), ``lr``,
-        ``weight_decay``, ``optimizer`` (``"adam"`` reference, ``"adamw"``, ``"sgd"``), ``steps`` (reference
+        ``weight_decay``, ``optimizer`` (``"adam"`` reference, ``"adamw"``, ``"sgd"``), ``lr_schedule``
+        (``"constant"``, the reference, or ``"cosine"`` down to ``lr_floor * lr``), ``steps`` (reference
         60 000; ``fit(steps=...)`` overrides it), ``seed`` (names every random draw; reference 3), ``amp`` and
         ``amp_dtype`` (``torch.autocast``; bfloat16 on CPU, float16 with a ``GradScaler`` on CUDA by default),
         ``clip_grad_norm``, ``checkpoint_every``, ``keep_every`` (also keep ``step_XXXXXX.pt`` copies),
@@ -389,6 +390,9 @@ class Trainer:
             self.scaler.scale(total).backward()
             report = self._reduced(terms, total, step, alpha)  # after the backward is queued: no GPU idles
             grad_norm = self._clip()
+            if self.config.lr_schedule != "constant":
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.config.lr_at(step, self.max_step)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         return {"step": step, "batch": "+".join(batches), "loss": report["loss"],

@@ -61,8 +61,10 @@ class Recipe:
     joint_warm_start, joint_steps : the joint run starts from the strong_few model (a warm-up on the boxed images
         alone, whose steps then count in its budget) and trains ``joint_steps`` more steps (default ``steps``).
     moi_teacher : the joint run's masses of interest are chosen by a teacher (ours): the keyword arguments of
-        :class:`wsbus.teachers.MoITeacher` (``decay``, ``min_confidence``); empty: the head being trained chooses
-        (the paper).
+        :class:`wsbus.teachers.MoITeacher` (``decay``, ``min_confidence``, ``confidence``, ``regress``); empty: the
+        head being trained chooses (the paper). With ``joint_warm_start`` the teacher starts as the strong_few model.
+    joint_trainer : :class:`wsbus.engine.Trainer` settings that differ for the joint run (e.g. ``lr``,
+        ``lr_schedule``, ``lr_floor``).
     batch_strong, batch_weak : images per step from each stream.
     lr, weight_decay : Adam's settings.
     alpha : the MIL weight of the joint runs: ``"gradual"`` or a constant.
@@ -97,6 +99,7 @@ class Recipe:
     joint_warm_start: bool = False
     joint_steps: Optional[int] = None
     moi_teacher: Mapping[str, Any] = field(default_factory=dict)
+    joint_trainer: Mapping[str, Any] = field(default_factory=dict)
     batch_strong: int = 2
     batch_weak: int = 2
     lr: float = 5e-4
@@ -134,7 +137,7 @@ class Recipe:
     def as_dict(self) -> Dict[str, Any]:
         """Plain data (for ``results.json``)."""
         d = dataclasses.asdict(self)
-        for key in ("phantom", "detector", "mean_teacher", "moi_teacher"):
+        for key in ("phantom", "detector", "mean_teacher", "moi_teacher", "joint_trainer"):
             d[key] = dict(getattr(self, key))
         for key in ("n_test", "n_val", "n_strong"):
             if isinstance(d[key], Mapping):
@@ -170,11 +173,16 @@ PHANTOM = Recipe()
 #: A smoke run of the same outputs (well under a minute).
 PHANTOM_QUICK = Recipe(phantom_images=70, size=64, n_test={0: 4, 1: 8, 2: 8}, strong_fraction=0.2, steps=8,
                        n_boot=200, panel_images=1)
-#: Real B-mode scans (BUS-BRA, BUSI, VOC-BUS folders): 50 boxed images, 300 test and 250 validation images.
+#: Real B-mode scans (BUS-BRA, BUSI, VOC-BUS folders): 50 boxed images, 300 test and 250 validation images; the
+#: settings measured best on BUS-BRA's validation split (docs/decisions.md).
 REAL = Recipe(n_strong=50, strong_fraction=None, n_test=300, n_val=250, size=160, max_size=320,
-              detector=dict(weak_proposals=10, anchor_sizes=(32, 64, 128)), steps=1500)
+              detector=dict(weak_proposals=30, anchor_sizes=(32, 64, 128)), rule_map="most_abnormal/most_abnormal",
+              steps=3000, strong_full_steps=10000, alpha=0.5, joint_warm_start=True, joint_steps=1500,
+              moi_teacher=dict(decay=1.0, min_confidence=0.98, confidence="abnormal", regress=True),
+              joint_trainer=dict(lr=2e-4, lr_schedule="cosine", lr_floor=0.02))
 #: A smoke run on real scans (a small subset is enough).
-REAL_QUICK = REAL.replace(n_strong=8, n_test=12, n_val=0, steps=6, n_boot=100, panel_images=1)
+REAL_QUICK = REAL.replace(n_strong=8, n_test=12, n_val=0, steps=6, strong_full_steps=None, joint_steps=None, n_boot=100,
+                          panel_images=1)
 
 
 #: The paper's own settings (Table I's split of SNUBH, VGG16 at 600 px, 60k steps of 1 strong + 2 weak images, the

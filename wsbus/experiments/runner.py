@@ -179,7 +179,8 @@ class Experiment:
         kw: Dict[str, Any] = dict(self.recipe.trainer_options())
         model, hooks = self.build_model(), []
         if mode == "joint":
-            kw.update(alpha=self.recipe.alpha_schedule(steps), mixing=self.recipe.mixing)
+            kw.update(alpha=self.recipe.alpha_schedule(steps), mixing=self.recipe.mixing,
+                      **dict(self.recipe.joint_trainer))
             if self.recipe.joint_warm_start:
                 model.load_state_dict(self.trained_weights("strong_few"))
             if self.recipe.moi_teacher:

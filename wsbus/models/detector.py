@@ -33,6 +33,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import boxes as box_ops
 from torchvision.ops.poolers import initLevelMapper
 
 from ..mil import select_moi_batch
@@ -149,6 +150,13 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
         training chooses a mass of interest among). Returns one ``(proposals [R, 4], logits [R, num_classes])``
         pair per image.
         """
+        return [(p, lg) for p, lg, _ in self.proposal_predictions(images, grad=grad, weak=weak)]
+
+    def proposal_predictions(self, images, grad: bool = False,
+                             weak: bool = False) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """:meth:`proposal_logits` with, per proposal, the box head's regressed box of every class: one
+        ``(proposals [R, 4], logits [R, num_classes], boxes [R, num_classes, 4])`` triple per image, boxes decoded,
+        clipped to the image and in input-image coordinates."""
         images = check_images(images)
         original_image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         was_training = self.training
@@ -160,12 +168,16 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
                 with self.rpn.weak_counts(weak):
                     proposals, _ = self.rpn(image_list, features, None)
                 heads = self.roi_heads
-                logits, _ = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals,
-                                                                                  image_list.image_sizes)))
+                logits, regression = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals,
+                                                                                           image_list.image_sizes)))
+                counts = [len(p) for p in proposals]
+                decoded = heads.box_coder.decode(regression.float(), proposals).split(counts)
                 out = []
-                for props, lg, size, orig in zip(proposals, logits.split([len(p) for p in proposals]),
-                                                 image_list.image_sizes, original_image_sizes):
-                    out.append((resize_boxes(props, size, orig), lg))
+                for props, lg, boxes, size, orig in zip(proposals, logits.split(counts), decoded,
+                                                        image_list.image_sizes, original_image_sizes):
+                    boxes = box_ops.clip_boxes_to_image(boxes, size)
+                    out.append((resize_boxes(props, size, orig), lg,
+                                resize_boxes(boxes.reshape(-1, 4), size, orig).reshape(boxes.shape)))
         finally:
             self.train(was_training)
         return out
