@@ -274,3 +274,13 @@ def test_joint_warm_start_and_moi_teacher_recipe(tmp_path, monkeypatch):
     assert all(torch.equal(start[k], few[k]) for k in few) and hooks == ["MoITeacher"] and steps == 2
     with pytest.raises(ValueError, match="joint_warm_start"):
         run_experiment("phantom", tmp_path / "b", recipe=recipe, methods=["joint"], progress=False)
+
+
+def test_a_finished_result_of_another_experiment_is_not_reused(tmp_path):
+    run_experiment("phantom", tmp_path, recipe=TINY.replace(steps=2), methods=["strong_few"], progress=False,
+                   verbose=False)
+    with pytest.raises(ValueError, match="belongs to another experiment .*recipe"):
+        run_experiment("phantom", tmp_path, recipe=TINY.replace(steps=3), methods=["strong_few"], progress=False)
+    with pytest.raises(ValueError, match="belongs to another experiment .*seed"):
+        run_experiment("phantom", tmp_path, recipe=TINY.replace(steps=2), methods=["strong_few"], seed=1,
+                       progress=False)

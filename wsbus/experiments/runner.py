@@ -158,15 +158,26 @@ class Experiment:
     def finish(self, name: str, m: MethodResult, dets: list, history: History, started: Tuple[float, float],
                **extra: Any) -> None:
         timing = {"wall": time.perf_counter() - started[0], "cpu": time.process_time() - started[1]}
-        state = _result_state(m, dets, history, timing, extra)
+        state = _result_state(m, dets, history, timing, {**extra, "provenance": self.provenance()})
         atomic_save(state, self.run_dir(name) / "result.pt")
         self.results[name], self.states[name] = m, state
+
+    def provenance(self) -> Dict[str, Any]:
+        """What a stored result was made with: the recipe, the seed and the images evaluated on."""
+        return {"recipe": repr(self.recipe), "seed": self.seed, "evaluated_on": self.evaluate_on,
+                "eval_ids": [s.id for s in self.eval_set]}
 
     def load_finished(self, name: str) -> bool:
         path = self.run_dir(name) / "result.pt"
         if not path.is_file():
             return False
         state = load_checkpoint(path, require=("name", "per_image", "detections"))
+        made = (state.get("extra") or {}).get("provenance")
+        if made != self.provenance():
+            what = [k for k in ("recipe", "seed", "evaluated_on", "eval_ids") if (made or {}).get(k) !=
+                    self.provenance()[k]]
+            raise ValueError(f"{path} belongs to another experiment (its {', '.join(what) or 'provenance'} "
+                             f"differs); resume an experiment with the same arguments, or use another output folder")
         self.results[name], self.states[name] = _method_of(state), state
         return True
 
