@@ -49,7 +49,8 @@ def loss_figure(histories: Mapping[str, Any]) -> Figure:
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:   # a panel without a run of its kind (no weak images) stays empty
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
