@@ -274,3 +274,23 @@ def test_moi_teacher_regressed_box_and_abnormal_confidence():
         assert t_b["mil_weight"] == (1.0 if float(1 - p[0]) >= 0.5 else 0.0)
     with pytest.raises(ValueError, match="confidence"):
         MoITeacher(confidence="benign")
+
+
+def test_class_balanced_pseudo_boxes_weigh_by_inverse_frequency():
+    from wsbus.self_training import MeanTeacherSettings
+
+    weak = [s for s in make_phantom(20, seed=3, size=DETECTOR_SIZE) if s.image_label > 0]
+    n_b, n_m = sum(s.image_label == 1 for s in weak), sum(s.image_label == 2 for s in weak)
+    hook = MeanTeacherSettings(balance_classes=True).hook(_model(), weak)
+    assert hook.class_weights[1] == pytest.approx(len(weak) / (2 * n_b))
+    assert hook.class_weights[2] == pytest.approx(len(weak) / (2 * n_m))
+    assert (n_b * hook.class_weights[1] + n_m * hook.class_weights[2]) / len(weak) == pytest.approx(1.0)
+    teacher = PseudoBoxTeacher(decay=1.0, model=_Blind(), score_thresh=0.5, class_weights={1: 0.25, 2: 4.0})
+
+    class T:
+        device = torch.device("cpu")
+        model = _model()
+
+    teacher.attach(T())
+    _, out = teacher.before_forward(T(), detector_images(1), [{"image_label": torch.tensor(1)}])
+    assert out[0]["box_weights"].tolist() == [0.25]

@@ -364,6 +364,9 @@ class MeanTeacherSettings:
     augment : the student sees a strongly augmented view of each pseudo-labelled image
         (:func:`wsbus.data.ultrasound_augmentation`), the teacher the plain one.
     evaluate : ``"teacher"`` (the EMA model, as Unbiased Teacher reports) or ``"student"`` is the result.
+    balance_classes : weight the RoIs of each class's pseudo-boxes by the inverse frequency of the class among the
+        weak images (mean weight 1), as the MIL loss weights its classes; otherwise the majority class's pseudo-boxes
+        dominate the head's loss.
     """
 
     decay: float = 0.999
@@ -374,16 +377,23 @@ class MeanTeacherSettings:
     weight_by_score: bool = False
     augment: bool = False
     evaluate: str = "teacher"
+    balance_classes: bool = False
 
     def __post_init__(self) -> None:
         if self.evaluate not in ("teacher", "student"):
             raise ValueError(f"evaluate must be 'teacher' or 'student', got {self.evaluate!r}")
 
-    def hook(self, initial: nn.Module) -> PseudoBoxTeacher:
-        """The :class:`wsbus.teachers.PseudoBoxTeacher` of these settings, starting from ``initial``."""
+    def hook(self, initial: nn.Module, weak: Sequence[Sample] = ()) -> PseudoBoxTeacher:
+        """The :class:`wsbus.teachers.PseudoBoxTeacher` of these settings, starting from ``initial`` (``weak``: the
+        weak images, whose classes set the balancing weights)."""
+        weights = None
+        if self.balance_classes:
+            counts = {c: sum(s.image_label == c for s in weak) for c in (1, 2)}
+            present = [c for c in counts if counts[c]]
+            weights = {c: sum(counts.values()) / (len(present) * counts[c]) for c in present}
         return PseudoBoxTeacher(self.decay, copy.deepcopy(initial), score_thresh=self.score_thresh,
                                 max_boxes=self.max_boxes, keep_mil=self.keep_mil, ignore_iou=self.ignore_iou,
-                                weight_by_score=self.weight_by_score,
+                                weight_by_score=self.weight_by_score, class_weights=weights,
                                 augment=ultrasound_augmentation() if self.augment else None)
 
 
@@ -629,7 +639,7 @@ def _mean_teacher(loop: _Loop, initial: nn.Module, strong: List[Sample], weak: L
                   settings: MeanTeacherSettings, score_thresh: float) -> None:
     """Ours: the student continues from the joint model while its EMA teacher pseudo-labels every weak batch."""
     t0 = time.perf_counter()
-    hook = settings.hook(initial)
+    hook = settings.hook(initial, weak)
     student = loop.train("mean_teacher", copy.deepcopy(initial), strong, weak, steps, hooks=[hook])
     final = hook.model if settings.evaluate == "teacher" else student
     loop.result.teacher = hook.summary()

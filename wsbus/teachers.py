@@ -135,6 +135,8 @@ class PseudoBoxTeacher(EMATeacher):
     ignore_iou : proposals overlapping a pseudo-box by IoU above this (but below the foreground threshold) are
         ignored instead of labelled background (PCL's rule); None labels them background as for real boxes.
     weight_by_score : weight the RoIs matched to a pseudo-box by the teacher's confidence in it.
+    class_weights : a weight per class (``{1: w_benign, 2: w_malignant}``) multiplying its pseudo-boxes' RoI weights,
+        e.g. inverse class frequencies so that both classes teach the head as much.
     augment : a box-aware transform ``(image, target) -> (image, target)`` applied to the student's view of each
         pseudo-labelled image (e.g. :func:`wsbus.data.ultrasound_augmentation`); None: the same view as the teacher.
 
@@ -146,7 +148,8 @@ class PseudoBoxTeacher(EMATeacher):
 
     def __init__(self, decay: float = 0.999, model: Optional[nn.Module] = None, *, score_thresh: float = 0.7,
                  max_boxes: Optional[int] = 1, keep_mil: bool = False, ignore_iou: Optional[float] = None,
-                 weight_by_score: bool = False, augment: Optional[Callable] = None) -> None:
+                 weight_by_score: bool = False, class_weights: Optional[Mapping[int, float]] = None,
+                 augment: Optional[Callable] = None) -> None:
         super().__init__(decay, model)
         if not 0.0 <= float(score_thresh) <= 1.0:
             raise ValueError(f"score_thresh must lie in [0, 1], got {score_thresh!r}")
@@ -155,6 +158,7 @@ class PseudoBoxTeacher(EMATeacher):
         self.score_thresh, self.max_boxes = float(score_thresh), max_boxes
         self.keep_mil, self.ignore_iou = bool(keep_mil), ignore_iou
         self.weight_by_score, self.augment = bool(weight_by_score), augment
+        self.class_weights = None if class_weights is None else {int(k): float(v) for k, v in class_weights.items()}
         self.counts: Dict[int, Counter] = {1: Counter(), 2: Counter()}
 
     @torch.no_grad()
@@ -175,8 +179,9 @@ class PseudoBoxTeacher(EMATeacher):
             target: Dict[str, Any] = {"boxes": boxes, "labels": torch.full((len(boxes),), label, dtype=torch.int64,
                                                                             device=boxes.device),
                                       "image_label": targets[i]["image_label"]}
-            if self.weight_by_score:
-                target["box_weights"] = scores.float()
+            if self.weight_by_score or self.class_weights is not None:
+                w = scores.float() if self.weight_by_score else torch.ones_like(scores, dtype=torch.float32)
+                target["box_weights"] = w * (self.class_weights or {}).get(label, 1.0)
             if self.ignore_iou is not None:
                 target["ignore_iou"] = self.ignore_iou
             if self.keep_mil:
