@@ -3,6 +3,7 @@ bad input, ``wsbus self-train`` from a ``wsbus train`` checkpoint, the recipes a
 demo is the README's main job, not a test.)"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -277,10 +278,25 @@ def test_joint_warm_start_and_moi_teacher_recipe(tmp_path, monkeypatch):
 
 
 def test_a_finished_result_of_another_experiment_is_not_reused(tmp_path):
-    run_experiment("phantom", tmp_path, recipe=TINY.replace(steps=2), methods=["strong_few"], progress=False,
-                   verbose=False)
+    first = run_experiment("phantom", tmp_path, recipe=TINY.replace(steps=2), methods=["strong_few"], progress=False,
+                           verbose=False)
     with pytest.raises(ValueError, match="belongs to another experiment .*recipe"):
         run_experiment("phantom", tmp_path, recipe=TINY.replace(steps=3), methods=["strong_few"], progress=False)
     with pytest.raises(ValueError, match="belongs to another experiment .*seed"):
         run_experiment("phantom", tmp_path, recipe=TINY.replace(steps=2), methods=["strong_few"], seed=1,
                        progress=False)
+    # a change of the self-training only keeps the baselines: it is not a field strong_few reads
+    other = TINY.replace(steps=2, self_training="mean_teacher", mean_teacher=dict(decay=0.9))
+    kept = run_experiment("phantom", tmp_path, recipe=other, methods=["strong_few"], progress=False, verbose=False)
+    assert kept["methods"][0]["timing"] == first["methods"][0]["timing"]           # loaded, not retrained
+
+
+def test_recipe_used_by_resets_only_the_self_training_fields():
+    from wsbus.experiments.recipe import SELF_TRAINING_FIELDS
+
+    changed = TINY.replace(self_training="mean_teacher", mean_teacher=dict(decay=0.9), self_training_steps=7,
+                           retrain="finetune", per_class=False)
+    assert changed.used_by("strong_few") == TINY.used_by("strong_few") != changed
+    assert changed.used_by("joint_self_training") is changed
+    assert changed.replace(steps=5).used_by("joint") != TINY.used_by("joint")     # other fields still count
+    assert set(SELF_TRAINING_FIELDS) <= {f.name for f in dataclasses.fields(TINY)}

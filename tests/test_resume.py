@@ -148,6 +148,22 @@ def test_atomic_save_failure_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]      # the temporary file was removed
 
 
+def test_atomic_replace_writes_by_name_or_keeps_the_old_file(tmp_path):
+    from wsbus.checkpoint import atomic_replace
+
+    target = tmp_path / "model.onnx"
+    atomic_replace(target, lambda tmp: tmp.write_bytes(b"first"))
+    assert target.read_bytes() == b"first"
+
+    def half_then_fail(tmp):
+        tmp.write_bytes(b"sec")
+        raise RuntimeError("exporter crashed (simulated)")
+
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        atomic_replace(target, half_then_fail)
+    assert target.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
 def test_load_checkpoint_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="nope.pt.*does not exist"):
         load_checkpoint(tmp_path / "nope.pt")

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Union
 
 import torch
 
-__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "REQUIRED_KEYS", "atomic_write", "atomic_save",
+__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "REQUIRED_KEYS", "atomic_replace", "atomic_write", "atomic_save",
            "atomic_write_text", "atomic_write_json", "load_checkpoint", "remove_stale_temporaries"]
 
 #: Format version written under ``"version"``; bump when the layout changes incompatibly.
@@ -49,17 +49,19 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it onto ``path``, fsync the
-    directory; on any error remove the temporary file and leave ``path`` as it was."""
+def atomic_replace(path: PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` with the path of a temporary file beside ``path`` (for writers that take a file name:
+    ``torch.jit.save``, ``torch.onnx.export``), fsync it, rename it onto ``path``, fsync the directory; on any error
+    remove the temporary file and leave ``path`` as it was."""
     path = Path(path)
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -70,6 +72,17 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
         raise
     _fsync_dir(directory)
     return path
+
+
+def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path`` opened with ``mode``, then replace ``path`` with it
+    as :func:`atomic_replace` does."""
+    def to_file(tmp: Path) -> None:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+
+    return atomic_replace(path, to_file)
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:

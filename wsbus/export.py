@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import atomic_replace
 from .data import make_phantom
 from .data.images import list_images, read_image
 from .inference import input_size, load_detector, model_settings
@@ -104,22 +104,6 @@ def torchvision_detector(model: nn.Module, size: Optional[int] = None) -> nn.Mod
     return tv.eval()
 
 
-def _atomic_target(out: Path, write) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return out
-
-
 def default_check_images(model: nn.Module, n: int = 3, size: Optional[int] = None) -> List[torch.Tensor]:
     """``n`` phantom scans (``[1, H, W]`` float in [0, 1]) at the model's input size, the last ones wider than
     tall, so the check covers the resize and padding of non-square images."""
@@ -184,19 +168,19 @@ def export_detector(model: Union[nn.Module, PathLike, Mapping[str, Any]], out: P
         warnings.simplefilter("ignore")  # deprecation notes of torch.jit / the TorchScript-based ONNX exporter
         if format == "torchscript":
             scripted = torch.jit.script(tv)
-            _atomic_target(out, lambda tmp: torch.jit.save(scripted, tmp))
+            atomic_replace(out, lambda tmp: torch.jit.save(scripted, str(tmp)))
         else:
             _require("onnx", "onnx")
             example = _gray(check_images[:1]) if check_images and isinstance(check_images[0], torch.Tensor) else \
                 default_check_images(model, 1, size)
 
-            def write(tmp: str) -> None:
-                torch.onnx.export(tv, ([example[0]],), tmp, opset_version=int(opset), dynamo=False,
+            def write(tmp: Path) -> None:
+                torch.onnx.export(tv, ([example[0]],), str(tmp), opset_version=int(opset), dynamo=False,
                                   input_names=["image"], output_names=["boxes", "labels", "scores"],
                                   dynamic_axes={"image": [1, 2], "boxes": [0], "labels": [0], "scores": [0]})
 
             try:
-                _atomic_target(out, write)
+                atomic_replace(out, write)
             except Exception as exc:
                 raise RuntimeError(f"torch.onnx.export failed for {out}: {type(exc).__name__}: {exc}") from exc
     if not check:

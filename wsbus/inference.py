@@ -98,6 +98,8 @@ def load_detector(checkpoint: Union[str, "os.PathLike[str]", Mapping[str, Any]],
     -----
     The weights come from the checkpoint, so the backbone is built with ``pretrained=False`` (nothing is
     downloaded).
+
+    Taught in ``book/08_evaluation.md``.
     """
     source = "the checkpoint dict" if isinstance(checkpoint, Mapping) else f"checkpoint {str(checkpoint)!r}"
     state = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint, require=("model",))
@@ -419,6 +421,8 @@ def predict(model: nn.Module, images: Union[ImageInput, Iterable[ImageInput]], *
     wsbus.data.DataError
         naming the path for a missing file or folder or a folder without images; with ``errors="raise"`` naming
         the file that cannot be read and why.
+
+    Taught in ``book/08_evaluation.md``.
     """
     return list(iter_predict(model, images, device=device, batch_size=batch_size, score_thresh=score_thresh,
                              num_workers=num_workers, progress=progress, size=size, errors=errors,

@@ -70,6 +70,8 @@ def setup(seed: int = 0, threads: int = 2, full: Optional[bool] = None, device: 
     full : force the mode; default reads ``WSBUS_FULL`` (``1`` = paper scale).
     device : force a device; default ``cuda`` when available (Colab GPU runtime), else ``cpu``.
     deterministic : ``torch.use_deterministic_algorithms(True, warn_only=True)``.
+
+    Taught in ``book/01_introduction.md``.
     """
     if full is None:
         full = os.environ.get("WSBUS_FULL", "0").strip().lower() in ("1", "true", "yes")

@@ -367,6 +367,8 @@ class MeanTeacherSettings:
     balance_classes : weight the RoIs of each class's pseudo-boxes by the inverse frequency of the class among the
         weak images (mean weight 1), as the MIL loss weights its classes; otherwise the majority class's pseudo-boxes
         dominate the head's loss.
+
+    Taught in ``book/07_self_training.md``.
     """
 
     decay: float = 0.999

@@ -144,6 +144,8 @@ class PseudoBoxTeacher(EMATeacher):
     ----------
     counts : per class (1 benign, 2 malignant), how many weak images got confident pseudo-boxes (``"confident"``),
         a forced one (``"forced"``) or none and stayed weak (``"none"``), over the run.
+
+    Taught in ``book/07_self_training.md``.
     """
 
     def __init__(self, decay: float = 0.999, model: Optional[nn.Module] = None, *, score_thresh: float = 0.7,

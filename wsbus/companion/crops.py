@@ -48,6 +48,8 @@ def image_tensor(sample: Sample, size: int = 64) -> torch.Tensor:
 
 def images_to_tensor(samples: Sequence[Sample], size: int = 64) -> torch.Tensor:
     """Stack :func:`image_tensor` over samples: ``[N, 1, size, size]`` float in [0, 1].
+
+    Taught in ``book/11_cnn_diagnosis.md``.
     """
     if len(samples) == 0:
         raise ValueError("images_to_tensor: got an empty list of samples")
@@ -245,6 +247,8 @@ def stratified_subset(labels, n: int, seed: int = 0, classes: Optional[Sequence[
     A label budget of ``n`` gives ``n // C`` items per class (the remainder to the first classes), never more
     than a class has; the shortfall is taken from the other classes. Deterministic for a given ``seed``; the
     result is sorted.
+
+    Taught in ``book/13_transfer_domain_shift.md``.
     """
     labels = torch.as_tensor(labels).cpu()
     if n < 0 or n > labels.numel():

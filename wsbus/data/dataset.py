@@ -125,6 +125,8 @@ def collate(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]) -> Tuple[List[
     """Turn a list of ``(image, target)`` pairs into ``(list of images, list of targets)`` (torchvision style).
 
     Images may differ in size (the detector's transform batches them), so nothing is stacked.
+
+    Taught in ``book/05_mil_moi.md``.
     """
     images, targets = [], []
     for image, target in batch:

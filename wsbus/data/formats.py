@@ -17,7 +17,7 @@ CLASS_TO_INDEX = {name: i for i, name in enumerate(CLASSES)}
 
 
 class DataError(ValueError):
-    """Bad input data; the message names the file (or sample) and what is wrong."""
+    """Bad input data; the message names the file (or sample) and what is wrong. Taught in ``book/02_data.md``."""
 
 
 @dataclass
@@ -35,6 +35,8 @@ class Sample:
 
     A sample is *strong* when ``boxes`` is known and *weak* otherwise. A normal image is strong
     with K = 0. Construction validates everything and raises :class:`DataError` naming ``id``.
+
+    Taught in ``book/02_data.md``.
     """
 
     image: np.ndarray

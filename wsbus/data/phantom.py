@@ -65,6 +65,8 @@ class PhantomConfig:
     scanner : a preset name of :data:`SCANNERS` or a mapping overriding some of preset ``"A"``'s entries.
     speckle_size, noise, resolution, tgc, dynamic_range : override the scanner preset's entry when not None.
     images_per_patient : inclusive range of the number of images of one patient.
+
+    Taught in ``book/02_data.md``.
     """
 
     proportions: Tuple[float, float, float] = (0.2, 0.45, 0.35)

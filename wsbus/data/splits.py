@@ -21,7 +21,8 @@ Counts = Union[int, Mapping[int, int]]
 
 class Split(NamedTuple):
     """The three subsets of :func:`split`. ``weak`` samples keep their (hidden) boxes when they had any:
-    training uses only their ``image_label``, evaluation of pseudo-labels may use the boxes."""
+    training uses only their ``image_label``, evaluation of pseudo-labels may use the boxes.
+    Taught in ``book/02_data.md``."""
 
     strong: List[Sample]
     weak: List[Sample]

@@ -192,6 +192,8 @@ def ultrasound_augmentation(*, speckle: float = 0.25, gain: float = 0.2, tgc: fl
     whose boxes follow (``v2.RandomAffine``); no colour jitter, which has no meaning for a gray B-mode scan.
 
     Takes and returns ``(float image [C, H, W] in [0, 1], target)`` like :func:`train_transforms`.
+
+    Taught in ``book/07_self_training.md``.
     """
     return v2.Compose([
         v2.ToImage(),

@@ -27,6 +27,8 @@ class EMATeacher(Hook):
     ----------
     decay : the EMA decay per step in [0, 1]; 1 keeps the teacher frozen at its starting weights.
     model : the teacher's starting weights (e.g. a strong-only model); default a copy of the student when attached.
+
+    Taught in ``book/07_self_training.md``.
     """
 
     def __init__(self, decay: float = 0.999, model: Optional[nn.Module] = None) -> None:

@@ -23,7 +23,8 @@ Counts = Union[int, Mapping[int, int]]
 def mil_class_weights(spec: Union[str, Sequence[float], None], samples: Sequence[Any]) -> Optional[Tuple[float, ...]]:
     """MIL class weights: ``"inverse_frequency"`` of the samples' benign/malignant image labels (normal weight 0,
     as the reference's ``[0, 0.2209, 0.7791]``, which is SNUBH's 933 / 3291 malignant/benign ratio),
-    ``"reference"`` (those SNUBH weights themselves), None (a plain mean), or three numbers as given."""
+    ``"reference"`` (those SNUBH weights themselves), None (a plain mean), or three numbers as given.
+    Taught in ``book/06_joint_training.md``."""
     if spec is None or not isinstance(spec, str):
         return None if spec is None else tuple(float(w) for w in spec)
     if spec == "reference":
@@ -37,6 +38,11 @@ def mil_class_weights(spec: Union[str, Sequence[float], None], samples: Sequence
                          f"{counts[0]} benign and {counts[1]} malignant")
     inv = [1.0 / n for n in counts]
     return (0.0, inv[0] / sum(inv), inv[1] / sum(inv))
+
+
+#: The fields of :class:`Recipe` that only ``joint_self_training`` reads.
+SELF_TRAINING_FIELDS = ("self_training", "self_training_fraction", "retrain", "per_class", "self_training_rounds",
+                        "self_training_steps", "mean_teacher")
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,8 @@ class Recipe:
         :class:`wsbus.self_training.MeanTeacherSettings` as a mapping), see :func:`wsbus.self_training.self_train`.
     self_training_steps : steps of the retraining (default ``steps``).
     n_boot : bootstrap resamples of the CIs. panel_images : test images per class in the detection panels.
+
+    Taught in ``book/01_introduction.md``.
     """
 
     # data
@@ -130,6 +138,16 @@ class Recipe:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 
+    def used_by(self, method: str) -> "Recipe":
+        """The recipe as far as ``method`` reads it: the self-training fields (:data:`SELF_TRAINING_FIELDS`) are
+        reset to their defaults for every method but ``joint_self_training``, so that changing the self-training
+        keeps the trained baselines of a stored experiment valid."""
+        if method == "joint_self_training":
+            return self
+        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                    for f in dataclasses.fields(self) if f.name in SELF_TRAINING_FIELDS}
+        return dataclasses.replace(self, **defaults)
+
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with ``changes`` (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
@@ -175,15 +193,17 @@ PHANTOM = Recipe(self_training="mean_teacher", mean_teacher=dict(decay=0.995, sc
 PHANTOM_QUICK = Recipe(phantom_images=70, size=64, n_test={0: 4, 1: 8, 2: 8}, strong_fraction=0.2, steps=8,
                        n_boot=200, panel_images=1)
 #: Real B-mode scans (BUS-BRA, BUSI, VOC-BUS folders): 50 boxed images, 300 test and 250 validation images; the
-#: settings measured best on BUS-BRA's validation split (docs/decisions.md).
+#: settings measured best on BUS-BRA's validation split (docs/decisions.md), self-training with the mean teacher
+#: keeping the MIL loss for 1,500 steps.
 REAL = Recipe(n_strong=50, strong_fraction=None, n_test=300, n_val=250, size=160, max_size=320,
               detector=dict(weak_proposals=30, anchor_sizes=(32, 64, 128)), rule_map="most_abnormal/most_abnormal",
               steps=3000, strong_full_steps=10000, alpha=0.5, joint_warm_start=True, joint_steps=1500,
               moi_teacher=dict(decay=1.0, min_confidence=0.98, confidence="abnormal", regress=True),
-              joint_trainer=dict(lr=2e-4, lr_schedule="cosine", lr_floor=0.02))
+              joint_trainer=dict(lr=2e-4, lr_schedule="cosine", lr_floor=0.02), self_training="mean_teacher",
+              mean_teacher=dict(decay=0.995, score_thresh=0.7, keep_mil=True), self_training_steps=1500)
 #: A smoke run on real scans (a small subset is enough).
-REAL_QUICK = REAL.replace(n_strong=8, n_test=12, n_val=0, steps=6, strong_full_steps=None, joint_steps=None, n_boot=100,
-                          panel_images=1)
+REAL_QUICK = REAL.replace(n_strong=8, n_test=12, n_val=0, steps=6, strong_full_steps=None, joint_steps=None,
+                          self_training_steps=None, n_boot=100, panel_images=1)
 
 
 #: The paper's own settings (Table I's split of SNUBH, VGG16 at 600 px, 60k steps of 1 strong + 2 weak images, the

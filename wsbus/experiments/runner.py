@@ -158,13 +158,14 @@ class Experiment:
     def finish(self, name: str, m: MethodResult, dets: list, history: History, started: Tuple[float, float],
                **extra: Any) -> None:
         timing = {"wall": time.perf_counter() - started[0], "cpu": time.process_time() - started[1]}
-        state = _result_state(m, dets, history, timing, {**extra, "provenance": self.provenance()})
+        state = _result_state(m, dets, history, timing, {**extra, "provenance": self.provenance(name)})
         atomic_save(state, self.run_dir(name) / "result.pt")
         self.results[name], self.states[name] = m, state
 
-    def provenance(self) -> Dict[str, Any]:
-        """What a stored result was made with: the recipe, the seed and the images evaluated on."""
-        return {"recipe": repr(self.recipe), "seed": self.seed, "evaluated_on": self.evaluate_on,
+    def provenance(self, name: str) -> Dict[str, Any]:
+        """What the stored result of method ``name`` was made with: the recipe as that method reads it
+        (:meth:`Recipe.used_by`), the seed and the images evaluated on."""
+        return {"recipe": repr(self.recipe.used_by(name)), "seed": self.seed, "evaluated_on": self.evaluate_on,
                 "eval_ids": [s.id for s in self.eval_set]}
 
     def load_finished(self, name: str) -> bool:
@@ -173,9 +174,9 @@ class Experiment:
             return False
         state = load_checkpoint(path, require=("name", "per_image", "detections"))
         made = (state.get("extra") or {}).get("provenance")
-        if made != self.provenance():
-            what = [k for k in ("recipe", "seed", "evaluated_on", "eval_ids") if (made or {}).get(k) !=
-                    self.provenance()[k]]
+        expected = self.provenance(name)
+        if made != expected:
+            what = [k for k in ("recipe", "seed", "evaluated_on", "eval_ids") if (made or {}).get(k) != expected[k]]
             raise ValueError(f"{path} belongs to another experiment (its {', '.join(what) or 'provenance'} "
                              f"differs); resume an experiment with the same arguments, or use another output folder")
         self.results[name], self.states[name] = _method_of(state), state
@@ -336,6 +337,8 @@ def run_experiment(data: str = "phantom", out_dir: Union[str, os.PathLike] = "ws
     Returns
     -------
     dict : the content of ``results.json``.
+
+    Taught in ``book/01_introduction.md``.
     """
     recipe = recipe if recipe is not None else recipe_for(parse_source(data).kind, quick)
     with cpu_threads(threads):

@@ -745,6 +745,8 @@ def froc(detections: Sequence[Mapping[str, Any]], ground_truth: Sequence[Target]
     FROCResult
         ``.thresholds``, ``.sensitivity[key]``, ``.fp_per_image[key]`` for key ``"benign"``, ``"malignant"``,
         ``"overall"``, the counts behind them, ``.n_images``, ``.sensitivity_at(rates)`` and ``.as_dict()``.
+
+    Taught in ``book/08_evaluation.md``.
     """
     iou_thresh = _check_thresh(iou_thresh, "iou_thresh")
     thr = _froc_thresholds(thresholds)

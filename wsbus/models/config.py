@@ -78,6 +78,8 @@ class DetectorConfig:
     frozen_stages, norm : backbone stages not trained (default 2 with pretrained weights, as the reference freezes
         conv1-2) and the ResNets' normalisation (``frozen_bn`` pretrained, ``bn`` from scratch).
     image_mean, image_std : grayscale normalisation (one value each), default :data:`GRAY_STATS`.
+
+    Taught in ``book/03_faster_rcnn.md``.
     """
 
     backbone: str = "vgg16"

@@ -25,6 +25,8 @@ class WeakSemiRoIHeads(RoIHeads):
     through ``box_roi_pool`` → ``box_head`` → ``box_predictor`` in **one** pass with gradient: the strong rows
     give ``loss_classifier`` and ``loss_box_reg`` (:func:`wsbus.losses.fast_rcnn_loss`), the MoI rows give
     ``loss_mil`` (:func:`wsbus.losses.mil_loss` with ``mil_class_weights`` and ``mil_reduction``).
+
+    Taught in ``book/03_faster_rcnn.md``.
     """
 
     def __init__(self, *args, rule_map: Union[None, str, RuleMap, Mapping] = None, moi_by: str = "prob",

@@ -81,6 +81,8 @@ class WeakSemiRPN(RegionProposalNetwork):
     default: weak images are used like test images, only their top proposals are ever scored).
 
     Targets are a list with one dict per image; weak images' dicts have no ``"boxes"``.
+
+    Taught in ``book/03_faster_rcnn.md``.
     """
 
     def __init__(self, *args, n_reg: str = "torchvision", lam: Optional[float] = None, beta: float = 1.0 / 9.0,

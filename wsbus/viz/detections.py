@@ -476,6 +476,8 @@ def plot_froc(result: Any, ax: Any = None, fp_rates: Optional[Sequence[float]] =
     Returns
     -------
     matplotlib Figure (the one holding ``ax`` when given).
+
+    Taught in ``book/08_evaluation.md``.
     """
     from ..metrics.detection import FROCResult
 
