@@ -33,8 +33,8 @@ per = []
 for r in rows:
     joint = {m["name"]: m for m in json.loads(Path(f"runs/phantom_self_training/mt/seed_{r['seed']}/results.json")
                                                .read_text())["methods"]}["joint"]["corloc"]
-    row = {"seed": r["seed"], "joint": r["joint"]["joint"], "joint_by_class": {k: joint[k] for k in ("benign", "malignant")},
-           "strong_full": r["joint"]["strong_full"], "strong_few": r["joint"]["strong_few"]}
+    row = {"seed": r["seed"], "joint": r["joint"]["joint"],
+           "joint_by_class": {k: joint[k] for k in ("benign", "malignant")}, "strong_full": r["joint"]["strong_full"], "strong_few": r["joint"]["strong_few"]}
     for name in ("paper", "mean_teacher"):
         c = r[name]["joint_self_training"]
         row.update({name: c["overall"], f"{name}_by_class": {k: c[k] for k in ("benign", "malignant")},
