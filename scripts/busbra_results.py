@@ -37,13 +37,13 @@ from wsbus.self_training import self_train  # noqa: E402
 PUBLISHED = ("results.json", "table_v.md", "table_iv.md", "detections.png", "froc.png", "loss_curves.png")
 
 
-def paper_self_training(source: str, samples, recipe, seed: int, out: Path) -> dict:
+def paper_self_training(source: str, samples, recipe, seed: int, out: Path, threads: int) -> dict:
     """The paper's offline self-training from the experiment's joint model, on its test split: the top half of each
     class moved, a new model trained from the initial weights for the recipe's ``steps`` (as strong_few)."""
     done = out / f"paper_self_training_seed_{seed}.json"
     if done.is_file():
         return json.loads(done.read_text())
-    with cpu_threads(1):
+    with cpu_threads(threads):
         data = prepare_data(source, recipe, seed, samples=samples)
         exp = Experiment(data, recipe, out / f"seed_{seed}", seed=seed, methods=("strong_few", "joint"),
                          progress=False)
@@ -63,14 +63,14 @@ def paper_self_training(source: str, samples, recipe, seed: int, out: Path) -> d
     return row
 
 
-def setting(source: str, samples, recipe, seeds, runs: Path, methods) -> dict:
+def setting(source: str, samples, recipe, seeds, runs: Path, methods, threads: int) -> dict:
     results = [run_experiment(source, runs / f"seed_{s}", recipe=recipe, seed=s, methods=methods, samples=samples,
-                              progress=True, verbose=True) for s in seeds]
+                              threads=threads, progress=True, verbose=True) for s in seeds]
     table, summary = summarize_experiments(results, seeds)
     rows = []
     for s, res in zip(seeds, results):
         by = {m["name"]: m for m in res["methods"]}
-        paper = paper_self_training(source, samples, recipe, s, runs)
+        paper = paper_self_training(source, samples, recipe, s, runs, threads)
         rows.append({"seed": s, "joint": by["joint"]["corloc"]["overall"],
                      "mean_teacher": by["joint_self_training"]["corloc"]["overall"], "paper": paper["corloc"],
                      "strong_few": by["strong_few"]["corloc"]["overall"],
@@ -93,16 +93,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     source, runs, out = f"busbra:{args.data}", Path(args.runs), Path(args.out)
     samples = load_busbra(args.data)
-    with cpu_threads(args.threads):
-        return publish(args, source, samples, runs, out)
+    return publish(args, source, samples, runs, out)
 
 
 def publish(args, source, samples, runs: Path, out: Path) -> int:
     fifty = setting(source, samples, REAL, args.seeds, runs / "boxes50",
-                    methods=("strong_full", "strong_few", "weak_only", "joint", "joint_self_training"))
+                    methods=("strong_full", "strong_few", "weak_only", "joint", "joint_self_training"),
+                    threads=args.threads)
     seeds10 = args.seeds if args.seeds_10 is None else args.seeds_10
     ten = setting(source, samples, REAL.replace(n_strong=10), seeds10, runs / "boxes10",
-                  methods=("strong_few", "joint", "joint_self_training")) if seeds10 else None
+                  methods=("strong_few", "joint", "joint_self_training"), threads=args.threads) if seeds10 else None
     out.mkdir(parents=True, exist_ok=True)
     first = runs / "boxes50" / f"seed_{args.seeds[0]}"
     for name in PUBLISHED:
