@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
     with torch.no_grad():
         logits = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, candidates, shapes)))[0]
     per_image = list(logits.split(counts))
-    rules = [heads.rule_map[int(y)] for y in labels]
+    rules = [heads.moi_rules[int(y)] for y in labels]
     moi_logits = torch.randn(args.weak, 3, device=device, requires_grad=True)
 
     def head_scoring(_):

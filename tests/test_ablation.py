@@ -27,12 +27,12 @@ def test_table_ii_variants_follow_the_paper():
     keys = [v.key for v in TABLE_II_VARIANTS]
     assert keys == ["moi_benign", "moi_discriminative", "moi_abnormal", "static_alpha", "alternating", "proposed"]
     proposed = TABLE_II_VARIANTS[-1]
-    assert (proposed.rule_map, proposed.alpha, proposed.mixing) == ("paper", "gradual", "combined")
+    assert (proposed.moi_rules, proposed.alpha, proposed.mixing) == ("paper", "gradual", "combined")
     # every other row changes exactly one aspect of the proposed method
     for v in TABLE_II_VARIANTS[:-1]:
-        changed = [a for a in ("rule_map", "alpha", "mixing") if getattr(v, a) != getattr(proposed, a)]
+        changed = [a for a in ("moi_rules", "alpha", "mixing") if getattr(v, a) != getattr(proposed, a)]
         assert len(changed) == 1, (v.key, changed)
-    assert [v.rule_map.split("/")[0] for v in TABLE_II_VARIANTS[:3]] == [
+    assert [v.moi_rules.split("/")[0] for v in TABLE_II_VARIANTS[:3]] == [
         "most_benign", "most_discriminative", "most_abnormal"]
 
 
@@ -60,7 +60,7 @@ def test_run_ablation_rows_files_and_streams(tmp_path):
     data = json.loads((out / "ablation.json").read_text())
     assert [r["key"] for r in data["rows"]] == ["moi_abnormal", "static_alpha", "alternating", "proposed"]
     assert data["rows"][2]["steps"] == 2 * TINY.steps and data["rows"][2]["mixing"] == "alternating"
-    assert data["config"]["alternating_budget"] == "images" and "rule_map" not in data["config"]
+    assert data["config"]["alternating_budget"] == "images" and "moi_rules" not in data["config"]
     assert (out / "table_ii.md").read_text().startswith("# Table II\n\n" + table)
     assert sorted(p.name for p in (out / "logs").iterdir()) == sorted(f"{k}.csv" for k in
                                                                      ("moi_abnormal", "static_alpha", "alternating",
@@ -73,10 +73,10 @@ def test_run_ablation_rows_files_and_streams(tmp_path):
 
 
 @pytest.mark.slow
-def test_proposed_row_is_the_demo_joint_run_with_the_papers_rule_map(tmp_path):
+def test_proposed_row_is_the_demo_joint_run_with_the_papers_moi_rules(tmp_path):
     """Same seed, same data, same weights, same batches: the ablation's proposed row *is* the demo's joint run
     trained with the paper's rule map (an independent code path: run_demo's own loop)."""
-    cfg = replace(TINY, rule_map="paper")
+    cfg = replace(TINY, moi_rules="paper")
     run_demo(tmp_path / "demo", recipe=cfg, device="cpu", progress=False, seed=1)
     res = run_ablation(tmp_path / "abl", recipe=TINY, device="cpu", progress=False, seed=1, variants=["proposed"])
     assert _losses(tmp_path / "abl" / "logs" / "proposed.csv") == _losses(tmp_path / "demo" / "runs" / "joint" /

@@ -13,7 +13,7 @@ import torch
 
 from wsbus.checkpoint import load_checkpoint
 from wsbus.cli import main
-from wsbus.data.sources import DEFAULT_PHANTOM_SIZE, load_source, parse_source
+from wsbus.data.sources import DEFAULT_PHANTOM_IMAGES, load_source, parse_source
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -149,7 +149,7 @@ def test_bad_data_specs_are_explained(capsys, tmp_path):
 
 
 def test_parse_source():
-    assert parse_source("phantom") == ("phantom", DEFAULT_PHANTOM_SIZE, None)
+    assert parse_source("phantom") == ("phantom", DEFAULT_PHANTOM_IMAGES, None)
     assert parse_source("phantom:12").n == 12
     assert parse_source("voc:/data/SNUBH").path == Path("/data/SNUBH")
     assert parse_source("BUSBRA:rel/dir").kind == "busbra"

@@ -40,7 +40,7 @@ def make_trainer(out, mode, mixing, n_strong, n_weak, **kw):
     model = FakeDetector(sampled=16)
     strong = TinyBoxes(10, "strong", seed=1) if mode != "weak" else None
     weak = TinyBoxes(14, "weak", seed=2) if mode != "strong" else None
-    return Trainer(model, strong, weak, mode=mode, mixing=mixing, n_strong=n_strong, n_weak=n_weak, alpha=0.5,
+    return Trainer(model, strong, weak, mode=mode, mixing=mixing, batch_strong=n_strong, batch_weak=n_weak, alpha=0.5,
                    steps=STEPS, out_dir=out, checkpoint_every=4, progress=False, tensorboard=False, **kw)
 
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torchvision
 import torch.nn.functional as F
 
 from wsbus.losses import REFERENCE_MIL_WEIGHTS, mil_loss
@@ -135,7 +136,7 @@ def test_mil_loss_equals_wsbus_functions_on_the_same_proposals(model):
         m = build_detector("tiny", moi_rules=rules, moi_by=by, mil_class_weights=weights)
         losses = _losses(m, imgs, [{"image_label": y} for y in labels])
         pairs = m.proposal_logits(imgs)
-        moi_logits = torch.stack([lg[select_moi(lg, m.roi_heads.rule_map[y], by)] for (_, lg), y in
+        moi_logits = torch.stack([lg[select_moi(lg, m.roi_heads.moi_rules[y], by)] for (_, lg), y in
                                   zip(pairs, labels)])
         expected = mil_loss(moi_logits, torch.tensor(labels), weights)
         torch.testing.assert_close(losses["loss_mil"].detach(), expected, rtol=1e-5, atol=1e-6)
@@ -152,7 +153,7 @@ def test_mil_gradients_equal_scoring_all_proposals_with_gradient(model):
     losses = _losses(model, imgs, [{"image_label": y} for y in labels])
     g_model = torch.autograd.grad(losses["loss_mil"], params, allow_unused=True)
     pairs = model.proposal_logits(imgs, grad=True)
-    moi_logits = torch.stack([lg[select_moi(lg.detach(), model.roi_heads.rule_map[y])] for (_, lg), y in
+    moi_logits = torch.stack([lg[select_moi(lg.detach(), model.roi_heads.moi_rules[y])] for (_, lg), y in
                               zip(pairs, labels)])
     reference = mil_loss(moi_logits, torch.tensor(labels))
     g_ref = torch.autograd.grad(reference, params, allow_unused=True)
@@ -217,7 +218,7 @@ def test_eval_output_format_and_coordinates(model):
 
 
 def test_proposal_logits_shapes_coordinates_and_mode(model):
-    imgs = [torch.rand(1, 64, 96), torch.rand(1, 200, 128)]  # resized x2 and x0.64 internally
+    imgs = [torch.rand(1, 64, 96), torch.rand(1, 200, 128)]  # resized x4/3 and x0.64 internally
     model.train()
     pairs = model.proposal_logits(imgs)
     assert model.training  # mode restored
@@ -234,9 +235,13 @@ def test_proposal_logits_shapes_coordinates_and_mode(model):
     with torch.no_grad():
         il, _ = model.transform(imgs)
         props, _ = model.rpn(il, {"0": model.backbone(il.tensors)})
-    assert il.image_sizes == [(128, 192), (200, 128)]
-    torch.testing.assert_close(pairs[0][0], props[0] / 2)
-    torch.testing.assert_close(pairs[1][0], props[1])
+    # the tiny preset's 128 px canvas: the long side of each image is scaled to 128 (x4/3 and x0.64)
+    assert il.image_sizes == [(85, 128), (128, 81)]
+    assert il.tensors.shape[-2:] == (128, 128)
+    torch.testing.assert_close(pairs[0][0], torchvision.models.detection.transform.resize_boxes(
+        props[0], (85, 128), (64, 96)))
+    torch.testing.assert_close(pairs[1][0], torchvision.models.detection.transform.resize_boxes(
+        props[1], (128, 81), (200, 128)))
     with_grad = model.proposal_logits(imgs[:1], grad=True)
     assert with_grad[0][1].requires_grad
 

@@ -152,7 +152,7 @@ def test_presets_are_consistent():
     assert PHANTOM_QUICK.steps < PHANTOM.steps and PHANTOM_QUICK.phantom_images < PHANTOM.phantom_images
     assert recipe_for("phantom") is PHANTOM and recipe_for("phantom", quick=True) is PHANTOM_QUICK
     assert recipe_for("busbra") is REAL and recipe_for("voc", quick=True) is REAL_QUICK
-    assert PAPER.rule_map == "paper" and PAPER.backbone == "vgg16" and PAPER.alpha_stretch == 1.0
+    assert PAPER.moi_rules == "paper" and PAPER.backbone == "vgg16" and PAPER.alpha_stretch == 1.0
     with pytest.raises(ValueError, match="n_strong or strong_fraction"):
         Recipe(n_strong=5, strong_fraction=0.1)
 
@@ -174,7 +174,7 @@ def test_recipe_detector_options_and_class_weights():
     n_b, n_m = sum(s.image_label == 1 for s in samples), sum(s.image_label == 2 for s in samples)
     w = opts["mil_class_weights"]
     assert w[0] == 0 and w[1] == pytest.approx(n_m / (n_b + n_m)) and w[2] == pytest.approx(n_b / (n_b + n_m))
-    assert opts["backbone"] == "tiny" and opts["min_size"] == 128 and opts["max_size"] == 256
+    assert opts["backbone"] == "tiny" and opts["min_size"] == 128 and opts["max_size"] == 128
     assert opts["weak_proposals"] == 10 and opts["moi_rules"] == "most_abnormal/most_malignant"
     assert PAPER.detector_options(samples)["mil_class_weights"] == (0.0, 0.2209, 0.7791)
     only_benign = [s for s in samples if s.image_label == 1]

@@ -36,7 +36,7 @@ def make_trainer(out, mode="joint", mixing="combined", init_seed=0, steps=12, n_
     strong = TinyBoxes(n_strong_images, "strong", seed=1) if mode != "weak" else None
     weak = TinyBoxes(16, "weak", seed=2) if mode != "strong" else None
     kw.setdefault("checkpoint_every", 4)
-    return Trainer(model, strong, weak, mode=mode, mixing=mixing, n_weak=n_weak, alpha=0.5, steps=steps,
+    return Trainer(model, strong, weak, mode=mode, mixing=mixing, batch_weak=n_weak, alpha=0.5, steps=steps,
                    out_dir=out, progress=False, tensorboard=False, **kw)
 
 
@@ -105,7 +105,7 @@ def test_alternating_positions_are_stored(tmp_path):
 
 def test_resume_refuses_a_different_run(tmp_path):
     make_trainer(tmp_path, steps=4).fit()
-    with pytest.raises(CheckpointError, match="n_weak"):
+    with pytest.raises(CheckpointError, match="batch_weak"):
         make_trainer(tmp_path, n_weak=3).fit(resume=True)
     with pytest.raises(CheckpointError, match=r"n_strong_images.*\n.*strong stream n"):
         make_trainer(tmp_path, n_strong_images=11).fit(resume=True)

@@ -229,7 +229,7 @@ def test_self_train_end_to_end_tiny_detector():
     steps = []
     res = self_train(strong, weak, test, model_factory=lambda: build_detector("tiny", min_size=64, max_size=64),
                      fractions=(0.5, 1.0), steps=3, device="cpu", progress=False, n_boot=50,
-                     trainer_kwargs=dict(alpha="gradual", n_strong=1, n_weak=1),
+                     trainer_kwargs=dict(alpha="gradual", batch_strong=1, batch_weak=1),
                      on_step=lambda name, trainer, record: steps.append(name))
     names = [m.name for m in res.methods]
     assert names == ["initial", "retrained_50%", "retrained_100%"]
@@ -305,7 +305,7 @@ def test_retrain_finetune_starts_from_the_initial_model():
     initial = factory()
     before = {k: v.clone() for k, v in initial.state_dict().items()}
     kw = dict(fractions=(1.0,), steps=0, retrain_steps=1, device="cpu", progress=False, n_boot=20,
-              trainer_kwargs=dict(n_strong=1, n_weak=1, lr=1e-12))
+              trainer_kwargs=dict(batch_strong=1, batch_weak=1, lr=1e-12))
     fine = self_train(strong, weak, test, model_factory=factory, initial=initial, retrain="finetune", **kw)
     scratch = self_train(strong, weak, test, model_factory=factory, initial=initial, retrain="scratch", **kw)
     assert all(torch.equal(before[k], v) for k, v in initial.state_dict().items())      # the initial model is kept
@@ -330,7 +330,7 @@ def test_mean_teacher_procedure_and_paper_rounds_end_to_end():
         return build_detector("tiny", min_size=64, max_size=64)
 
     kw = dict(model_factory=factory, steps=2, device="cpu", progress=False, n_boot=50,
-              trainer_kwargs=dict(n_strong=1, n_weak=1))
+              trainer_kwargs=dict(batch_strong=1, batch_weak=1))
     mt = self_train(strong, weak, test, procedure="mean_teacher",
                     mean_teacher=MeanTeacherSettings(decay=0.9, score_thresh=0.0, keep_mil=True), **kw)
     assert [m.name for m in mt.methods] == ["initial", "mean_teacher"] and mt.procedure == "mean_teacher"

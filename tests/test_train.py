@@ -227,8 +227,8 @@ def test_bad_configurations_are_refused():
         Trainer(FakeDetector(), TinyBoxes(4, "strong"), mode="strong", mixing="alternating")
     with pytest.raises(ValueError, match="mode must be one of"):
         Trainer(FakeDetector(), TinyBoxes(4, "strong"), mode="semi")
-    with pytest.raises(ValueError, match="n_weak must be an integer >= 1"):
-        Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(4, "weak"), n_weak=0)
+    with pytest.raises(ValueError, match="batch_weak must be an integer >= 1"):
+        Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(4, "weak"), batch_weak=0)
     with pytest.raises(ValueError, match="unknown alpha schedule"):
         Trainer(FakeDetector(), TinyBoxes(4, "strong"), TinyBoxes(4, "weak"), alpha="fast")
     with pytest.raises(ValueError, match="the weak dataset is empty"):
@@ -310,7 +310,7 @@ def test_tiny_detector_learns_to_localise_the_phantom_masses(phantom):
 
     train, test = phantom
     model = _tiny()
-    tr = Trainer(model, train, mode="strong", n_strong=2, steps=80, lr=1e-3, seed=0, progress=False,
+    tr = Trainer(model, train, mode="strong", batch_strong=2, steps=80, lr=1e-3, seed=0, progress=False,
                  tensorboard=False)
     hist = tr.fit()
     first, last = sum(hist.losses[:10]) / 10, sum(hist.losses[-10:]) / 10

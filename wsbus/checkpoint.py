@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Union
 
 import torch
 
-__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "REQUIRED_KEYS", "atomic_replace", "atomic_write", "atomic_save",
+__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "REQUIRED_KEYS", "current_umask", "atomic_replace", "atomic_write", "atomic_save",
            "atomic_write_text", "atomic_write_json", "load_checkpoint", "remove_stale_temporaries"]
 
 #: Format version written under ``"version"``; bump when the layout changes incompatibly.
@@ -49,6 +49,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's file-mode creation mask (read without changing it for longer than the call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_replace(path: PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` with the path of a temporary file beside ``path`` (for writers that take a file name:
     ``torch.jit.save``, ``torch.onnx.export``), fsync it, rename it onto ``path``, fsync the directory; on any error
@@ -60,6 +67,9 @@ def atomic_replace(path: PathLike, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     tmp = Path(name)
     try:
+        # mkstemp creates the file readable by its owner alone; the result gets what open() would give it (the
+        # user's umask), so that collaborators can read checkpoints and outputs as they can read other files.
+        os.chmod(tmp, 0o666 & ~current_umask())
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

@@ -126,7 +126,7 @@ def _train_parser(sub) -> None:
                                                                            "(default 0.2)")
     t.add_argument("--split-seed", type=int, default=0, help="seed of the patient-level split (default 0)")
     t.add_argument("--alpha", default=None, help="MIL weight: a number or 'gradual' (default: the recipe's)")
-    t.add_argument("--rule-map", default=None,
+    t.add_argument("--moi-rules", "--rule-map", dest="moi_rules", default=None,
                    help="MoI rules: paper, reference (the TF1 code's), a Table II name or "
                         "'<benign rule>/<malignant rule>' (default: the recipe's)")
     t.add_argument("--batch-strong", type=_positive_int, default=None, help="strong images per step")
@@ -424,7 +424,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     info, device = init_distributed(args.device)
     _setup_logging(info.is_main)
     try:
-        recipe = _recipe(args, parse_source(args.data).kind, rule_map=args.rule_map, batch_strong=args.batch_strong,
+        recipe = _recipe(args, parse_source(args.data).kind, moi_rules=args.moi_rules, batch_strong=args.batch_strong,
                          batch_weak=args.batch_weak, lr=args.lr, weight_decay=args.weight_decay, mixing=args.mixing)
         samples = load_source(args.data, size=recipe.size, seed=0)
         split_params, split_ids, strong, weak = _train_split(args, samples)

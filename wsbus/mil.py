@@ -283,9 +283,9 @@ def as_rule_map(spec: Union[None, str, RuleMap, Mapping]) -> RuleMap:
     raise TypeError(f"cannot make a MoI rule map from {type(spec).__name__}: {spec!r}")
 
 
-def rule_for_label(label: int, rule_map: Union[None, str, RuleMap, Mapping] = None) -> str:
-    """The MoI rule for an image label under ``rule_map`` (default: the paper's :data:`PAPER`).
+def rule_for_label(label: int, moi_rules: Union[None, str, RuleMap, Mapping] = None) -> str:
+    """The MoI rule for an image label under ``moi_rules`` (default: the paper's :data:`PAPER`).
 
     Taught in ``book/05_mil_moi.md``.
     """
-    return as_rule_map(rule_map)[label]
+    return as_rule_map(moi_rules)[label]

@@ -548,7 +548,7 @@ def self_train(strong: Sequence[Sample], weak: Sequence[Sample], test: Sequence[
     batch_size, score_thresh : for :func:`pseudo_label` and the test-set detections.
     per_class : move the top fraction of each image label separately (:func:`reconfigure`).
     seed : the Trainer's seed (data order, augmentation, sampling).
-    trainer_kwargs : more :class:`wsbus.engine.Trainer` arguments (``alpha``, ``lr``, ``n_strong``, ``n_weak``,
+    trainer_kwargs : more :class:`wsbus.engine.Trainer` arguments (``alpha``, ``lr``, ``batch_strong``, ``batch_weak``,
         ``mixing``, ``transforms``...). With an empty reconfigured weak set the retraining runs in strong mode.
     n_boot : bootstrap resamples of the CorLoc CIs.
     progress : show the Trainer's progress bars.

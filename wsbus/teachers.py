@@ -76,7 +76,7 @@ class MoITeacher(EMATeacher):
         triples = self.model.proposal_predictions([images[i] for i in weak], weak=True)
         labels = torch.stack([torch.as_tensor(targets[i]["image_label"]).reshape(()) for i in weak])
         index = select_moi_batch([lg.float() for _, lg, _ in triples],
-                                 heads.rule_map.rule_ids(labels.to(triples[0][1].device)), by=heads.moi_by)
+                                 heads.moi_rules.rule_ids(labels.to(triples[0][1].device)), by=heads.moi_by)
         targets = list(targets)
         for i, (boxes, lg, regressed), k, label in zip(weak, triples, index.tolist(), labels.tolist()):
             box = regressed[k, label] if self.regress else boxes[k]

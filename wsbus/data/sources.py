@@ -5,7 +5,7 @@ Taught in ``book/09_real_data.md``.
 =====================  ==============================================================
 spec                   samples
 =====================  ==============================================================
-``phantom``            ``make_phantom(DEFAULT_PHANTOM_SIZE images, seed, size)``
+``phantom``            ``make_phantom(DEFAULT_PHANTOM_IMAGES images, seed, size)``
 ``phantom:N``          ``N`` phantom images
 ``voc:DIR``            :func:`wsbus.data.load_voc` (VOC-BUS folder, e.g. SNUBH's format)
 ``busi:DIR``           :func:`wsbus.data.load_busi` (``Dataset_BUSI_with_GT``)
@@ -32,7 +32,7 @@ from .masks import load_masks_source
 from .phantom import make_phantom
 from .voc import load_voc
 
-__all__ = ["DataSpec", "parse_source", "load_source", "SOURCES", "FOLDER_LOADERS", "DEFAULT_PHANTOM_SIZE"]
+__all__ = ["DataSpec", "parse_source", "load_source", "SOURCES", "FOLDER_LOADERS", "DEFAULT_PHANTOM_IMAGES"]
 
 #: Kinds of ``--data`` specs.
 SOURCES = ("phantom", "voc", "busi", "busbra", "coco", "masks")
@@ -42,7 +42,7 @@ FOLDER_LOADERS = {"voc": load_voc, "busi": load_busi, "busbra": load_busbra, "co
 #: Folder sources whose spec may also name a file.
 FILE_SOURCES = ("coco",)
 #: Images in ``--data phantom``.
-DEFAULT_PHANTOM_SIZE = 300
+DEFAULT_PHANTOM_IMAGES = 300
 
 _FORMS = "phantom, phantom:N, voc:DIR, busi:DIR, busbra:DIR, coco:DIR, coco:FILE.json or masks:ROOT"
 
@@ -71,7 +71,7 @@ def parse_source(spec: str) -> DataSpec:
         raise ValueError(f"unknown data source {spec!r}; use {_FORMS}")
     if kind == "phantom":
         if not sep:
-            return DataSpec("phantom", DEFAULT_PHANTOM_SIZE)
+            return DataSpec("phantom", DEFAULT_PHANTOM_IMAGES)
         try:
             n = int(rest)
         except ValueError:

@@ -6,7 +6,7 @@ Taught in ``book/06_joint_training.md``.
 from .config import TrainerConfig
 from .history import LOG_COLUMNS, History
 from .hooks import CallbackHook, CSVLogger, Hook, PeriodicCheckpointer, ProgressBar, TensorBoardLogger
-from .teacher import EMATeacher
+from .ema import EMATeacher
 from .streams import MIXINGS, MODES, STREAMS, StreamBatchSampler, step_batches, stream_batch, stream_positions
 from .trainer import NonFiniteLossError, Trainer
 

@@ -34,8 +34,8 @@ class TrainerConfig:
 
     mode: str = "joint"
     mixing: str = "combined"
-    n_strong: int = 1
-    n_weak: int = 2
+    batch_strong: int = 1
+    batch_weak: int = 2
     lr: float = 5e-4
     weight_decay: float = 5e-4
     optimizer: str = "adam"
@@ -57,7 +57,7 @@ class TrainerConfig:
         check_choice("mixing", self.mixing, MIXINGS)
         if self.mode != "joint" and self.mixing != "combined":
             raise ValueError(f"mixing={self.mixing!r} applies to joint mode only; mode {self.mode!r} uses one stream")
-        for name in ("n_strong", "n_weak", "checkpoint_every", "log_every"):
+        for name in ("batch_strong", "batch_weak", "checkpoint_every", "log_every"):
             _positive_int(name, getattr(self, name))
         _positive_int("steps", self.steps, least=0)
         _positive_int("num_workers", self.num_workers, least=0)

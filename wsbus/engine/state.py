@@ -15,7 +15,7 @@ import torch
 __all__ = ["RESUME_KEYS", "check_plain", "resume_problems"]
 
 #: Trainer settings that must agree between a checkpoint and the run resuming from it.
-RESUME_KEYS = ("mode", "mixing", "n_strong", "n_weak", "seed", "optimizer", "lr", "weight_decay", "lr_schedule",
+RESUME_KEYS = ("mode", "mixing", "batch_strong", "batch_weak", "seed", "optimizer", "lr", "weight_decay", "lr_schedule",
                "lr_floor", "amp", "amp_dtype", "world_size", "alpha", "n_strong_images", "n_weak_images")
 
 
@@ -50,7 +50,10 @@ def resume_problems(state: Mapping[str, Any], trainer_config: Mapping[str, Any],
         ``global_batch_size`` per stream are compared).
     """
     saved_config = state.get("config") or {}
-    saved = saved_config.get("trainer") or {}
+    saved = dict(saved_config.get("trainer") or {})
+    for legacy, key in (("n_strong", "batch_strong"), ("n_weak", "batch_weak")):  # checkpoints before wsbus 0.2
+        if legacy in saved and key not in saved:
+            saved[key] = saved.pop(legacy)
     problems = [f"{k}: checkpoint {saved[k]!r}, this run {trainer_config[k]!r}"
                 for k in RESUME_KEYS if k in saved and saved[k] != trainer_config[k]]
     saved_model: Dict[str, Any] = saved_config.get("model") or {}

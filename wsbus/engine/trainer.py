@@ -9,8 +9,8 @@ where :math:`L_s` is Faster R-CNN's loss on *strong* images (boxes known) and :m
 loss of the mass of interest on *weak* images (only the image label known). The trainer optimises it in three
 **modes**: ``"strong"`` (:math:`L_s` on the strong stream: the fully supervised baseline), ``"weak"``
 (:math:`L_{ws}` on the weak stream: the weak-only MIL baseline) and ``"joint"`` (:math:`L_s + \alpha(t) L_{ws}`),
-with two **mixings** of the streams in joint mode: ``"combined"`` (each step holds ``n_strong`` strong and
-``n_weak`` weak images, one backward of the whole sum; the paper's proposed variant) or ``"alternating"`` (even
+with two **mixings** of the streams in joint mode: ``"combined"`` (each step holds ``batch_strong`` strong and
+``batch_weak`` weak images, one backward of the whole sum; the paper's proposed variant) or ``"alternating"`` (even
 steps strong-only with loss :math:`L_s`, odd steps weak-only with :math:`\alpha(t) L_{ws}`). The batches are
 stateless functions of ``(seed, stream, step)`` (:mod:`wsbus.engine.streams`).
 
@@ -153,7 +153,7 @@ class Trainer:
         and the split there).
     **settings : the fields of :class:`wsbus.engine.TrainerConfig`: ``mode`` (``"strong"`` needs ``strong``,
         ``"weak"`` needs ``weak``, ``"joint"`` both), ``mixing`` (``"combined"`` | ``"alternating"``, joint only),
-        ``n_strong`` / ``n_weak`` (per-rank images per step from each stream; reference 1 + 2), ``lr``,
+        ``batch_strong`` / ``batch_weak`` (per-rank images per step from each stream; reference 1 + 2), ``lr``,
         ``weight_decay``, ``optimizer`` (``"adam"`` reference, ``"adamw"``, ``"sgd"``), ``lr_schedule``
         (``"constant"``, the reference, or ``"cosine"`` down to ``lr_floor * lr``), ``steps`` (reference
         60 000; ``fit(steps=...)`` overrides it), ``seed`` (names every random draw; reference 3), ``amp`` and
@@ -170,6 +170,11 @@ class Trainer:
                  transforms: Any = _DEFAULT, progress: bool = True, tensorboard: bool = True,
                  callbacks: Sequence[Callable[["Trainer", Dict[str, Any]], None]] = (), hooks: Sequence[Hook] = (),
                  metadata: Optional[Mapping[str, Any]] = None, **settings: Any) -> None:
+        for old, new in (("n_strong", "batch_strong"), ("n_weak", "batch_weak")):  # the names before wsbus 0.2
+            if old in settings:
+                warnings.warn(f"Trainer({old}=...) is now {new}=... (images per step; n_strong counts boxed images "
+                              f"everywhere else)", DeprecationWarning, stacklevel=2)
+                settings.setdefault(new, settings.pop(old))
         self.config = cfg = TrainerConfig(**settings)
         uses = {"strong": cfg.mode in ("strong", "joint"), "weak": cfg.mode in ("weak", "joint")}
         for name, data in (("strong", strong), ("weak", weak)):
@@ -199,7 +204,7 @@ class Trainer:
         self.datasets: Dict[str, Dataset] = {
             name: _as_dataset(data, name, transforms, derive_seed(cfg.seed, name, "data"))
             for name, data in (("strong", strong), ("weak", weak)) if uses[name]}
-        self.batch_sizes = {"strong": cfg.n_strong, "weak": cfg.n_weak}
+        self.batch_sizes = {"strong": cfg.batch_strong, "weak": cfg.batch_weak}
         self.amp_dtype = amp_dtype_of(cfg, self.device)
         self.optimizer = build_optimizer(cfg.optimizer, [p for p in self.model.parameters() if p.requires_grad],
                                          cfg.lr, cfg.weight_decay)

@@ -53,7 +53,7 @@ class AblationVariant:
     ----------
     key : short identifier (CLI ``--variants``, JSON, log file names).
     aspect, variant : Table II's two text columns.
-    rule_map : MoI rule map (a :data:`wsbus.mil.RULE_MAPS` name or ``"<benign rule>/<malignant rule>"``).
+    moi_rules : MoI rule map (a :data:`wsbus.mil.RULE_MAPS` name or ``"<benign rule>/<malignant rule>"``).
     alpha : ``"gradual"`` or a constant (the MIL scale factor).
     mixing : ``"combined"`` or ``"alternating"``.
     """
@@ -61,7 +61,7 @@ class AblationVariant:
     key: str
     aspect: str
     variant: str
-    rule_map: str = "paper"
+    moi_rules: str = "paper"
     alpha: Union[str, float] = "gradual"
     mixing: str = "combined"
 
@@ -69,11 +69,11 @@ class AblationVariant:
 #: The six rows of the paper's Table II, in its order; the last one is the proposed method.
 TABLE_II_VARIANTS = (
     AblationVariant("moi_benign", _MOI, "most benign region / most malignant region",
-                    rule_map="most_benign/most_malignant"),
+                    moi_rules="most_benign/most_malignant"),
     AblationVariant("moi_discriminative", _MOI, "most discriminative region / most malignant region",
-                    rule_map="most_discriminative/most_malignant"),
+                    moi_rules="most_discriminative/most_malignant"),
     AblationVariant("moi_abnormal", _MOI, "most abnormal region / most malignant region",
-                    rule_map="most_abnormal/most_malignant"),
+                    moi_rules="most_abnormal/most_malignant"),
     AblationVariant("static_alpha", _ALPHA, "static value (0.5)", alpha=0.5),
     AblationVariant("alternating", _MIXING, "alternating mini-batches from each set", mixing="alternating"),
     AblationVariant("proposed", "Proposed", "most malignant / most malignant, gradual increase, combined single "
@@ -102,7 +102,7 @@ class AblationResult:
         """
         entries = to_json_methods(self.rows)
         for entry, v, m in zip(entries, self.variants, self.rows):
-            entry.update(key=v.key, aspect=v.aspect, variant=v.variant, rule_map=v.rule_map,
+            entry.update(key=v.key, aspect=v.aspect, variant=v.variant, moi_rules=v.moi_rules,
                          alpha=v.alpha, mixing=v.mixing, steps=len(self.histories[v.key]),
                          p_value_test=None if v.key == "proposed" else "mcnemar_exact",
                          n_test_images_with_mass=int(m.per_image.size))
@@ -145,7 +145,7 @@ def run_ablation(out_dir: Union[str, os.PathLike, None] = "wsbus_ablation", quic
     device : ``"cpu"``, ``"cuda"``, ...; default CUDA when available, else CPU.
     seed : the experiment seed: data, split, initial weights and data order (the same for every variant).
     progress : one tqdm bar over all training steps.
-    recipe : a custom :class:`~wsbus.experiments.Recipe` (overrides ``quick``); its ``rule_map``, ``alpha`` and
+    recipe : a custom :class:`~wsbus.experiments.Recipe` (overrides ``quick``); its ``moi_rules``, ``alpha`` and
         ``mixing`` are not used (each variant sets them).
     variants : keys of :data:`TABLE_II_VARIANTS` or :class:`AblationVariant` objects; default all six. Must
         include ``"proposed"``.
@@ -205,7 +205,7 @@ def _train_variants(experiment: Experiment, chosen: List[AblationVariant], alter
         for v in chosen:
             bar.run(v.key)
             t0, c0 = time.perf_counter(), time.process_time()
-            trainer = Trainer(experiment.build_model(moi_rules=v.rule_map), data.strong, data.weak, mode="joint",
+            trainer = Trainer(experiment.build_model(moi_rules=v.moi_rules), data.strong, data.weak, mode="joint",
                               mixing=v.mixing, alpha=recipe.alpha_schedule(steps_of(v), v.alpha), steps=steps_of(v),
                               seed=experiment.train_seed, device=experiment.device, progress=False,
                               tensorboard=False, callbacks=[bar.step], **recipe.trainer_options())
@@ -216,7 +216,7 @@ def _train_variants(experiment: Experiment, chosen: List[AblationVariant], alter
     finally:
         bar.close()
     ordered = add_p_values([rows[v.key] for v in chosen], reference="proposed", test="mcnemar", n_boot=recipe.n_boot)
-    config = {k: v for k, v in recipe.as_dict().items() if k not in ("rule_map", "alpha", "mixing")}
+    config = {k: v for k, v in recipe.as_dict().items() if k not in ("moi_rules", "alpha", "mixing")}
     config.update(seed=experiment.seed, device=str(experiment.device),
                   timing={**timing, "total": {"wall": time.perf_counter() - t_start,
                                               "cpu": time.process_time() - c_start}})

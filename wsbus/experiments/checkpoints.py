@@ -90,7 +90,7 @@ def self_train_from_checkpoint(checkpoint: PathLike, out_dir: PathLike, *, data:
     blind = [s.id for s in sets["test"] if not s.is_strong]
     if blind:
         raise ValueError(f"{len(blind)} test image(s) of {spec} have no boxes (e.g. {blind[:3]}); CorLoc needs boxes")
-    kwargs: Dict[str, Any] = {k: trainer_cfg[k] for k in ("n_strong", "n_weak", "lr", "weight_decay", "optimizer",
+    kwargs: Dict[str, Any] = {k: trainer_cfg[k] for k in ("batch_strong", "batch_weak", "lr", "weight_decay", "optimizer",
                                                          "mixing") if trainer_cfg.get(k) is not None}
     if alpha is not None:
         kwargs["alpha"] = alpha

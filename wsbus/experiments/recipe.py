@@ -58,9 +58,10 @@ class Recipe:
     phantom_images, phantom : the phantom's image count and :func:`wsbus.data.make_phantom` knobs (phantom
         source only; its side is ``size``).
     backbone, size, max_size : the detector (:func:`wsbus.models.build_detector`) and its input resizing
-        (``min_size = size``; ``max_size`` defaults to ``max(size, 256)``).
+        (``min_size = size``; ``max_size``, the side of the square canvas every image is padded to, defaults to
+        ``size``: right for the square phantom).
     detector : more :func:`~wsbus.models.build_detector` options (anchors, ``weak_proposals``, ...).
-    rule_map : MoI rules of the weakly supervised runs (:func:`wsbus.mil.as_rule_map`).
+    moi_rules : MoI rules of the weakly supervised runs (:func:`wsbus.mil.as_rule_map`).
     mil_class_weights : ``"inverse_frequency"`` of the training labels, None, or 3 numbers.
     steps : training steps of every few-box run; ``strong_full_steps`` those of the all-boxes reference (default
         ``steps``: it may need more to converge on a large training set).
@@ -99,7 +100,7 @@ class Recipe:
     size: int = 128
     max_size: Optional[int] = None
     detector: Mapping[str, Any] = field(default_factory=lambda: dict(weak_proposals=10))
-    rule_map: str = "most_abnormal/most_malignant"
+    moi_rules: str = "most_abnormal/most_malignant"
     mil_class_weights: Union[str, Sequence[float], None] = "inverse_frequency"
     # training
     steps: int = 800
@@ -166,8 +167,8 @@ class Recipe:
         """Keyword arguments of :func:`wsbus.models.build_detector` (``backbone`` included) for a run on
         ``train_samples`` (they set the inverse-frequency MIL weights); ``overrides`` win."""
         options = dict(backbone=self.backbone, min_size=self.size,
-                       max_size=self.max_size if self.max_size is not None else max(self.size, 256),
-                       moi_rules=self.rule_map, mil_class_weights=mil_class_weights(self.mil_class_weights,
+                       max_size=self.max_size if self.max_size is not None else self.size,
+                       moi_rules=self.moi_rules, mil_class_weights=mil_class_weights(self.mil_class_weights,
                                                                                     train_samples),
                        **dict(self.detector))
         options.update(overrides)
@@ -183,7 +184,7 @@ class Recipe:
 
     def trainer_options(self) -> Dict[str, Any]:
         """The :class:`wsbus.engine.Trainer` settings every run of the recipe shares."""
-        return dict(n_strong=self.batch_strong, n_weak=self.batch_weak, lr=self.lr, weight_decay=self.weight_decay)
+        return dict(batch_strong=self.batch_strong, batch_weak=self.batch_weak, lr=self.lr, weight_decay=self.weight_decay)
 
 
 #: The embedded phantom's recipe: ``wsbus demo`` (a few minutes of training on one CPU thread). Its self-training is
@@ -196,7 +197,7 @@ PHANTOM_QUICK = Recipe(phantom_images=70, size=64, n_test={0: 4, 1: 8, 2: 8}, st
 #: settings measured best on BUS-BRA's validation split (docs/decisions.md), self-training with the mean teacher
 #: keeping the MIL loss for 1,500 steps.
 REAL = Recipe(n_strong=50, strong_fraction=None, n_test=300, n_val=250, size=160, max_size=320,
-              detector=dict(weak_proposals=30, anchor_sizes=(32, 64, 128)), rule_map="most_abnormal/most_abnormal",
+              detector=dict(weak_proposals=30, anchor_sizes=(32, 64, 128)), moi_rules="most_abnormal/most_abnormal",
               steps=3000, strong_full_steps=10000, alpha=0.5, joint_warm_start=True, joint_steps=1500,
               moi_teacher=dict(decay=1.0, min_confidence=0.98, confidence="abnormal", regress=True),
               joint_trainer=dict(lr=2e-4, lr_schedule="cosine", lr_floor=0.02), self_training="mean_teacher",
@@ -210,7 +211,7 @@ REAL_QUICK = REAL.replace(n_strong=8, n_test=12, n_val=0, steps=6, strong_full_s
 #: proposed MoI map, gradual alpha over the whole run, the reference's MIL weights, self-training ranked over all
 #: weak images): for a GPU and a data set of SNUBH's size.
 PAPER = Recipe(n_strong={1: 400, 2: 400}, strong_fraction=None, n_test={0: 200, 1: 200, 2: 200}, backbone="vgg16",
-               size=600, max_size=1000, detector={}, rule_map="paper", mil_class_weights="reference", steps=60000,
+               size=600, max_size=1000, detector={}, moi_rules="paper", mil_class_weights="reference", steps=60000,
                batch_strong=1, batch_weak=2, alpha_stretch=1.0, per_class=False)
 #: Every preset by name (the command line's ``--recipe``).
 RECIPES = {"phantom": PHANTOM, "real": REAL, "paper": PAPER}

@@ -65,7 +65,7 @@ class DetectorConfig:
     backbone : one of :data:`wsbus.models.BACKBONES`.
     anchor_sizes, anchor_ratios : one feature map, so one tuple each.
     representation_size : fc6/fc7 width (512 in the reference for VGG16).
-    rpn_n_reg, rpn_lambda : the RPN loss normalisation (:data:`RPN_N_REG`) and λ (default 1, or 10 with
+    rpn_n_reg, rpn_lam : the RPN loss normalisation (:data:`RPN_N_REG`) and λ (default 1, or 10 with
         ``"paper"``), see :func:`wsbus.losses.rpn_loss`.
     moi_rules : the MoI rule per image label (:func:`wsbus.mil.as_rule_map` spec; stored as ``{0: rule, 1: rule,
         2: rule}``); ``moi_by``: ``"prob"`` or ``"logit"`` (the reference code).
@@ -105,7 +105,7 @@ class DetectorConfig:
     rpn_positive_fraction: float = 0.5
     rpn_score_thresh: float = 0.0
     rpn_n_reg: str = "torchvision"
-    rpn_lambda: Optional[float] = None
+    rpn_lam: Optional[float] = None
     # Fast R-CNN head: training
     representation_size: int = 512
     roi_output_size: int = 7
@@ -199,6 +199,9 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DetectorConfig":
         """The config stored as ``model.config`` (or in a checkpoint's ``config["model"]``). """
+        data = dict(data)
+        if "rpn_lambda" in data and "rpn_lam" not in data:  # the name before wsbus 0.2
+            data["rpn_lam"] = data.pop("rpn_lambda")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -210,14 +213,15 @@ class DetectorConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-# Per-backbone defaults (only what differs from the reference). ``tiny`` is sized for 128-192 px images on a CPU:
+# Per-backbone defaults (only what differs from the reference). ``tiny`` is sized for 128 px images on a CPU (its
+# canvas, ``max_size``, is 128 px square: the phantom's side, so a phantom image is never padded):
 # proposal and RoI counts scaled down with the image area (128 px vs 600x1000 px), because on a CPU the RPN's NMS
 # and RoIAlign's backward dominate a step and both grow with these counts.
 _PRESET_FIELDS: dict = {
     "vgg16": {},
     "resnet18": {},
     "resnet50": {"representation_size": 1024},
-    "tiny": {"min_size": 128, "max_size": 256, "anchor_sizes": (16, 32, 64), "representation_size": 128,
+    "tiny": {"min_size": 128, "max_size": 128, "anchor_sizes": (16, 32, 64), "representation_size": 128,
              "rpn_pre_nms_top_n": {"training": 1000, "testing": 600},
              "rpn_post_nms_top_n": {"training": 300, "testing": 100}, "box_batch_size_per_image": 64},
 }

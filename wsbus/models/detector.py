@@ -210,7 +210,7 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
             labels = [int(x) for x in image_labels]
             if len(labels) != len(pairs):
                 raise ValueError(f"{len(labels)} image labels for {len(pairs)} images")
-            rules = [self.roi_heads.rule_map[x] for x in labels]
+            rules = [self.roi_heads.moi_rules[x] for x in labels]
         else:
             raise ValueError("mass_of_interest needs image_labels (rule per label) or one rule")
         idx = select_moi_batch([lg for _, lg in pairs], rules, by=by or self.roi_heads.moi_by).tolist()
@@ -265,7 +265,7 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
             # RPN proposals
             c.rpn_pre_nms_top_n, c.rpn_post_nms_top_n, c.rpn_nms_thresh, score_thresh=c.rpn_score_thresh,
             # the paper's loss normalisation and the weak images' proposals
-            n_reg=c.rpn_n_reg, lam=c.rpn_lambda, weak_pre_nms_top_n=c.weak_pre_nms_top_n,
+            n_reg=c.rpn_n_reg, lam=c.rpn_lam, weak_pre_nms_top_n=c.weak_pre_nms_top_n,
             weak_post_nms_top_n=c.weak_proposals,
         )
         roi_heads = WeakSemiRoIHeads(
@@ -278,7 +278,7 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
             # Fast R-CNN inference
             c.box_score_thresh, c.box_nms_thresh, c.box_detections_per_img,
             # weak branch
-            rule_map=c.moi_rules, moi_by=c.moi_by, mil_class_weights=c.mil_class_weights,
+            moi_rules=c.moi_rules, moi_by=c.moi_by, mil_class_weights=c.mil_class_weights,
             mil_reduction=c.mil_reduction,
         )
         transform = GrayscaleRCNNTransform(c.min_size, c.max_size, list(c.image_mean), list(c.image_std))
@@ -299,8 +299,10 @@ def build_detector(backbone: str = "vgg16", num_classes: int = 3, pretrained: bo
     pretrained : bool
         torchvision ImageNet weights for the backbone (downloads; tests always use ``False``).
     min_size, max_size : int, optional
-        Resizing of torchvision's transform. ``None`` takes the backbone's preset: the reference 600 / 1000
-        for vgg16 and resnets, 128 / 256 for tiny (resizing 128 px phantom images to 600 px would only cost time).
+        Resizing of torchvision's transform: the short side to ``min_size``, the long side at most ``max_size``;
+        every image is then padded to a fixed ``max_size`` square canvas (:mod:`wsbus.models.transform`), so its
+        detections do not depend on the other images of its batch. ``None`` takes the backbone's preset: the
+        reference 600 / 1000 for vgg16 and resnets, 128 / 128 for tiny (the phantom's side).
     channels_last : bool
         Run the backbone in the ``torch.channels_last`` memory format (:meth:`WeakSemiFasterRCNN.set_channels_last`).
         A speed option, not part of the architecture: it is not recorded in ``config`` and checkpoints load

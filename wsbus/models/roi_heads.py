@@ -21,7 +21,7 @@ class WeakSemiRoIHeads(RoIHeads):
     In training, strong images' proposals are sampled and labelled as in torchvision. Each weak image's proposals
     (its ``weak_proposals`` most object-like ones, counted by :class:`wsbus.models.WeakSemiRPN`) are scored
     without gradient and the mass of interest is chosen by :func:`wsbus.mil.select_moi_batch` with the rule
-    ``rule_map[image_label]`` (:meth:`weak_moi_boxes`). Then the strong RoIs and the weak images' MoI boxes go
+    ``moi_rules[image_label]`` (:meth:`weak_moi_boxes`). Then the strong RoIs and the weak images' MoI boxes go
     through ``box_roi_pool`` → ``box_head`` → ``box_predictor`` in **one** pass with gradient: the strong rows
     give ``loss_classifier`` and ``loss_box_reg`` (:func:`wsbus.losses.fast_rcnn_loss`), the MoI rows give
     ``loss_mil`` (:func:`wsbus.losses.mil_loss` with ``mil_class_weights`` and ``mil_reduction``).
@@ -29,13 +29,13 @@ class WeakSemiRoIHeads(RoIHeads):
     Taught in ``book/03_faster_rcnn.md``.
     """
 
-    def __init__(self, *args, rule_map: Union[None, str, RuleMap, Mapping] = None, moi_by: str = "prob",
+    def __init__(self, *args, moi_rules: Union[None, str, RuleMap, Mapping] = None, moi_by: str = "prob",
                  mil_class_weights: Optional[Sequence[float]] = None, mil_reduction: str = "weighted_mean",
                  **kwargs):
         super().__init__(*args, **kwargs)
         if moi_by not in MOI_BY:
             raise ValueError(f"moi_by must be one of {MOI_BY}, got {moi_by!r}")
-        self.rule_map = as_rule_map(rule_map)
+        self.moi_rules = as_rule_map(moi_rules)
         self.moi_by = moi_by
         self.mil_class_weights = None if mil_class_weights is None else tuple(float(w) for w in mil_class_weights)
         self.mil_reduction = mil_reduction
@@ -46,7 +46,7 @@ class WeakSemiRoIHeads(RoIHeads):
         with torch.no_grad():
             # float32 scores: under autocast the logits are bfloat16/float16, whose rounding would create ties
             return select_moi_batch([full_precision(lg.detach()) for lg in weak_logits],
-                                    self.rule_map.rule_ids(image_labels), by=self.moi_by)
+                                    self.moi_rules.rule_ids(image_labels), by=self.moi_by)
 
     def weak_moi_boxes(self, features: dict[str, Tensor], weak_proposals: list[Tensor], image_labels: Tensor,
                        image_shapes: list[tuple[int, int]], weak: list[int]) -> list[Tensor]:

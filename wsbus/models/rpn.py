@@ -1,8 +1,10 @@
 """The region proposal network of the joint detector: proposals for every image, a loss from the strong ones.
 
-:class:`WeakSemiRPN` is torchvision's ``RegionProposalNetwork`` with two changes: weak images get proposals (with
-their own, test-time-like counts) but no loss, and the loss goes through :func:`wsbus.losses.rpn_loss`, with the
-paper's or torchvision's normalisation. :class:`CachedAnchorGenerator` computes the anchors of a feature-map
+:class:`WeakSemiRPN` is torchvision's ``RegionProposalNetwork`` with three changes: weak images get proposals (with
+their own, test-time-like counts) but no loss; the loss goes through :func:`wsbus.losses.rpn_loss`, with the
+paper's or torchvision's normalisation; and anchors centred on the fixed canvas's padding, outside the image, are
+neither proposals nor training samples (:func:`anchors_inside`; the original Faster R-CNN likewise ignores
+anchors that cross the image border in training). :class:`CachedAnchorGenerator` computes the anchors of a feature-map
 geometry once.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_p
 from ..losses import rpn_loss
 from ._utils import full_precision, is_weak_target, take_rows, zero_like_graph
 
-__all__ = ["CachedAnchorGenerator", "WeakSemiRPN"]
+__all__ = ["CachedAnchorGenerator", "WeakSemiRPN", "anchors_inside"]
 
 
 class CachedAnchorGenerator(AnchorGenerator):
@@ -70,6 +72,17 @@ class CachedAnchorGenerator(AnchorGenerator):
         else:
             self._anchor_cache.move_to_end(key)
         return [anchors] * len(image_list.image_sizes)
+
+
+def anchors_inside(anchors: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
+    """``[N, A]`` bool: which anchors of each image have their centre inside the image (``(h, w)`` after resizing),
+    not on the padding of the canvas (:mod:`wsbus.models.transform`)."""
+    out = []
+    for a, (h, w) in zip(anchors, image_sizes):
+        cx = (a[:, 0] + a[:, 2]) * 0.5
+        cy = (a[:, 1] + a[:, 3]) * 0.5
+        out.append((cx < w) & (cy < h))
+    return torch.stack(out)
 
 
 class WeakSemiRPN(RegionProposalNetwork):
@@ -144,6 +157,12 @@ class WeakSemiRPN(RegionProposalNetwork):
         # therefore cannot reach the RPN. They are decoded and ranked in float32 also under autocast.
         proposals = self.box_coder.decode(full_precision(pred_bbox_deltas.detach()), anchors).view(num_images, -1, 4)
         scores = full_precision(objectness.detach())
+        # Anchors centred on the canvas's padding, outside the image, propose nothing (they are ranked last and
+        # given empty boxes, which filter_proposals removes) and are ignored by the loss.
+        # (Always masked: testing whether any anchor is outside would cost a host sync per step.)
+        inside = anchors_inside(anchors, images.image_sizes)
+        scores = scores.masked_fill(~inside.reshape(-1, 1), float("-inf"))
+        proposals = proposals.masked_fill(~inside.unsqueeze(-1), 0.0)
 
         if not self.training:
             boxes, _ = self.filter_proposals(proposals, scores, images.image_sizes, num_anchors_per_level)
@@ -175,6 +194,7 @@ class WeakSemiRPN(RegionProposalNetwork):
             deltas_s = take_rows(pred_bbox_deltas.view(num_images, -1, 4), strong).reshape(-1, 4)
             anchors_s = [anchors[i] for i in strong]
             labels, matched_gt_boxes = self.assign_targets_to_anchors(anchors_s, [targets[i] for i in strong])
+            labels = [torch.where(inside[i], lab, torch.full_like(lab, -1.0)) for i, lab in zip(strong, labels)]
             regression_targets = self.box_coder.encode(matched_gt_boxes, anchors_s)
             # The paper's N_reg: the number of anchor locations (feature-map positions) of the strong images.
             n_reg = float(len(strong) * sum(s[1] * s[2] for s in shapes)) if self.n_reg == "paper" else None

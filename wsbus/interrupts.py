@@ -1,0 +1,54 @@
+"""Interrupts as exceptions: SIGINT and SIGTERM unwind the program like Ctrl-C, so work in progress is saved.
+
+A scheduler's time limit sends SIGTERM, which by default kills a Python process where it stands: no ``finally``
+block runs, no checkpoint or table is written, and DataLoader workers are left behind. Inside
+:func:`signals_as_exceptions` both signals raise :class:`Interrupted` (a ``KeyboardInterrupt``, so ``except
+Exception`` does not swallow it) in the main thread; the training loop saves a checkpoint at the step reached, a
+prediction run writes its tables marked incomplete, iterators shut their workers down, and the command line exits
+with ``128 + signal number`` (130 for SIGINT, 143 for SIGTERM), the shell's convention.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+__all__ = ["Interrupted", "signals_as_exceptions", "HANDLED_SIGNALS"]
+
+#: The signals turned into :class:`Interrupted`.
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The process received ``signum`` (SIGINT or SIGTERM).
+
+    Attributes
+    ----------
+    signum : the signal number. name : its name (``"SIGTERM"``). exit_code : ``128 + signum``.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.name = signal.Signals(self.signum).name
+        self.exit_code = 128 + self.signum
+        super().__init__(f"interrupted by {self.name}")
+
+
+def _raise(signum: int, frame) -> None:  # noqa: ARG001 - a signal handler's signature
+    raise Interrupted(signum)
+
+
+@contextmanager
+def signals_as_exceptions(signals: Sequence[int] = HANDLED_SIGNALS) -> Iterator[None]:
+    """Within the block, each of ``signals`` raises :class:`Interrupted` in the main thread; the previous handlers
+    are restored on exit. Outside the main thread (where Python cannot install handlers) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
