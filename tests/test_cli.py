@@ -14,6 +14,8 @@ import torch
 from wsbus.checkpoint import load_checkpoint
 from wsbus.cli import main
 from wsbus.data.sources import DEFAULT_PHANTOM_IMAGES, load_source, parse_source
+from wsbus.experiments import PHANTOM_QUICK
+from wsbus.experiments.data import load_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +26,7 @@ def wsbus(*args, timeout=180):
                           text=True, timeout=timeout, cwd=ROOT)
 
 
-TRAIN = ("train", "--data", "phantom:30", "--mode", "joint", "--checkpoint-every", "2", "--no-progress",
+TRAIN = ("train", "--data", "phantom", "--quick", "--mode", "joint", "--checkpoint-every", "2", "--no-progress",
          "--no-tensorboard", "--device", "cpu")
 
 
@@ -52,13 +54,16 @@ def test_train_writes_its_files(trained):
     with open(out / "log.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(6))
     split = json.loads((out / "split.json").read_text())
-    ids = {s.id for s in load_source("phantom:30")}
+    ids = {s.id for s in load_samples("phantom", PHANTOM_QUICK, 0)}
     roles = [set(split[k]) for k in ("strong", "weak", "test")]
     assert all(roles) and not (roles[0] & roles[1]) and not (roles[0] & roles[2]) and not (roles[1] & roles[2])
     assert set().union(*roles) <= ids
     assert split["test"] == ck["config"]["metadata"]["split_ids"]["test"]
     config = json.loads((out / "config.json").read_text())
-    assert config["trainer"]["mode"] == "joint" and config["args"]["steps"] == 6
+    assert config["trainer"]["mode"] == "joint" and config["trainer"]["steps"] == 6 and config["method"] == "joint"
+    assert config["split"]["n_strong"] == len(split["strong"]) and config["recipe"]["n_strong"] is None
+    assert config["provenance"]["wsbus"] and config["argv"][-1] == str(out)
+    assert ck["provenance"]["torch"] and "mil" in ck
     assert config["model"]["backbone"] == "tiny"
     assert ck["config"]["trainer"]["n_strong_images"] == len(split["strong"])
     assert ck["config"]["trainer"]["n_weak_images"] == len(split["weak"])
@@ -79,7 +84,7 @@ def test_resume_via_cli_matches_an_uninterrupted_run(trained, tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     # another split is refused on resume
-    proc = wsbus(*TRAIN, "--steps", "8", "--out", resumed, "--resume", "--split-seed", "1")
+    proc = wsbus(*TRAIN, "--steps", "8", "--out", resumed, "--resume", "--seed", "1")
     assert proc.returncode == 2 and "differ from" in proc.stderr and "split.json" in proc.stderr
 
 
@@ -89,11 +94,11 @@ def test_evaluate_prints_corloc_with_cis(trained, tmp_path):
                  "--json", tmp_path / "eval.json")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert "test images of phantom:30" in lines[0]
+    assert "test images of phantom" in lines[0]
     assert [ln.split()[0] for ln in lines[2:5]] == ["benign", "malignant", "overall"]
     result = json.loads((tmp_path / "eval.json").read_text())
     test_ids = json.loads((out / "split.json").read_text())["test"]
-    samples = {s.id: s for s in load_source("phantom:30")}
+    samples = {s.id: s for s in load_samples("phantom", PHANTOM_QUICK, 0)}
     n_mass = sum(1 for i in test_ids if samples[i].image_label != 0)
     assert result["corloc"]["overall"]["n"] == n_mass
     for row in result["corloc"].values():
@@ -149,11 +154,14 @@ def test_bad_data_specs_are_explained(capsys, tmp_path):
 
 
 def test_parse_source():
-    assert parse_source("phantom") == ("phantom", DEFAULT_PHANTOM_IMAGES, None)
+    assert parse_source("phantom") == ("phantom", DEFAULT_PHANTOM_IMAGES, None, ())
+    assert parse_source("busbra:/d?device=Logiq 7&birads!=5").filters == (("device", "=", "Logiq 7"),
+                                                                          ("birads", "!=", "5"))
     assert parse_source("phantom:12").n == 12
     assert parse_source("voc:/data/SNUBH").path == Path("/data/SNUBH")
     assert parse_source("BUSBRA:rel/dir").kind == "busbra"
-    for bad in ("", "phantom:0", "phantom:-3", "phantom:ten", "busi:", "coco:", "cocoa:/x"):
+    for bad in ("", "phantom:0", "phantom:-3", "phantom:ten", "busi:", "coco:", "cocoa:/x", "phantom?device=x",
+                "busbra:/d?scanner=x", "busbra:/d?device"):
         with pytest.raises(ValueError):
             parse_source(bad)
     a, b = load_source("phantom:5", size=64), load_source("phantom:5", size=64)
@@ -172,4 +180,4 @@ def test_train_init_starts_from_another_runs_weights(trained, tmp_path):
     assert load_checkpoint(run / "last.pt")["config"]["metadata"]["init"] == str(out / "last.pt")
     bad = wsbus(*TRAIN, "--steps", "1", "--init", out / "last.pt", "--size", "96", "--backbone", "resnet18",
                 "--out", tmp_path / "bad")
-    assert bad.returncode == 2 and "--init" in bad.stderr
+    assert bad.returncode == 2 and "--init" in bad.stderr and "do not fit" in bad.stderr

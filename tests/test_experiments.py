@@ -81,7 +81,7 @@ def test_demo_quick_writes_results_in_the_contract_format(tmp_path):
 @pytest.mark.slow
 def test_self_train_command_from_a_train_checkpoint(tmp_path):
     run = tmp_path / "joint"
-    proc = _run(["train", "--data", "phantom:40", "--size", "64", "--mode", "joint", "--steps", "3",
+    proc = _run(["train", "--data", "phantom", "--quick", "--size", "64", "--mode", "joint", "--steps", "3",
                  "--strong-fraction", "0.25", "--alpha", "gradual", "--out", str(run), "--no-progress",
                  "--no-tensorboard", "--device", "cpu"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -119,16 +119,20 @@ def test_check_finding_by_hand():
     ok = {"strong_full": _method("strong_full", [1, 1, 1, 1]), "strong_few": _method("strong_few", [1, 1, 0, 0]),
           "weak_only": _method("weak_only", [0, 0, 0, 0]), "joint": _method("joint", [1, 1, 1, 0]),
           "joint_self_training": _method("joint_self_training", [1, 1, 1, 0])}
-    f = check_finding(ok)
+    f = check_finding(ok, {"strong_few": 0.01})
     assert f["holds"] and f["joint_minus_strong_few"] == pytest.approx(0.25)
-    assert f["strong_full_minus_strong_few"] == pytest.approx(0.5)
+    assert f["strong_full_minus_strong_few"] == pytest.approx(0.5) and f["p_joint_vs_strong_few"] == 0.01
+    # joint above strong_few counts only when it is significant (and not without a p-value)
+    assert not check_finding(ok, {"strong_few": 0.2})["holds"]
+    assert check_finding(ok, {"strong_few": 0.2})["checks"]["joint_above_strong_few"] is False
+    assert not check_finding(ok)["holds"]
     bad = dict(ok, joint=_method("joint", [1, 1, 0, 0]), weak_only=_method("weak_only", [1, 0, 0, 0]))
-    f = check_finding(bad)
+    f = check_finding(bad, {"strong_few": 0.01})
     assert not f["holds"]
     assert f["checks"] == {"joint_above_strong_few": False, "strong_few_below_strong_full": True,
                            "weak_only_far_below": True}  # 0.25 < 0.5 - 0.2
     worse = dict(ok, weak_only=_method("weak_only", [1, 1, 0, 0]))
-    assert check_finding(worse)["checks"]["weak_only_far_below"] is False
+    assert check_finding(worse, {"strong_few": 0.01})["checks"]["weak_only_far_below"] is False
 
 
 def test_moving_average_is_trailing():
@@ -255,7 +259,7 @@ def test_summarize_experiments_by_hand():
 def test_joint_warm_start_and_moi_teacher_recipe(tmp_path, monkeypatch):
     """The joint run starts from strong_few's final weights and trains with a teacher choosing its MoI."""
     from wsbus.engine import Trainer
-    from wsbus.experiments import runner
+    from wsbus.experiments import methods
 
     recipe = TINY.replace(joint_warm_start=True, joint_steps=2, moi_teacher=dict(decay=0.9, min_confidence=0.2))
     seen = {}
@@ -266,7 +270,7 @@ def test_joint_warm_start_and_moi_teacher_recipe(tmp_path, monkeypatch):
                             kw["steps"])
         original(self, model, *args, hooks=hooks, **kw)
 
-    monkeypatch.setattr(runner.Trainer, "__init__", spy)
+    monkeypatch.setattr(methods.Trainer, "__init__", spy)
     run_experiment("phantom", tmp_path, recipe=recipe, methods=["strong_few", "joint"], progress=False, verbose=False)
     from wsbus.checkpoint import load_checkpoint
 

@@ -194,8 +194,12 @@ def test_logs_csv_tensorboard_and_train_log(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
     assert set(rows[0]) == {"step", "batch", "loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier",
-                            "loss_box_reg", "loss_mil", "alpha", "lr", "grad_norm", "time"}
+                            "loss_box_reg", "loss_mil", "alpha", "lr", "grad_norm", "mil_images", "time"}
     assert float(rows[0]["lr"]) == 5e-4 and float(rows[0]["alpha"]) == 0.5
+    # every weak image of a joint step gets the MIL loss (no teacher gate here)
+    assert [int(r["mil_images"]) for r in rows] == [tr.config.batch_weak] * 4
+    mil = tr.mil_summary()
+    assert mil["image_steps"] == 4 * tr.config.batch_weak and 0 < mil["reached"] <= mil["weak_images"]
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     log = (tmp_path / "train.log").read_text()
     assert "world size 1" in log and "checkpoint step 4" in log

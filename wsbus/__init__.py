@@ -2,4 +2,4 @@
 
 The book in ``book/`` teaches each module; every public docstring names its chapter.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

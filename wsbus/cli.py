@@ -98,50 +98,61 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 def _train_parser(sub) -> None:
-    t = sub.add_parser("train", help="train a detector (strong, weak or joint); resumable; DDP under torchrun",
-                       description="Split the data, train, and keep DIR/last.pt, DIR/log.csv, DIR/config.json "
-                                   "and DIR/split.json. Settings not given come from the recipe of the data "
-                                   "source. Under `torchrun --nproc_per_node=K -m wsbus train ...` it trains "
-                                   "data-parallel: the per-process batch is --batch-strong + --batch-weak images "
-                                   "and the global batch K times that.")
+    t = sub.add_parser("train", help="train one method (strong, weak, joint, ...) into a folder; resumable; DDP "
+                                     "under torchrun",
+                       description="Split the data as `wsbus experiment` does (same recipe and seed: same split, "
+                                   "initial weights and weights after training), train the method (after its warm "
+                                   "start in DIR/warm_start/ when the recipe's joint run has one) and keep "
+                                   "DIR/last.pt, DIR/log.csv, DIR/config.json and DIR/split.json. Settings not given "
+                                   "come from the recipe of the data source. A folder that already holds a run needs "
+                                   "--resume (continue it) or --overwrite (replace it). Under `torchrun "
+                                   "--nproc_per_node=K -m wsbus train ...` it trains data-parallel: the "
+                                   "per-process batch is --batch-strong + --batch-weak images and the global batch K "
+                                   "times that.")
     t.add_argument("--data", required=True, help=_DATA_HELP)
-    t.add_argument("--mode", choices=("strong", "weak", "joint"), default="joint",
-                   help="strong: boxes only (baseline); weak: image labels only (MIL baseline, every training "
-                        "image used without its boxes); joint: L_s + alpha L_ws (default)")
+    t.add_argument("--mode", choices=("strong", "weak", "joint", "strong_full", "strong_few", "weak_only",
+                                      "joint_paper"), default="joint",
+                   help="strong (= strong_few: the recipe's few boxed images), weak (= weak_only: image labels "
+                        "only), joint (the recipe's joint training, default), strong_full (every training box) or "
+                        "joint_paper (the paper's joint training exactly)")
     t.add_argument("--mixing", choices=("combined", "alternating"), default=None,
                    help="joint mode: both streams in every mini-batch (the paper's, default) or alternating steps")
     t.add_argument("--out", required=True, help="output folder (last.pt, log.csv, config.json, split.json)")
     _add_recipe_options(t)
+    t.add_argument("--quick", action="store_true", help="the recipe's smoke version (a few steps, few images)")
     t.add_argument("--pretrained", action="store_true", help="ImageNet backbone weights (downloads them)")
-    t.add_argument("--init", default=None, metavar="CHECKPOINT",
-                   help="start from the weights of this checkpoint (e.g. a strong run's last.pt: a warm-up on the "
-                        "boxed images) instead of a fresh initialisation")
-    g = t.add_mutually_exclusive_group()
-    g.add_argument("--n-strong", type=_positive_int, default=None, help="strong (boxed) training images")
-    g.add_argument("--strong-fraction", type=_fraction, default=None,
-                   help="fraction of the training pool that keeps its boxes (default 0.2)")
-    g2 = t.add_mutually_exclusive_group()
-    g2.add_argument("--n-test", type=_positive_int, default=None, help="test images")
-    g2.add_argument("--test-fraction", type=_fraction, default=None, help="fraction of images for test "
-                                                                           "(default 0.2)")
-    t.add_argument("--split-seed", type=int, default=0, help="seed of the patient-level split (default 0)")
+    t.add_argument("--init", default=None, metavar="FILE",
+                   help="start from this file's weights instead of the initial weights and any warm start: a `wsbus "
+                        "train` checkpoint (e.g. a strong run's last.pt) or a `wsbus pretrain` backbone")
+    g0 = t.add_mutually_exclusive_group()
+    g0.add_argument("--n-strong", type=_positive_int, default=None, help="boxed training images (default: the "
+                                                                         "recipe's)")
+    g0.add_argument("--strong-fraction", type=_fraction, default=None,
+                    help="instead of --n-strong: this fraction of the training pool keeps its boxes")
+    t.add_argument("--n-test", type=_positive_int, default=None, help="test images (default: the recipe's)")
+    t.add_argument("--n-val", type=_non_negative_int, default=None,
+                   help="validation images held out from the training patients (default: the recipe's)")
+    t.add_argument("--seed", type=int, default=0,
+                   help="the experiment seed: split, initial weights and data order (default 0; the same as "
+                        "`wsbus experiment --seed`)")
     t.add_argument("--alpha", default=None, help="MIL weight: a number or 'gradual' (default: the recipe's)")
     t.add_argument("--moi-rules", "--rule-map", dest="moi_rules", default=None,
                    help="MoI rules: paper, reference (the TF1 code's), a Table II name or "
                         "'<benign rule>/<malignant rule>' (default: the recipe's)")
     t.add_argument("--batch-strong", type=_positive_int, default=None, help="strong images per step")
     t.add_argument("--batch-weak", type=_positive_int, default=None, help="weak images per step")
-    t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (Adam)")
+    t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (Adam; default: the recipe's)")
     t.add_argument("--weight-decay", type=float, default=None, help="weight decay")
     t.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
     t.add_argument("--clip-grad-norm", type=_positive_float, default=None, help="clip the gradient norm")
-    t.add_argument("--resume", action="store_true", help="continue from DIR/last.pt (starts afresh if none)")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue the run in DIR (starts afresh if there is none)")
+    g.add_argument("--overwrite", action="store_true", help="replace the run in DIR (its files only)")
     t.add_argument("--checkpoint-every", type=_positive_int, default=1000, help="steps between checkpoints")
     t.add_argument("--keep-every", type=_positive_int, default=None, help="also keep DIR/step_XXXXXX.pt")
     t.add_argument("--log-every", type=_positive_int, default=20, help="steps between progress/TensorBoard "
                                                                        "updates")
     _add_device(t)
-    t.add_argument("--seed", type=int, default=3, help="training seed (reference 3); the initial weights too")
     t.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
     t.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader workers (default 0)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -185,12 +196,24 @@ def _experiment_parser(sub) -> None:
                         "the recipe's")
     x.add_argument("--evaluate-on", choices=("test", "val"), default="test",
                    help="score the test set (default; report it once) or the validation set (choosing settings)")
+    x.add_argument("--folds", default=None, metavar="FILE.csv",
+                   help="a folds file (columns: image id or patient, and fold); with --fold, that fold is the test set "
+                        "and validation is carved from the other folds' patients")
+    x.add_argument("--fold", type=int, nargs="+", default=None, metavar="K",
+                   help="the test fold(s) of --folds (busbra: without --folds, its own 5-fold-cv.csv); several "
+                        "folds run one after another into DIR/fold_<K>/ and DIR/summary.json")
+    x.add_argument("--jobs", type=_positive_int, default=1,
+                   help="train independent methods in this many processes at once (same numbers, bit for bit on "
+                        "CPU; each process uses --threads threads)")
     x.add_argument("--seed", type=int, default=0, help="split, initial weights and data order (default 0)")
     x.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="repeat on these seeds (DIR/seed_<s>/) and write DIR/summary.md and DIR/summary.json")
     x.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="a subset of strong_full strong_few weak_only joint joint_self_training")
+                   help="a subset of strong_full strong_few weak_only joint joint_paper joint_self_training")
     x.add_argument("--quick", action="store_true", help="the recipe's smoke version")
+    x.add_argument("--reuse-results", action="store_true",
+                   help="reuse stored method results that other code (another wsbus commit) made; by default they "
+                        "are refused")
     _add_device(x)
     _add_threads(x)
     x.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -360,10 +383,18 @@ def _setup_logging(is_main: bool) -> None:
 
 def _recipe(args: argparse.Namespace, kind: str, **fields: Any):
     """The recipe of ``--recipe`` (default: the data source's), with the command line's overrides."""
-    from .experiments import RECIPES, recipe_for
+    from .experiments import QUICK_RECIPES, RECIPES, recipe_for
 
-    recipe = RECIPES[args.recipe] if args.recipe else recipe_for(kind, getattr(args, "quick", False))
-    changes = {k: v for k, v in dict(steps=args.steps, backbone=args.backbone, **fields).items() if v is not None}
+    quick = getattr(args, "quick", False)
+    if args.recipe and quick and args.recipe not in QUICK_RECIPES:
+        raise CliError(f"--recipe {args.recipe} has no --quick version (those with one: {sorted(QUICK_RECIPES)})")
+    recipe = ((QUICK_RECIPES if quick else RECIPES)[args.recipe] if args.recipe
+              else recipe_for(kind, quick))
+    given = {"steps": args.steps, "backbone": args.backbone, **fields}
+    changes = {k: v for k, v in given.items() if v is not None}
+    for count, fraction in (("n_test", "test_fraction"), ("n_val", "val_fraction")):
+        if changes.get(count) is not None:  # a count given on the command line replaces the recipe's fraction
+            changes[fraction] = None
     if args.size is not None:
         changes.update(size=args.size, max_size=2 * args.size)
     return recipe.replace(**changes) if changes else recipe
@@ -387,88 +418,42 @@ def _plain(args: argparse.Namespace) -> Dict[str, Any]:
 # commands
 # ---------------------------------------------------------------------------------------------------------
 
-def _train_split(args: argparse.Namespace, samples):
-    from .data import split
-
-    params: Dict[str, Any] = {"seed": args.split_seed}
-    if args.n_strong is not None:
-        params["n_strong"] = args.n_strong
-    else:
-        params["strong_fraction"] = args.strong_fraction if args.strong_fraction is not None else 0.2
-    if args.n_test is not None:
-        params["n_test"] = args.n_test
-    else:
-        params["test_fraction"] = args.test_fraction if args.test_fraction is not None else 0.2
-    parts = split(samples, **params)
-    strong, weak = {"strong": (parts.strong, None), "weak": (None, parts.strong + parts.weak),
-                    "joint": (parts.strong, parts.weak)}[args.mode]
-    for name, got in (("strong", strong), ("weak", weak)):
-        if got is not None and not got:
-            raise CliError(f"the split of {args.data} left no {name} training image ({params}); change "
-                           f"--n-strong/--strong-fraction")
-    ids = {role: [s.id for s in getattr(parts, role)] for role in ("strong", "weak", "test")}
-    return params, ids, strong, weak
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    """``wsbus train``: split, build, train, checkpoint."""
-    from .checkpoint import atomic_write_json
-    from .data.sources import load_source, parse_source
-    from .distributed import cleanup_distributed, init_distributed
-    from .engine import Trainer
-    from .inference import load_detector
-    from .models import build_detector
-    from .seeding import seeded
-    from .teachers import MoITeacher
+    """``wsbus train``: :func:`wsbus.experiments.train_run`, then one line saying what was trained."""
+    from .data.sources import parse_source
+    from .distributed import resolve_device
+    from .experiments import train_run
 
-    info, device = init_distributed(args.device)
-    _setup_logging(info.is_main)
-    try:
-        recipe = _recipe(args, parse_source(args.data).kind, moi_rules=args.moi_rules, batch_strong=args.batch_strong,
-                         batch_weak=args.batch_weak, lr=args.lr, weight_decay=args.weight_decay, mixing=args.mixing)
-        samples = load_source(args.data, size=recipe.size, seed=0)
-        split_params, split_ids, strong, weak = _train_split(args, samples)
-        out = Path(args.out)
-        split_file = out / "split.json"
-        if args.resume and split_file.is_file():
-            saved = json.loads(split_file.read_text())
-            for role in ("strong", "weak", "test"):
-                if saved.get(role) != split_ids[role]:
-                    raise CliError(f"--resume: the {role} images differ from {split_file} (the data or the split "
-                                   f"options changed since the run started)")
-        with seeded(args.seed):  # the model's initial weights
-            model = build_detector(**recipe.detector_options(list(strong or []) + list(weak or []),
-                                                             pretrained=args.pretrained))
-        if args.init:
-            try:
-                model.load_state_dict(load_detector(args.init).state_dict())
-            except RuntimeError as exc:
-                raise CliError(f"--init {args.init}: its detector differs from this run's ({exc})") from None
-        hooks = [MoITeacher(**dict(recipe.moi_teacher))] if args.mode == "joint" and recipe.moi_teacher else []
-        alpha = recipe.alpha_schedule(recipe.steps, _alpha_spec(args.alpha))
-        metadata = {"data": args.data, "phantom_size": recipe.size, "split": split_params, "split_ids": split_ids,
-                    "init": args.init, "argv": list(sys.argv)}
-        joint = {}
-        if args.mode == "joint":  # the recipe's joint settings, unless given on the command line
-            joint = dict(alpha=alpha, mixing=recipe.mixing, **{k: v for k, v in recipe.joint_trainer.items()
-                                                               if not (k == "lr" and args.lr is not None)})
-        trainer = Trainer(model, strong, weak, mode=args.mode, steps=recipe.steps, optimizer=args.optimizer,
-                          device=device, amp=args.amp, clip_grad_norm=args.clip_grad_norm, out_dir=out,
-                          checkpoint_every=args.checkpoint_every, keep_every=args.keep_every,
-                          log_every=args.log_every, seed=args.seed, num_workers=args.workers,
-                          progress=not args.no_progress, tensorboard=not args.no_tensorboard, metadata=metadata,
-                          hooks=hooks, **{**recipe.trainer_options(), **joint})
-        if info.is_main:
-            atomic_write_json({"data": args.data, "params": split_params, **split_ids}, split_file)
-            atomic_write_json({"command": "train", "args": _plain(args), "recipe": recipe.as_dict(),
-                               "model": model.config, "trainer": trainer.settings()}, out / "config.json")
-        history = trainer.fit(resume=args.resume)
-        if info.is_main:
-            tail = f", last loss {history[-1]['loss']:.4f}" if len(history) else ""
-            print(f"trained {args.mode} ({trainer.config.mixing}) to step {trainer.step} on {trainer.device}, "
-                  f"world size {info.world_size}{tail}; checkpoint {out / 'last.pt'}")
-    finally:
-        cleanup_distributed()
+    resolve_device(args.device)  # an unavailable device is refused before any data is read
+    _setup_logging(int(os.environ.get("RANK", "0")) == 0)
+    recipe = _recipe(args, parse_source(args.data).kind, steps=None, moi_rules=args.moi_rules,
+                     batch_strong=args.batch_strong, batch_weak=args.batch_weak, weight_decay=args.weight_decay,
+                     mixing=args.mixing, n_test=args.n_test, n_val=args.n_val, alpha=_alpha_spec(args.alpha))
+    if args.n_strong is not None:
+        recipe = recipe.replace(n_strong=args.n_strong, strong_fraction=None)
+    if args.strong_fraction is not None:
+        recipe = recipe.replace(n_strong=None, strong_fraction=args.strong_fraction)
+    options = dict(optimizer=args.optimizer, amp=args.amp, clip_grad_norm=args.clip_grad_norm,
+                   checkpoint_every=args.checkpoint_every, keep_every=args.keep_every, log_every=args.log_every,
+                   num_workers=args.workers, progress=not args.no_progress, tensorboard=not args.no_tensorboard)
+    if args.lr is not None:
+        options["lr"] = args.lr
+    report = train_run(args.data, args.mode, args.out, recipe=recipe, seed=args.seed, device=args.device,
+                       resume=args.resume, overwrite=args.overwrite, init=args.init, steps=args.steps,
+                       pretrained=args.pretrained, argv=list(sys.argv), **options)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    mil = report.mil
+    reach = (f"; the MIL loss reached {mil['reached']} of {mil['weak_images']} weak images "
+             f"({mil['image_steps']} image-steps)" if mil["weak_images"] else "")
+    loss = f", last loss {report.last_loss:.4f}" if report.last_loss is not None else ""
+    if report.warning:
+        print(f"wsbus: warning: {report.warning}", file=sys.stderr)
+        print(f"trained {report.method} to step {report.step} of {report.steps} on {report.device}, but NOT jointly"
+              f"{reach}{loss}; checkpoint {report.checkpoint}")
+        return 1
+    print(f"trained {report.method} to step {report.step} of {report.steps} on {report.device}, world size "
+          f"{report.world_size}{reach}{loss}; checkpoint {report.checkpoint}")
     return 0
 
 
@@ -539,15 +524,24 @@ def cmd_self_train(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     """``wsbus experiment``: :func:`wsbus.experiments.run_experiment` (or ``run_experiments`` over seeds)."""
     from .data.sources import parse_source
-    from .experiments import METHODS, run_experiment, run_experiments
+    from .experiments import METHODS, run_experiment, run_experiments, run_folds
 
     recipe = _recipe(args, parse_source(args.data).kind, n_test=args.n_test, n_val=args.n_val,
                      self_training=args.self_training)
     if args.n_strong is not None:
         recipe = recipe.replace(n_strong=args.n_strong, strong_fraction=None)
+    if args.folds is not None and args.fold is None:
+        raise CliError("--folds needs --fold K (the fold that is the test set)")
+    if args.fold is not None and args.seeds:
+        raise CliError("--fold and --seeds do not combine; repeat a fold study with --seed")
     kwargs = dict(recipe=recipe, methods=args.methods or METHODS, device=args.device, threads=args.threads,
-                  progress=not args.no_progress, evaluate_on=args.evaluate_on)
-    if args.seeds:
+                  progress=not args.no_progress, evaluate_on=args.evaluate_on, reuse_results=args.reuse_results,
+                  jobs=args.jobs)
+    if args.fold is not None and len(args.fold) > 1:
+        run_folds(args.data, args.out, folds=args.folds, fold_numbers=args.fold, seed=args.seed, **kwargs)
+    elif args.fold is not None:
+        run_experiment(args.data, args.out, seed=args.seed, folds=args.folds, fold=args.fold[0], **kwargs)
+    elif args.seeds:
         run_experiments(args.data, args.out, seeds=args.seeds, **kwargs)
     else:
         run_experiment(args.data, args.out, seed=args.seed, **kwargs)
@@ -654,6 +648,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 # entry point
 # ---------------------------------------------------------------------------------------------------------
 
+def interrupted_message(exc: Any, args: argparse.Namespace) -> str:
+    """One line for an interrupted command: the signal, what was saved and how to continue."""
+    saved = getattr(exc, "checkpoint", None)
+    step = getattr(exc, "step", None)
+    where = f" at step {step} of {exc.max_step}" if step is not None and hasattr(exc, "max_step") else ""
+    if saved is not None:
+        again = {"train": "the same command with --resume", "experiment": "the same command"}.get(
+            args.command, "the same command")
+        return f"interrupted by {exc.name}{where}; checkpoint {saved} saved; run {again} to continue"
+    return f"interrupted by {exc.name}{where}; nothing more was saved"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``wsbus`` command line; returns the exit status.
 
@@ -669,8 +675,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .checkpoint import CheckpointError
     from .data.formats import DataError
     from .engine import NonFiniteLossError
+    from .interrupts import Interrupted, signals_as_exceptions
     try:
-        return int(args.func(args) or 0)
+        with signals_as_exceptions():
+            return int(args.func(args) or 0)
+    except Interrupted as exc:
+        if os.environ.get("WSBUS_DEBUG"):
+            raise
+        print(f"wsbus: {interrupted_message(exc, args)}", file=sys.stderr)
+        return exc.exit_code
     except NonFiniteLossError as exc:
         if os.environ.get("WSBUS_DEBUG"):
             raise

@@ -12,9 +12,9 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
-__all__ = ["Interrupted", "signals_as_exceptions", "HANDLED_SIGNALS"]
+__all__ = ["Interrupted", "signals_as_exceptions", "deferred_interrupts", "HANDLED_SIGNALS"]
 
 #: The signals turned into :class:`Interrupted`.
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -35,8 +35,32 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(f"interrupted by {self.name}")
 
 
+_deferring = 0
+_pending: Optional[int] = None
+
+
 def _raise(signum: int, frame) -> None:  # noqa: ARG001 - a signal handler's signature
+    global _pending
+    if _deferring and _pending is None:
+        _pending = signum  # raised when the deferring block ends; a second signal raises at once
+        return
     raise Interrupted(signum)
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Within the block (a training step, say) a first SIGINT/SIGTERM handled by :func:`signals_as_exceptions` is
+    held back and raised as :class:`Interrupted` when the block ends, so the block's work is never cut in half (a
+    checkpoint written afterwards holds a consistent state); a second signal raises at once. Blocks may nest."""
+    global _deferring, _pending
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if _deferring == 0 and _pending is not None:
+        signum, _pending = _pending, None
+        raise Interrupted(signum)
 
 
 @contextmanager
@@ -46,9 +70,12 @@ def signals_as_exceptions(signals: Sequence[int] = HANDLED_SIGNALS) -> Iterator[
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _pending
     previous = {s: signal.signal(s, _raise) for s in signals}
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if not any(h is _raise for h in previous.values()):
+            _pending = None

@@ -54,7 +54,8 @@ def load_busbra(root: PathLike, *, min_area: int = 10) -> List[Sample]:
     Returns
     -------
     list of :class:`Sample` in csv order; ids are the csv ``ID`` (e.g. ``"bus_0001-l"``), patients
-    ``"busbra:<Case>"``, image labels 1 (benign) or 2 (malignant) from ``Pathology``.
+    ``"busbra:<Case>"``, image labels 1 (benign) or 2 (malignant) from ``Pathology``, and ``meta`` holding the
+    csv's ``device``, ``birads``, ``histology`` and ``side`` (when present).
 
     Raises
     ------
@@ -110,8 +111,9 @@ def load_busbra(root: PathLike, *, min_area: int = 10) -> List[Sample]:
         if len(boxes) == 0:
             raise DataError(f"{mask_path}: empty mask (no component of at least {min_area} pixels)")
         label = CLASS_TO_INDEX[pathology]
+        meta = {k.lower(): row[k] for k in ("Device", "BIRADS", "Histology", "Side") if row.get(k)}
         samples.append(Sample(image, boxes, np.full(len(boxes), label, np.int64), label, image_id,
-                              f"busbra:{row['Case']}"))
+                              f"busbra:{row['Case']}", meta))
     described = {f"{i}.png" for i in seen}
     extra = sorted(name for name in image_files if name not in described)
     if extra:

@@ -6,8 +6,8 @@ Classes everywhere: 0 = background / normal, 1 = benign, 2 = malignant.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -32,6 +32,8 @@ class Sample:
     image_label : int, 0 normal, 1 benign, 2 malignant.
     id : str, unique within a data set.
     patient : str or None, used by :func:`wsbus.data.split` so no patient is in two subsets.
+    meta : further attributes of the image as text (``{"device": "GE Logiq 7 @10-14MHz", ...}``; empty when the
+        source has none), which source filters read (``busbra:DIR?device=Logiq 7``, :mod:`wsbus.data.sources`).
 
     A sample is *strong* when ``boxes`` is known and *weak* otherwise. A normal image is strong
     with K = 0. Construction validates everything and raises :class:`DataError` naming ``id``.
@@ -45,6 +47,7 @@ class Sample:
     image_label: int
     id: str
     patient: Optional[str] = None
+    meta: Dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         where = f"sample {self.id!r}"
@@ -111,4 +114,4 @@ class Sample:
 
     def as_weak(self) -> "Sample":
         """The same image with its boxes hidden (only ``image_label`` is kept)."""
-        return Sample(self.image, None, None, self.image_label, self.id, self.patient)
+        return Sample(self.image, None, None, self.image_label, self.id, self.patient, dict(self.meta))

@@ -18,11 +18,16 @@ spec                   samples
                        (``<stem>.png``), ``ROOT/labels.csv`` (``id,label[,patient]``), options
                        in an optional ``ROOT/masks.json`` (:mod:`wsbus.data.masks`)
 =====================  ==============================================================
+
+A folder spec may end in filters on the images' attributes (``Sample.meta``): ``busbra:DIR?device=Logiq 7`` keeps
+the images whose ``device`` contains "Logiq 7" (case-insensitive), ``?device!=Logiq 7`` drops them, and ``&`` joins
+filters (``?device=Logiq&birads!=5``); the keys are :data:`FILTER_KEYS`. Cross-site experiments and scanner
+subsets use them.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from .busbra import load_busbra
 from .busi import load_busi
@@ -32,7 +37,8 @@ from .masks import load_masks_source
 from .phantom import make_phantom
 from .voc import load_voc
 
-__all__ = ["DataSpec", "parse_source", "load_source", "SOURCES", "FOLDER_LOADERS", "DEFAULT_PHANTOM_IMAGES"]
+__all__ = ["DataSpec", "parse_source", "load_source", "filter_samples", "SOURCES", "FOLDER_LOADERS",
+           "DEFAULT_PHANTOM_IMAGES", "FILTER_KEYS"]
 
 #: Kinds of ``--data`` specs.
 SOURCES = ("phantom", "voc", "busi", "busbra", "coco", "masks")
@@ -44,15 +50,51 @@ FILE_SOURCES = ("coco",)
 #: Images in ``--data phantom``.
 DEFAULT_PHANTOM_IMAGES = 300
 
-_FORMS = "phantom, phantom:N, voc:DIR, busi:DIR, busbra:DIR, coco:DIR, coco:FILE.json or masks:ROOT"
+#: The attributes a source filter may name (``?KEY=VALUE`` keeps the images whose ``Sample.meta[KEY]`` contains
+#: VALUE, case-insensitively; ``?KEY!=VALUE`` drops them; ``&`` joins filters).
+FILTER_KEYS = ("device", "birads", "histology", "side")
+
+_FORMS = ("phantom, phantom:N, voc:DIR, busi:DIR, busbra:DIR, coco:DIR, coco:FILE.json or masks:ROOT, each folder "
+          "optionally filtered by image attributes, e.g. 'busbra:DIR?device=Logiq 7' or 'busbra:DIR?device!=Logiq 7'")
 
 
 class DataSpec(NamedTuple):
-    """A parsed ``--data`` spec: ``kind`` in :data:`SOURCES`, and ``n`` (phantom) or ``path`` (folders)."""
+    """A parsed ``--data`` spec: ``kind`` in :data:`SOURCES`, ``n`` (phantom) or ``path`` (folders), and
+    ``filters``: ``(key, op, value)`` triples with ``op`` ``"="`` (keep) or ``"!="`` (drop)."""
 
     kind: str
     n: Optional[int] = None
     path: Optional[Path] = None
+    filters: Tuple[Tuple[str, str, str], ...] = ()
+
+
+def _parse_filters(spec: str, text: str) -> Tuple[Tuple[str, str, str], ...]:
+    out = []
+    for part in text.split("&"):
+        key, op, value = (part.partition("!=") if "!=" in part else part.partition("="))
+        key, value = key.strip().lower(), value.strip()
+        if not op or not key or not value:
+            raise ValueError(f"data spec {spec!r}: the filter {part!r} is not KEY=VALUE or KEY!=VALUE")
+        if key not in FILTER_KEYS:
+            raise ValueError(f"data spec {spec!r}: unknown filter {key!r}; filters: {', '.join(FILTER_KEYS)}")
+        out.append((key, op, value))
+    return tuple(out)
+
+
+def filter_samples(samples: Sequence[Sample], filters: Sequence[Tuple[str, str, str]],
+                   spec: str = "the data") -> List[Sample]:
+    """The samples that pass every filter (see :class:`DataSpec`). Raises ``ValueError`` when a filter names an
+    attribute the images lack, or when nothing passes (naming the values that exist)."""
+    kept = list(samples)
+    for key, op, value in filters:
+        have = sorted({s.meta[key] for s in samples if key in s.meta})
+        if not have:
+            raise ValueError(f"{spec}: its images have no {key!r} attribute to filter on")
+        want = value.lower()
+        kept = [s for s in kept if (want in s.meta.get(key, "").lower()) == (op == "=")]
+        if not kept:
+            raise ValueError(f"{spec}: no image passes {key}{op}{value!r}; its {key} values are {have}")
+    return kept
 
 
 def parse_source(spec: str) -> DataSpec:
@@ -67,6 +109,10 @@ def parse_source(spec: str) -> DataSpec:
         raise ValueError(f"empty data spec {spec!r}; use {_FORMS}")
     kind, sep, rest = spec.strip().partition(":")
     kind = kind.lower()
+    rest, _, query = rest.partition("?")
+    filters = _parse_filters(spec, query) if query else ()
+    if filters and kind == "phantom":
+        raise ValueError(f"data spec {spec!r}: the phantom takes no filters")
     if kind not in SOURCES:
         raise ValueError(f"unknown data source {spec!r}; use {_FORMS}")
     if kind == "phantom":
@@ -82,7 +128,7 @@ def parse_source(spec: str) -> DataSpec:
         return DataSpec("phantom", n)
     if not rest:
         raise ValueError(f"data spec {spec!r} names no folder; use {kind}:DIR")
-    return DataSpec(kind, path=Path(rest).expanduser())
+    return DataSpec(kind, path=Path(rest).expanduser(), filters=filters)
 
 
 def load_source(spec: str, *, size: int = 128, seed: int = 0) -> List[Sample]:
@@ -118,4 +164,4 @@ def load_source(spec: str, *, size: int = 128, seed: int = 0) -> List[Sample]:
     samples = FOLDER_LOADERS[parsed.kind](path)
     if not samples:
         raise ValueError(f"data spec {spec!r}: no images found in {str(path)!r}")
-    return list(samples)
+    return filter_samples(samples, parsed.filters, f"data spec {spec!r}") if parsed.filters else list(samples)

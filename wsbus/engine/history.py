@@ -10,7 +10,7 @@ from ..models import LOSS_KEYS
 __all__ = ["History", "LOG_COLUMNS"]
 
 #: Columns of ``log.csv`` and keys of every :class:`History` record.
-LOG_COLUMNS = ("step", "batch", "loss") + LOSS_KEYS + ("alpha", "lr", "grad_norm", "time")
+LOG_COLUMNS = ("step", "batch", "loss") + LOSS_KEYS + ("alpha", "lr", "grad_norm", "mil_images", "time")
 
 
 class History(Sequence):
@@ -19,8 +19,9 @@ class History(Sequence):
     ``step`` is the 0-based step index, ``batch`` the streams its mini-batch held (``"strong+weak"``, ``"strong"``
     or ``"weak"``), ``loss`` the optimised total, the five loss terms as the model returned them (averaged over
     ranks under DDP), ``alpha`` the weight of ``L_ws`` in ``loss`` (``alpha(step)`` in joint mode, 0 in strong mode,
-    1 in weak mode), ``lr``, ``grad_norm`` (before clipping; NaN when not clipping) and ``time`` (seconds the step
-    took). Hooks may add keys of their own.
+    1 in weak mode), ``lr``, ``grad_norm`` (before clipping; NaN when not clipping), ``mil_images`` (how many weak
+    images of the step got a MIL loss of non-zero weight: a teacher's confidence gate may exclude some) and
+    ``time`` (seconds the step took). Hooks may add keys of their own.
 
     Taught in ``book/06_joint_training.md``.
     """

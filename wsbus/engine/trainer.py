@@ -36,10 +36,12 @@ from torch.utils.data import Dataset
 
 from .. import __version__
 from ..checkpoint import CHECKPOINT_VERSION, CheckpointError, atomic_save, load_checkpoint, remove_stale_temporaries
+from ..interrupts import deferred_interrupts, signals_as_exceptions
 from ..data.dataset import DetectionDataset, check_samples
 from ..data.transforms import train_transforms
 from ..distributed import all_reduce_mean, barrier, init_distributed
-from ..models import LOSS_KEYS, STRONG_LOSS_KEYS
+from ..models import LOSS_KEYS, STRONG_LOSS_KEYS, is_weak_target
+from ..provenance import provenance
 from ..schedules import as_schedule, constant, describe_schedule
 from ..seeding import derive_seed, get_rng_state, set_rng_state
 from .config import TrainerConfig, amp_dtype_of
@@ -53,6 +55,12 @@ __all__ = ["Trainer", "NonFiniteLossError"]
 logger = logging.getLogger("wsbus.engine")
 
 _DEFAULT = "default"
+
+
+def _hook_name(key: str) -> str:
+    """A checkpoint's hook key as a name: ``"3:MoITeacher"`` (position-keyed, before wsbus 0.2) -> ``"MoITeacher"``."""
+    head, sep, tail = key.partition(":")
+    return tail if sep and head.isdigit() else key
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -214,6 +222,9 @@ class Trainer:
         self.history = History()
         self.last_checkpoint: Optional[Path] = None
         self.last_checkpoint_step: Optional[int] = None
+        # Which weak images (dataset indices) the MIL loss reached with a non-zero weight, and how often.
+        self.mil_reached: set = set()
+        self.mil_image_steps = 0
         self.hooks: List[Hook] = [CSVLogger()]
         if tensorboard:
             self.hooks.append(TensorBoardLogger(cfg.log_every))
@@ -283,13 +294,23 @@ class Trainer:
             "config": {"model": self.model_config, "trainer": self.settings(), "metadata": self.metadata},
             "rng": get_rng_state(), "streams": self.stream_state(),
             "history": self.history.tail(self.config.history_tail),
-            "hooks": {key: state for key, state in ((self._hook_key(i, h), h.state_dict())
-                                                    for i, h in enumerate(self.hooks)) if state is not None},
+            "hooks": {key: state for key, state in ((k, h.state_dict()) for k, h in self.hook_keys())
+                      if state is not None},
+            "mil": {"reached": sorted(self.mil_reached), "image_steps": self.mil_image_steps},
+            "provenance": provenance(self.device),
         }
 
-    @staticmethod
-    def _hook_key(index: int, hook: Hook) -> str:
-        return f"{index}:{type(hook).__name__}"
+    def hook_keys(self) -> List[Tuple[str, Hook]]:
+        """Each hook with the key its state has in a checkpoint: its class name, with ``#2``, ``#3``... for further
+        hooks of the same class. Keys do not depend on position, so a resume may add or drop stateless hooks
+        (``--no-progress``, ``--no-tensorboard``)."""
+        seen: Dict[str, int] = {}
+        out = []
+        for hook in self.hooks:
+            name = type(hook).__name__
+            seen[name] = seen.get(name, 0) + 1
+            out.append((name if seen[name] == 1 else f"{name}#{seen[name]}", hook))
+        return out
 
     def load_state_dict(self, state: Mapping[str, Any], source: str = "state dict") -> None:
         """Restore :meth:`state_dict` output; raises :class:`wsbus.checkpoint.CheckpointError` naming ``source``
@@ -305,9 +326,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if state.get("rng"):
             set_rng_state(state["rng"])
-        saved_hooks = state.get("hooks") or {}
-        for i, hook in enumerate(self.hooks):
-            key = self._hook_key(i, hook)
+        saved_hooks = {_hook_name(k): v for k, v in (state.get("hooks") or {}).items()}
+        for key, hook in self.hook_keys():
             if hook.state_dict() is not None or key in saved_hooks:
                 if key not in saved_hooks:
                     raise CheckpointError(f"cannot resume from {source}: it holds no state of the hook {key} "
@@ -315,6 +335,22 @@ class Trainer:
                 hook.load_state_dict(saved_hooks[key])
         self.step = step
         self.history = History(state.get("history") or [])
+        mil = state.get("mil") or {}
+        self.mil_reached = set(int(i) for i in mil.get("reached", []))
+        self.mil_image_steps = int(mil.get("image_steps", 0))
+
+    def _save_at_interrupt(self, exc: BaseException, consistent: bool) -> None:
+        """On an interrupt: write a checkpoint of the step reached (when the state is a step boundary's and it is
+        newer than the last one), and note on the exception what was saved (``exc.checkpoint``, ``exc.step``)."""
+        saved = self.last_checkpoint
+        if consistent and self.out_dir is not None and self.step != self.last_checkpoint_step:
+            for hook in self.hooks:
+                hook.before_checkpoint(self)
+            saved = self.save_checkpoint()
+        exc.checkpoint, exc.step, exc.max_step = saved, (self.step if consistent else self.last_checkpoint_step), \
+            self.max_step
+        self.log(f"interrupted at step {self.step} of {self.max_step}; "
+                 + (f"checkpoint {saved} (step {exc.step})" if saved is not None else "no checkpoint written"))
 
     def save_checkpoint(self) -> Optional[Path]:
         """Write ``out_dir/last.pt`` atomically (rank 0 only; also ``step_XXXXXX.pt`` every ``keep_every``)."""
@@ -388,6 +424,7 @@ class Trainer:
             torch.manual_seed(derive_seed(self.config.seed, "step", step, self.dist.rank))
             for hook in self.hooks:
                 images, targets = hook.before_forward(self, images, targets)
+            mil_images = self._count_mil(targets, alpha)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.config.amp):
                 terms = self._loss_terms(self.net(images, targets), step)
             total = self.objective(terms, tuple(batches), alpha)
@@ -402,7 +439,29 @@ class Trainer:
             self.scaler.update()
         return {"step": step, "batch": "+".join(batches), "loss": report["loss"],
                 **{k: report[k] for k in LOSS_KEYS}, "alpha": alpha, "lr": float(self.optimizer.param_groups[0]["lr"]),
-                "grad_norm": grad_norm, "time": time.perf_counter() - t0}
+                "grad_norm": grad_norm, "mil_images": mil_images, "time": time.perf_counter() - t0}
+
+    def _count_mil(self, targets: Sequence[Mapping[str, Any]], alpha: float) -> int:
+        """How many weak images of the step get a MIL loss of non-zero weight (recorded in :attr:`mil_reached`)."""
+        if alpha <= 0:
+            return 0
+        n = 0
+        for t in targets:
+            if is_weak_target(t) and float(t.get("mil_weight", 1.0)) > 0:
+                n += 1
+                if "index" in t:
+                    self.mil_reached.add(int(t["index"]))
+        self.mil_image_steps += n
+        return n
+
+    def mil_summary(self) -> Dict[str, Any]:
+        """What the MIL loss reached in this run: ``weak_images`` (the weak set's size, 0 without one),
+        ``reached`` (how many distinct weak images got a MIL loss of non-zero weight at least once) and
+        ``image_steps`` (weak image x step pairs with such a loss). ``reached == 0`` in a joint run means it was
+        strong-only training in effect."""
+        ds = self.datasets.get("weak")
+        return {"weak_images": len(ds) if ds is not None else 0, "reached": len(self.mil_reached),
+                "image_steps": self.mil_image_steps}
 
     def _loss_terms(self, loss_dict: Any, step: int) -> Dict[str, torch.Tensor]:
         if not isinstance(loss_dict, Mapping):
@@ -467,17 +526,26 @@ class Trainer:
                                 num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
         for hook in self.hooks:
             hook.before_train(self)
+        consistent = True
         try:
-            for k in range(self.step, self.max_step):
-                try:
-                    record = self.run_step(k, loaders.next_batches(k))
-                except NonFiniteLossError as exc:
-                    self.log(str(exc))
-                    raise
-                self.step = k + 1
-                self.history.append(record)
-                for hook in self.hooks:
-                    hook.after_step(self, record)
+            with signals_as_exceptions():
+                for k in range(self.step, self.max_step):
+                    # A SIGINT/SIGTERM arriving during the step is raised after it (a second one at once).
+                    with deferred_interrupts():
+                        consistent = False
+                        try:
+                            record = self.run_step(k, loaders.next_batches(k))
+                        except NonFiniteLossError as exc:
+                            self.log(str(exc))
+                            raise
+                        self.step = k + 1
+                        self.history.append(record)
+                        for hook in self.hooks:
+                            hook.after_step(self, record)
+                        consistent = True
+        except KeyboardInterrupt as exc:  # Ctrl-C, or Interrupted (SIGINT/SIGTERM)
+            self._save_at_interrupt(exc, consistent)
+            raise
         finally:
             for hook in self.hooks:
                 hook.after_train(self)

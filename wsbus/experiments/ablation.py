@@ -29,10 +29,10 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 import torch
 
 from ..checkpoint import atomic_write_json, atomic_write_text
-from ..engine import Trainer
 from ..evaluate import MethodResult, add_p_values, render_table, results_table, to_json_methods
 from ..seeding import cpu_threads
 from .data import prepare_data
+from .methods import train_method
 from .progress import StepProgress
 from .recipe import PHANTOM, PHANTOM_QUICK, Recipe
 from .runner import Experiment
@@ -205,12 +205,13 @@ def _train_variants(experiment: Experiment, chosen: List[AblationVariant], alter
         for v in chosen:
             bar.run(v.key)
             t0, c0 = time.perf_counter(), time.process_time()
-            trainer = Trainer(experiment.build_model(moi_rules=v.moi_rules), data.strong, data.weak, mode="joint",
-                              mixing=v.mixing, alpha=recipe.alpha_schedule(steps_of(v), v.alpha), steps=steps_of(v),
-                              seed=experiment.train_seed, device=experiment.device, progress=False,
-                              tensorboard=False, callbacks=[bar.step], **recipe.trainer_options())
-            histories[v.key] = trainer.fit()
-            m, _ = experiment.evaluate("joint", trainer.model, len(data.strong), len(data.weak))
+            # A variant is the recipe's joint run with one aspect changed, trained from the shared initial weights.
+            variant = recipe.replace(moi_rules=v.moi_rules, alpha=v.alpha, mixing=v.mixing, joint_steps=steps_of(v),
+                                     joint_warm_start=False, moi_teacher={}, joint_trainer={})
+            run = train_method("joint", data, variant, None, seed=experiment.seed, device=experiment.device,
+                               resume=False, progress=False, tensorboard=False, callbacks=[bar.step])
+            histories[v.key] = run.history
+            m, _ = experiment.evaluate("joint", run.model, len(data.strong), len(data.weak))
             rows[v.key] = replace(m, name=v.key, aspect=v.aspect, variant=v.variant)
             timing[v.key] = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
     finally:

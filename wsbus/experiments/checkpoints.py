@@ -17,6 +17,7 @@ from ..inference import load_detector
 from ..models import DetectorConfig, WeakSemiFasterRCNN
 from ..schedules import schedule_from_description
 from ..self_training import SelfTrainingResult, self_train
+from .data import load_described_samples
 
 __all__ = ["checkpoint_split", "self_train_from_checkpoint"]
 
@@ -39,7 +40,11 @@ def checkpoint_split(checkpoint: Mapping[str, Any], source: str, data: Optional[
     spec = data or meta.get("data")
     if not spec:
         raise ValueError(f"{source} does not say which data it was trained on; pass the data")
-    by_id = {s.id: s for s in load_source(spec, size=int(meta.get("phantom_size", 128)), seed=0)}
+    if meta.get("samples"):  # written by wsbus >= 0.2: how the run loaded its data (the phantom's knobs too)
+        samples = load_described_samples(meta["samples"], data)
+    else:
+        samples = load_source(spec, size=int(meta.get("phantom_size", 128)), seed=0)
+    by_id = {s.id: s for s in samples}
     sets = {}
     for role in roles:
         missing = [i for i in split_ids[role] if i not in by_id]

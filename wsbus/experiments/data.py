@@ -1,15 +1,19 @@
 """The data of one experiment: a source, split by patient into strong / weak / validation / test."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ..data import Sample, hold_out, make_phantom, split
+from ..data.folds import Folds, fold_test_set, read_folds
 from ..data.sources import load_source, parse_source
 from ..seeding import derive_seed
 from .recipe import Recipe
 
-__all__ = ["ExperimentData", "prepare_data", "experiment_seeds"]
+__all__ = ["ExperimentData", "prepare_data", "experiment_seeds", "load_samples", "samples_description",
+           "load_described_samples", "fold_file_of"]
 
 
 @dataclass
@@ -18,7 +22,8 @@ class ExperimentData:
 
     ``strong`` are the few boxed training images, ``weak`` the image-labelled ones (their hidden boxes kept for
     measuring only), ``val`` the validation images held out from the training patients (settings are chosen on
-    them), ``test`` the test images (scored once). ``samples`` is the whole source.
+    them), ``test`` the test images (scored once). ``samples`` is the whole source. ``recipe`` is the recipe
+    resolved for this split (:meth:`Recipe.resolve`), ``fold`` the folds file's test fold (None: a random split).
     """
 
     source: str
@@ -27,10 +32,12 @@ class ExperimentData:
     weak: List[Sample]
     val: List[Sample]
     test: List[Sample]
+    recipe: Optional[Recipe] = None
+    fold: Optional[int] = None
 
     def counts(self) -> Dict[str, Any]:
         """Image counts per subset and the test set's classes (for ``results.json``)."""
-        return {"source": self.source, "n_images": len(self.samples), "n_strong": len(self.strong),
+        return {"source": self.source, "fold": self.fold, "n_images": len(self.samples), "n_strong": len(self.strong),
                 "n_weak": len(self.weak), "n_val": len(self.val), "n_test": len(self.test),
                 "test_classes": {c: sum(s.image_label == i for s in self.test)
                                  for i, c in enumerate(("normal", "benign", "malignant"))}}
@@ -42,43 +49,91 @@ def experiment_seeds(seed: int) -> tuple:
     return derive_seed(seed, "demo", "init", bits=32), derive_seed(seed, "demo", "train", bits=32)
 
 
-def prepare_data(source: str, recipe: Recipe, seed: int = 0,
-                 samples: Optional[Sequence[Sample]] = None) -> ExperimentData:
+def samples_description(source: str, recipe: Recipe, seed: int = 0) -> Dict[str, Any]:
+    """How :func:`load_samples` loads ``source`` for ``recipe`` and ``seed``, as plain data a checkpoint can keep
+    (:func:`load_described_samples` loads the same samples again): the data spec, and for the phantom its count,
+    seed, side and knobs."""
+    spec = parse_source(source)
+    if spec.kind != "phantom":
+        return {"data": source, "phantom": None}
+    n = spec.n if ":" in source else recipe.phantom_images  # "phantom:N" overrides the recipe's count
+    return {"data": source, "phantom": {"n": int(n), "seed": int(seed), "size": int(recipe.size),
+                                        "knobs": dict(recipe.phantom)}}
+
+
+def load_described_samples(description: Dict[str, Any], data: Optional[str] = None) -> List[Sample]:
+    """The samples :func:`samples_description` describes (``data`` replaces a folder source's spec, e.g. the same
+    data set at another path)."""
+    phantom = description.get("phantom")
+    if phantom is not None:
+        return make_phantom(phantom["n"], seed=phantom["seed"], size=phantom["size"], **dict(phantom["knobs"]))
+    return load_source(data or description["data"])
+
+
+def load_samples(source: str, recipe: Recipe, seed: int = 0) -> List[Sample]:
+    """The samples of ``source`` as an experiment with ``recipe`` and ``seed`` uses them: a folder source as it is,
+    the phantom drawn with the recipe's count (unless ``phantom:N``), side and knobs, from the seed."""
+    return load_described_samples(samples_description(source, recipe, seed))
+
+
+def fold_file_of(source: str) -> Path:
+    """The folds file a source ships (``--fold K`` without ``--folds``): BUS-BRA's ``5-fold-cv.csv``."""
+    spec = parse_source(source)
+    if spec.kind != "busbra":
+        raise ValueError(f"{source!r} ships no folds file; pass --folds FILE.csv (columns: image id or patient, "
+                         f"and fold)")
+    for root in (spec.path, spec.path / "BUSBRA"):
+        if (root / "5-fold-cv.csv").is_file():
+            return root / "5-fold-cv.csv"
+    raise FileNotFoundError(f"no 5-fold-cv.csv in {str(spec.path)!r}; pass --folds FILE.csv")
+
+
+def prepare_data(source: str, recipe: Recipe, seed: int = 0, samples: Optional[Sequence[Sample]] = None, *,
+                 folds: Union[str, "os.PathLike[str]", Folds, None] = None,
+                 fold: Optional[int] = None) -> ExperimentData:
     """Load ``source`` (a ``--data`` spec; the phantom is drawn with the recipe's size and knobs and the seed) and
-    split it by patient: test images first, then the boxed images from the training pool, then ``n_val`` validation
-    images held out from the rest, which stays weak. Already loaded ``samples`` skip the loading.
+    split it by patient: the test images first (``n_test`` / ``test_fraction`` of the recipe, or fold ``fold`` of a
+    folds file), then the boxed images from the training pool, then the validation images held out from the rest
+    (``n_val`` / ``val_fraction``), which stays weak. The recipe is then resolved for the split
+    (:meth:`Recipe.resolve`: canvas, anchors, steps) and kept as ``data.recipe``. Already loaded ``samples`` skip
+    the loading. ``fold`` alone uses the folds file the source ships (BUS-BRA's ``5-fold-cv.csv``).
 
     Raises ``ValueError`` with a clear message when the source lacks a class, when more boxed, test or validation
     images are asked for than it has, or when the split leaves no weak image.
     """
-    spec = parse_source(source)
-    if samples is None:
-        if spec.kind == "phantom":
-            n = spec.n if ":" in source else recipe.phantom_images  # "phantom:N" overrides the recipe's count
-            samples = make_phantom(n, seed=seed, size=recipe.size, **dict(recipe.phantom))
-        else:
-            samples = load_source(source)
-    samples = list(samples)
+    samples = list(samples if samples is not None else load_samples(source, recipe, seed))
     have = {c: sum(s.image_label == c for s in samples) for c in (1, 2)}
     missing = [name for c, name in ((1, "benign"), (2, "malignant")) if have[c] == 0]
     if missing:
         raise ValueError(f"data source {source!r} has no {' and no '.join(missing)} image: an experiment needs "
                          f"both classes (it has {have[1]} benign and {have[2]} malignant)")
+    if fold is not None:
+        table = folds if isinstance(folds, Folds) else read_folds(folds if folds is not None else fold_file_of(source))
+        pool, test = fold_test_set(samples, table, int(fold))
+        n_test = len(test)
+    else:
+        if folds is not None:
+            raise ValueError("--folds needs --fold K (the fold that is the test set)")
+        pool, test = samples, None
+        n_test, _ = recipe.held_out_sizes(len(samples))
     try:
-        parts = split(samples, n_strong=recipe.n_strong, strong_fraction=recipe.strong_fraction, n_test=recipe.n_test,
-                      seed=seed)
+        parts = split(pool, n_strong=recipe.n_strong, strong_fraction=recipe.strong_fraction,
+                      n_test=0 if test is not None else n_test, seed=seed)
     except ValueError as exc:
         raise ValueError(f"cannot split {source!r} ({len(samples)} images) as the recipe asks (n_strong="
-                         f"{recipe.n_strong}, strong_fraction={recipe.strong_fraction}, n_test={recipe.n_test}): "
+                         f"{recipe.n_strong}, strong_fraction={recipe.strong_fraction}, n_test={n_test}): "
                          f"{exc}") from None
+    test = list(parts.test) if test is None else test
     weak, val = list(parts.weak), []
-    if recipe.n_val:
+    _, n_val = recipe.held_out_sizes(len(samples), len(parts.strong) + len(parts.weak))
+    if n_val:
         try:
-            weak, val = hold_out(weak, recipe.n_val, seed=seed)
+            weak, val = hold_out(weak, n_val, seed=seed)
         except ValueError as exc:
-            raise ValueError(f"cannot hold out n_val={recipe.n_val} validation images from the {len(weak)} weak "
+            raise ValueError(f"cannot hold out n_val={n_val} validation images from the {len(weak)} weak "
                              f"training images of {source!r}: {exc}") from None
     if not parts.strong or not weak:
         raise ValueError(f"the split of {source!r} left {len(parts.strong)} strong and {len(weak)} weak images; "
                          f"change the recipe's n_strong / strong_fraction / n_val")
-    return ExperimentData(source, samples, list(parts.strong), weak, val, list(parts.test))
+    return ExperimentData(source, samples, list(parts.strong), weak, val, test,
+                          recipe=recipe.resolve(parts.strong, weak), fold=fold)

@@ -11,10 +11,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from ..losses import REFERENCE_MIL_WEIGHTS
 from ..schedules import gradual
+from .adapt import anchor_sizes, canvas_size, epoch_steps, held_out_count, input_scales
 
-__all__ = ["Recipe", "PHANTOM", "PHANTOM_QUICK", "REAL", "REAL_QUICK", "PAPER", "RECIPES", "recipe_for",
+__all__ = ["Recipe", "PHANTOM", "PHANTOM_QUICK", "REAL", "REAL_QUICK", "PAPER", "RECIPES", "QUICK_RECIPES",
+           "PAPER_JOINT", "recipe_for",
            "mil_class_weights"]
 
 Counts = Union[int, Mapping[int, int]]
@@ -53,18 +57,27 @@ class Recipe:
     ----------
     n_strong, strong_fraction : the few boxed training images (a count, or a share of the training pool).
     n_test : test images (a count, or class index -> count).
+    test_fraction, min_test : instead of ``n_test``: this fraction of the images, at least ``min_test``
+        (:func:`wsbus.experiments.adapt.held_out_count`), so the held-out sets scale with the data set.
     n_val : validation images held out from the training patients (0: none); settings are chosen on them, never
-        on the test set.
+        on the test set. val_fraction, min_val : instead of ``n_val``: this fraction of the training pool, at least
+        ``min_val``.
     phantom_images, phantom : the phantom's image count and :func:`wsbus.data.make_phantom` knobs (phantom
         source only; its side is ``size``).
     backbone, size, max_size : the detector (:func:`wsbus.models.build_detector`) and its input resizing
         (``min_size = size``; ``max_size``, the side of the square canvas every image is padded to, defaults to
-        ``size``: right for the square phantom).
-    detector : more :func:`~wsbus.models.build_detector` options (anchors, ``weak_proposals``, ...).
+        ``size``: right for the square phantom; ``"auto"``: from the training images' shapes,
+        :func:`wsbus.experiments.adapt.canvas_size`).
+    detector : more :func:`~wsbus.models.build_detector` options (anchors, ``weak_proposals``, ...);
+        ``anchor_sizes="auto"``: from the boxed training images' mass sizes at the input scale
+        (:func:`wsbus.experiments.adapt.anchor_sizes`).
     moi_rules : MoI rules of the weakly supervised runs (:func:`wsbus.mil.as_rule_map`).
     mil_class_weights : ``"inverse_frequency"`` of the training labels, None, or 3 numbers.
     steps : training steps of every few-box run; ``strong_full_steps`` those of the all-boxes reference (default
         ``steps``: it may need more to converge on a large training set).
+    epochs, min_steps : steps from the data's size instead: ``{"strong_full": e}`` shows every boxed training
+        image about ``e`` times, ``{"joint": e}`` / ``{"joint_self_training": e}`` every weak image (at least
+        ``min_steps``; :func:`wsbus.experiments.adapt.epoch_steps`).
     joint_warm_start, joint_steps : the joint run starts from the strong_few model (a warm-up on the boxed images
         alone, whose steps then count in its budget) and trains ``joint_steps`` more steps (default ``steps``).
     moi_teacher : the joint run's masses of interest are chosen by a teacher (ours): the keyword arguments of
@@ -92,19 +105,25 @@ class Recipe:
     n_strong: Optional[Counts] = None
     strong_fraction: Optional[float] = 0.05
     n_test: Counts = field(default_factory=lambda: {0: 30, 1: 60, 2: 60})
+    test_fraction: Optional[float] = None
+    min_test: int = 0
     n_val: Counts = 0
+    val_fraction: Optional[float] = None
+    min_val: int = 0
     phantom_images: int = 560
     phantom: Mapping[str, Any] = field(default_factory=lambda: dict(distractor_similarity=0.8, n_distractors=4.0))
     # detector
     backbone: str = "tiny"
     size: int = 128
-    max_size: Optional[int] = None
+    max_size: Union[int, str, None] = None
     detector: Mapping[str, Any] = field(default_factory=lambda: dict(weak_proposals=10))
     moi_rules: str = "most_abnormal/most_malignant"
     mil_class_weights: Union[str, Sequence[float], None] = "inverse_frequency"
     # training
     steps: int = 800
     strong_full_steps: Optional[int] = None
+    epochs: Mapping[str, float] = field(default_factory=dict)
+    min_steps: int = 500
     joint_warm_start: bool = False
     joint_steps: Optional[int] = None
     moi_teacher: Mapping[str, Any] = field(default_factory=dict)
@@ -138,6 +157,15 @@ class Recipe:
         for name in ("steps", "batch_strong", "batch_weak", "size", "n_boot"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("test_fraction", "val_fraction"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < float(value) < 1.0:
+                raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+        unknown = sorted(set(self.epochs) - {"strong_full", "joint", "joint_self_training"})
+        if unknown:
+            raise ValueError(f"epochs may set strong_full, joint and joint_self_training, got {unknown}")
+        if isinstance(self.max_size, str) and self.max_size != "auto":
+            raise ValueError(f"max_size must be a number, None or 'auto', got {self.max_size!r}")
 
     def used_by(self, method: str) -> "Recipe":
         """The recipe as far as ``method`` reads it: the self-training fields (:data:`SELF_TRAINING_FIELDS`) are
@@ -149,6 +177,75 @@ class Recipe:
                     for f in dataclasses.fields(self) if f.name in SELF_TRAINING_FIELDS}
         return dataclasses.replace(self, **defaults)
 
+    def steps_of(self, method: str) -> int:
+        """Training steps of ``method``: ``strong_full_steps``, ``joint_steps`` and ``self_training_steps`` where
+        set, else ``steps``; ``joint_paper`` trains as long as ``joint`` with its warm-up (equal compute)."""
+        if method == "joint_paper":
+            return int(self.joint_steps or self.steps) + (int(self.steps) if self.joint_warm_start else 0)
+        special = {"strong_full": self.strong_full_steps, "joint": self.joint_steps,
+                   "joint_self_training": self.self_training_steps}
+        return int(special.get(method) or self.steps)
+
+    def for_method(self, method: str) -> "Recipe":
+        """The recipe as ``method`` trains: itself, except for ``joint_paper``, which trains the paper's joint
+        method exactly whatever the recipe's joint does (:data:`PAPER_JOINT`: the paper's MoI map chosen by the head
+        being trained, no teacher and no warm start, gradual alpha over the whole run, combined mini-batches of 1
+        strong + 2 weak images, Adam at a constant 5e-4 with weight decay 5e-4, the MoI among the training-time
+        proposals), for :meth:`steps_of` ``("joint_paper")`` steps. Data, detector size, anchors and MIL class
+        weights stay the recipe's."""
+        if method != "joint_paper":
+            return self
+        detector = dict(self.detector)
+        detector.pop("weak_proposals", None)
+        detector["weak_proposals"] = PAPER_WEAK_PROPOSALS
+        return self.replace(joint_steps=self.steps_of("joint_paper"), detector=detector, **PAPER_JOINT)
+
+    def held_out_sizes(self, n_images: int, n_pool: Optional[int] = None) -> Tuple[Counts, Counts]:
+        """``(n_test, n_val)`` for a data set of ``n_images`` (and a training pool of ``n_pool``): the counts, or
+        the fractions with their floors."""
+        n_test = (held_out_count(n_images, self.test_fraction, self.min_test) if self.test_fraction is not None
+                  else self.n_test)
+        n_val = self.n_val
+        if self.val_fraction is not None:
+            n_val = held_out_count(n_images if n_pool is None else n_pool, self.val_fraction, self.min_val)
+        return n_test, n_val
+
+    def resolve(self, strong: Sequence[Any], weak: Sequence[Any]) -> "Recipe":
+        """The recipe with every data-dependent field a number, for a split whose boxed training images are
+        ``strong`` and weak ones ``weak``: the canvas (``max_size="auto"``), the anchors
+        (``detector["anchor_sizes"] = "auto"``) and the steps of ``epochs``. A resolved recipe resolves to
+        itself."""
+        changes: Dict[str, Any] = {}
+        train = list(strong) + list(weak)
+        max_size = self.max_size
+        if max_size == "auto":
+            max_size = canvas_size([(s.height, s.width) for s in train], self.size)
+            changes["max_size"] = max_size
+        if self.detector.get("anchor_sizes") == "auto":
+            scales = input_scales([(s.height, s.width) for s in strong], self.size,
+                                  max_size if max_size is not None else self.size)
+            sides = [float(np.sqrt((b[2] - b[0]) * (b[3] - b[1]))) * k for s, k in zip(strong, scales)
+                     for b in s.boxes]
+            changes["detector"] = {**self.detector, "anchor_sizes": anchor_sizes(sides)}
+        counts = {"strong_full": (len(train), self.batch_strong), "joint": (len(weak), self.batch_weak),
+                  "joint_self_training": (len(weak), self.batch_weak)}
+        steps_field = {"strong_full": "strong_full_steps", "joint": "joint_steps",
+                       "joint_self_training": "self_training_steps"}
+        for method, epochs in self.epochs.items():
+            n, batch = counts[method]
+            changes[steps_field[method]] = epoch_steps(epochs, n, batch, self.min_steps)
+        if self.epochs:
+            changes["epochs"] = {}
+        return self.replace(**changes) if changes else self
+
+    def joint_is_papers(self) -> bool:
+        """True when the recipe's ``joint`` trains as the paper does (:data:`PAPER_JOINT`'s choices: its MoI map
+        chosen by the head being trained, gradual alpha over the whole run, combined mini-batches, no warm start);
+        otherwise ``joint`` is ours and every table says so."""
+        return (self.moi_rules == "paper" and not self.moi_teacher and not self.joint_warm_start
+                and not self.joint_trainer and self.alpha == "gradual" and self.alpha_stretch == 1.0
+                and self.mixing == "combined")
+
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with ``changes`` (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
@@ -156,7 +253,7 @@ class Recipe:
     def as_dict(self) -> Dict[str, Any]:
         """Plain data (for ``results.json``)."""
         d = dataclasses.asdict(self)
-        for key in ("phantom", "detector", "mean_teacher", "moi_teacher", "joint_trainer"):
+        for key in ("phantom", "detector", "mean_teacher", "moi_teacher", "joint_trainer", "epochs"):
             d[key] = dict(getattr(self, key))
         for key in ("n_test", "n_val", "n_strong"):
             if isinstance(d[key], Mapping):
@@ -187,24 +284,38 @@ class Recipe:
         return dict(batch_strong=self.batch_strong, batch_weak=self.batch_weak, lr=self.lr, weight_decay=self.weight_decay)
 
 
+#: What ``joint_paper`` changes in any recipe (:meth:`Recipe.for_method`): the paper's joint training (Shin et al.,
+#: Sec. III and Table II's proposed row; the reference TF code's optimiser).
+PAPER_JOINT = dict(moi_rules="paper", moi_teacher={}, joint_warm_start=False, joint_trainer={}, alpha="gradual",
+                   alpha_stretch=1.0, mixing="combined", batch_strong=1, batch_weak=2, lr=5e-4, weight_decay=5e-4)
+#: The paper scores every training-time proposal of a weak image (the reference: all 2,000); ``"training"`` makes
+#: the MoI candidates the detector's training-time post-NMS proposals.
+PAPER_WEAK_PROPOSALS = "training"
+
 #: The embedded phantom's recipe: ``wsbus demo`` (a few minutes of training on one CPU thread). Its self-training is
 #: the mean teacher keeping the MIL loss (chosen on a validation split: docs/results/phantom/self_training_dev.json).
 PHANTOM = Recipe(self_training="mean_teacher", mean_teacher=dict(decay=0.995, score_thresh=0.7, keep_mil=True))
 #: A smoke run of the same outputs (well under a minute).
 PHANTOM_QUICK = Recipe(phantom_images=70, size=64, n_test={0: 4, 1: 8, 2: 8}, strong_fraction=0.2, steps=8,
                        n_boot=200, panel_images=1)
-#: Real B-mode scans (BUS-BRA, BUSI, VOC-BUS folders): 50 boxed images, 300 test and 250 validation images; the
-#: settings measured best on BUS-BRA's validation split (docs/decisions.md), self-training with the mean teacher
-#: keeping the MIL loss for 1,500 steps.
-REAL = Recipe(n_strong=50, strong_fraction=None, n_test=300, n_val=250, size=160, max_size=320,
-              detector=dict(weak_proposals=30, anchor_sizes=(32, 64, 128)), moi_rules="most_abnormal/most_abnormal",
-              steps=3000, strong_full_steps=10000, alpha=0.5, joint_warm_start=True, joint_steps=1500,
-              moi_teacher=dict(decay=1.0, min_confidence=0.98, confidence="abnormal", regress=True),
+#: Real B-mode scans (BUS-BRA, BUSI, VOC-BUS, COCO and mask folders): 50 boxed images; 20 % of the images for
+#: test (at least 150) and 15 % of the training pool for validation (at least 100); the canvas and the anchors
+#: from the data; the all-boxes reference trained for 15 epochs of its boxed images, the joint run and the
+#: self-training for 2.4 epochs of the weak images; the joint training ours, measured best on BUS-BRA's validation
+#: split (docs/decisions.md): a warm start from strong_few, a frozen teacher choosing the MoI with a confidence
+#: gate, the most abnormal region for both labels among 30 proposals, a constant alpha and a cosine learning rate;
+#: self-training with the mean teacher keeping the MIL loss.
+REAL = Recipe(n_strong=50, strong_fraction=None, test_fraction=0.2, min_test=150, val_fraction=0.15, min_val=100,
+              size=160, max_size="auto", detector=dict(weak_proposals=30, anchor_sizes="auto"),
+              moi_rules="most_abnormal/most_abnormal", steps=3000,
+              epochs={"strong_full": 15.0, "joint": 2.4, "joint_self_training": 2.4}, min_steps=500, alpha=0.5,
+              joint_warm_start=True, moi_teacher=dict(decay=1.0, min_confidence=0.98, confidence="abnormal",
+                                                      regress=True),
               joint_trainer=dict(lr=2e-4, lr_schedule="cosine", lr_floor=0.02), self_training="mean_teacher",
-              mean_teacher=dict(decay=0.995, score_thresh=0.7, keep_mil=True), self_training_steps=1500)
+              mean_teacher=dict(decay=0.995, score_thresh=0.7, keep_mil=True))
 #: A smoke run on real scans (a small subset is enough).
-REAL_QUICK = REAL.replace(n_strong=8, n_test=12, n_val=0, steps=6, strong_full_steps=None, joint_steps=None,
-                          self_training_steps=None, n_boot=100, panel_images=1)
+REAL_QUICK = REAL.replace(n_strong=8, test_fraction=None, n_test=12, val_fraction=None, n_val=0, steps=6, epochs={},
+                          n_boot=100, panel_images=1)
 
 
 #: The paper's own settings (Table I's split of SNUBH, VGG16 at 600 px, 60k steps of 1 strong + 2 weak images, the
@@ -215,6 +326,8 @@ PAPER = Recipe(n_strong={1: 400, 2: 400}, strong_fraction=None, n_test={0: 200, 
                batch_strong=1, batch_weak=2, alpha_stretch=1.0, per_class=False)
 #: Every preset by name (the command line's ``--recipe``).
 RECIPES = {"phantom": PHANTOM, "real": REAL, "paper": PAPER}
+#: The smoke version of each preset that has one (``--recipe NAME --quick``).
+QUICK_RECIPES = {"phantom": PHANTOM_QUICK, "real": REAL_QUICK}
 
 
 def recipe_for(kind: str, quick: bool = False) -> Recipe:

@@ -1,26 +1,23 @@
 """``wsbus experiment``: the paper's Table V and Table IV protocol on any data source.
 
-Five detectors are trained on one patient-level split (:func:`wsbus.experiments.prepare_data`), each from the same
-initial weights and with the same mini-batch order, and evaluated on the same test images:
-
-=======================  ==================================================================================
-``strong_full``          every training image with its box (the fully supervised upper reference)
-``strong_few``           only the few boxed images
-``weak_only``            every training image with only its image label (MIL alone)
-``joint``                the few boxed images + the rest with image labels: the paper's joint training
-``joint_self_training``  ``joint`` → pseudo-boxes on the weak images → retrained (Table IV)
-=======================  ==================================================================================
+The methods (:data:`wsbus.experiments.METHODS`: ``strong_full``, ``strong_few``, ``weak_only``, ``joint``,
+``joint_paper``, ``joint_self_training``) are trained on one patient-level split
+(:func:`wsbus.experiments.prepare_data`) through the one training path (:func:`wsbus.experiments.train_method`),
+each from the same initial weights and with the same mini-batch order, and evaluated on the same test images.
 
 Every run trains with checkpoints under ``out_dir/runs/<method>/`` and writes its result there when it ends, so an
 interrupted experiment, started again with the same arguments, skips the finished methods and resumes the
-unfinished one from its last checkpoint (bit for bit on CPU). Outputs: ``results.json`` (design §11's schema plus
-CIs, McNemar p-values against ``joint``, the bootstrap t-test, the finding's checks, pseudo-box precision, FROC
-and timings), ``table_v.md``, ``table_iv.md``, ``detections.png``, ``loss_curves.png`` and
-``precision_vs_rank.png`` and ``froc.png``.
+unfinished one from its last checkpoint (bit for bit on CPU). A stored result is reused only when the same recipe,
+seed, evaluation images and code (:mod:`wsbus.provenance`) made it. Outputs: ``results.json`` (design §11's schema
+plus CIs, McNemar p-values against ``joint``, the bootstrap t-test, the finding's checks, what the MIL loss
+reached, pseudo-box precision, FROC, timings and provenance), ``table_v.md``, ``table_iv.md``, ``detections.png``,
+``loss_curves.png``, ``precision_vs_rank.png`` and ``froc.png``.
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,49 +25,75 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
 from ..data.sources import parse_source
 from ..distributed import resolve_device
-from ..engine import History, Trainer
-from ..evaluate import (MethodResult, add_p_values, corloc, froc, paired_test, render_table, results_table,
-                        to_json_methods)
+from ..engine import History
+from ..evaluate import (MethodResult, add_p_values, corloc, froc, mcnemar_exact, paired_test, render_table,
+                        results_table, to_json_methods)
 from ..inference import detect
-from ..models import build_detector
-from ..seeding import cpu_threads, seeded
+from ..models import PRESETS
+from ..provenance import describe_code, provenance, same_code
+from ..seeding import cpu_threads
 from ..self_training import MeanTeacherSettings, self_train
-from ..teachers import MoITeacher
 from ..viz.detections import plot_precision_vs_rank
 from .data import ExperimentData, experiment_seeds, prepare_data
 from .figures import froc_figure, loss_figure, panels_figure
+from .methods import METHODS, build_method_model, method_names, mil_warning, train_method, warm_start_of
+from .parallel import method_dependencies, run_parallel
 from .progress import StepProgress
 from .recipe import Recipe, recipe_for
 
-__all__ = ["METHODS", "SUPERVISION", "Experiment", "run_experiment", "run_experiments", "summarize_experiments",
-           "check_finding"]
+__all__ = ["METHODS", "SUPERVISION", "Experiment", "run_experiment", "run_experiments", "run_folds",
+           "summarize_experiments", "check_finding", "supervision_of", "describe_settings"]
 
-#: The methods of an experiment, in table order.
-METHODS = ("strong_full", "strong_few", "weak_only", "joint", "joint_self_training")
+logger = logging.getLogger("wsbus.experiments")
+
 #: How Table V names each self-training procedure.
 PROCEDURE_NAMES = {"paper": "paper's self-training", "mean_teacher": "mean teacher, ours"}
-#: Table V's "Supervision" column of each method.
+#: Table V's "Supervision" column of each method (see :func:`supervision_of` for the joint runs' labels).
 SUPERVISION = {"strong_full": "Strong", "strong_few": "Strong", "weak_only": "Weak", "joint": "Weak & Semi",
-               "joint_self_training": "Weak & Semi"}
+               "joint_paper": "Weak & Semi (paper)", "joint_self_training": "Weak & Semi"}
+#: Significance level of the finding's checks.
+FINDING_ALPHA = 0.05
 Device = Union[str, torch.device, None]
 
 
-def check_finding(by_name: Mapping[str, Any]) -> Dict[str, Any]:
-    """The orderings the paper reports (Table V), as measured (True/False), with the differences in points:
-    joint above strong_few, strong_few below strong_full, weak_only more than 20 points below both."""
+def supervision_of(method: str, recipe: Recipe) -> str:
+    """Table V's "Supervision" text of ``method`` under ``recipe``: the joint run says "(ours)" when the recipe's joint
+    training is not the paper's (:meth:`Recipe.joint_is_papers`), the self-training names its procedure."""
+    text = SUPERVISION[method]
+    if method == "joint":
+        text += " (paper)" if recipe.joint_is_papers() else " (ours)"
+    if method == "joint_self_training":
+        text += f" ({PROCEDURE_NAMES[recipe.self_training]})"
+    return text
+
+
+def check_finding(by_name: Mapping[str, Any], p_values: Optional[Mapping[str, float]] = None,
+                  alpha: float = FINDING_ALPHA) -> Dict[str, Any]:
+    """The orderings the paper reports (Table V), as measured: joint significantly above strong_few (McNemar
+    ``p_values["strong_few"]`` < ``alpha``; without p-values the check is False), strong_few below strong_full,
+    weak_only more than 20 points below both; ``holds`` when all three do. The differences are in fractions;
+    ``joint_paper`` (when present) is reported beside, with its own p-value against strong_few."""
     c = {k: float(m.overall) for k, m in by_name.items()}
-    checks = {"joint_above_strong_few": c["joint"] > c["strong_few"],
+    p = dict(p_values or {})
+    p_few = p.get("strong_few")
+    checks = {"joint_above_strong_few": c["joint"] > c["strong_few"] and p_few is not None and p_few < alpha,
               "strong_few_below_strong_full": c["strong_few"] < c["strong_full"],
               "weak_only_far_below": c["weak_only"] < min(c["strong_few"], c["joint"]) - 0.2}
-    return {"checks": checks, "holds": all(checks.values()),
-            "joint_minus_strong_few": c["joint"] - c["strong_few"],
-            "strong_full_minus_strong_few": c["strong_full"] - c["strong_few"],
-            "joint_minus_weak_only": c["joint"] - c["weak_only"],
-            "joint_over_strong_full": c["joint"] / c["strong_full"] if c["strong_full"] > 0 else float("nan")}
+    out = {"checks": checks, "holds": all(checks.values()), "alpha": alpha,
+           "p_joint_vs_strong_few": p_few,
+           "joint_minus_strong_few": c["joint"] - c["strong_few"],
+           "strong_full_minus_strong_few": c["strong_full"] - c["strong_few"],
+           "joint_minus_weak_only": c["joint"] - c["weak_only"],
+           "joint_over_strong_full": c["joint"] / c["strong_full"] if c["strong_full"] > 0 else float("nan")}
+    if "joint_paper" in c:
+        out["joint_paper_minus_strong_few"] = c["joint_paper"] - c["strong_few"]
+        out["p_joint_paper_vs_strong_few"] = p.get("joint_paper_vs_strong_few")
+    return out
 
 
 def _result_state(m: MethodResult, detections: List[Dict[str, torch.Tensor]], history: History,
@@ -89,19 +112,33 @@ def _method_of(state: Mapping[str, Any]) -> MethodResult:
                         supervision=state["supervision"], per_image=state["per_image"].numpy())
 
 
+class _MethodJob:
+    """Trains one method of an experiment in a child process (picklable, for the ``spawn`` start method)."""
+
+    def __init__(self, experiment: "Experiment", threads: Optional[int]) -> None:
+        self.experiment, self.threads = experiment, threads
+
+    def __call__(self, name: str) -> None:
+        with cpu_threads(self.threads):
+            self.experiment.train_one(name, StepProgress(total=self.experiment.steps_of(name), enabled=False))
+
+
 class Experiment:
     """One seed of the protocol on one split; :meth:`run` trains what is not finished yet and writes the outputs.
+
+    ``reuse_results=True`` reuses stored method results that other code (another wsbus commit or version) made;
+    by default such a result is refused with a message naming both.
     """
 
     def __init__(self, data: ExperimentData, recipe: Recipe, out_dir: Union[str, os.PathLike], *, seed: int = 0,
                  methods: Sequence[str] = METHODS, device: Device = None, progress: bool = True,
-                 evaluate_on: str = "test") -> None:
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown or not methods:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+                 evaluate_on: str = "test", reuse_results: bool = False) -> None:
+        if not methods:
+            raise ValueError(f"no method to run; choose from {list(METHODS)}")
+        methods = method_names(methods)
         if "joint_self_training" in methods and "joint" not in methods:
             raise ValueError("joint_self_training starts from the joint model: include 'joint' in the methods")
-        if recipe.joint_warm_start and "joint" in methods and "strong_few" not in methods:
+        if warm_start_of("joint", recipe) and "joint" in methods and "strong_few" not in methods:
             raise ValueError("the recipe's joint run starts from strong_few (joint_warm_start): include 'strong_few'")
         if evaluate_on not in ("test", "val"):
             raise ValueError(f"evaluate_on must be 'test' or 'val', got {evaluate_on!r}")
@@ -109,12 +146,13 @@ class Experiment:
         if not any(s.image_label > 0 for s in self.eval_set):
             raise ValueError(f"the {evaluate_on} set holds no benign or malignant image: CorLoc is undefined (the "
                              f"recipe asks for n_test={recipe.n_test}, n_val={recipe.n_val})")
-        self.data, self.recipe, self.seed = data, recipe, int(seed)
-        self.methods = [m for m in METHODS if m in methods]
+        self.data, self.recipe, self.seed = data, recipe.resolve(data.strong, data.weak), int(seed)
+        self.methods = methods
         self.evaluate_on = evaluate_on
         self.out = Path(out_dir)
         self.device = resolve_device(device)
         self.progress = progress
+        self.reuse_results = bool(reuse_results)
         self.init_seed, self.train_seed = experiment_seeds(seed)
         self.results: Dict[str, MethodResult] = {}
         self.states: Dict[str, Dict[str, Any]] = {}
@@ -124,23 +162,13 @@ class Experiment:
         """Where method ``name`` keeps its checkpoints and its result."""
         return self.out / "runs" / name
 
-    def build_model(self, **overrides: Any) -> torch.nn.Module:
-        """The recipe's detector, initialised from the experiment's initial weights."""
-        options = self.recipe.detector_options(self.data.strong + self.data.weak, **overrides)
-        with seeded(self.init_seed):
-            return build_detector(**options)
-
-    def sets(self, name: str) -> Tuple[Optional[list], Optional[list], str]:
-        """``(strong, weak, mode)`` of a trained method."""
-        d = self.data
-        return {"strong_full": (d.strong + d.weak, None, "strong"), "strong_few": (d.strong, None, "strong"),
-                "weak_only": (None, d.strong + d.weak, "weak"), "joint": (d.strong, d.weak, "joint")}[name]
+    def build_model(self, method: str = "strong_few", **overrides: Any) -> torch.nn.Module:
+        """The recipe's detector for ``method``, initialised from the experiment's initial weights."""
+        return build_method_model(method, self.data, self.recipe, self.seed, **overrides)
 
     def steps_of(self, name: str) -> int:
-        """Training steps of a method (the all-boxes reference and the self-training may train longer)."""
-        special = {"strong_full": self.recipe.strong_full_steps, "joint_self_training": self.recipe.self_training_steps,
-                   "joint": self.recipe.joint_steps}
-        return int(special.get(name) or self.recipe.steps)
+        """Training steps of a method (:meth:`Recipe.steps_of`)."""
+        return self.recipe.steps_of(name)
 
     def trained_weights(self, name: str) -> Dict[str, torch.Tensor]:
         """The final weights of a method already trained in this experiment (its ``last.pt``)."""
@@ -152,13 +180,14 @@ class Experiment:
     def evaluate(self, name: str, model: torch.nn.Module, n_strong: int, n_weak: int):
         dets = detect(model, self.eval_set, device=self.device)
         m = MethodResult.from_corloc(name, corloc(dets, self.eval_set), n_strong=n_strong, n_weak=n_weak,
-                                     n_boot=self.recipe.n_boot, supervision=SUPERVISION[name])
+                                     n_boot=self.recipe.n_boot, supervision=supervision_of(name, self.recipe))
         return m, dets
 
     def finish(self, name: str, m: MethodResult, dets: list, history: History, started: Tuple[float, float],
                **extra: Any) -> None:
         timing = {"wall": time.perf_counter() - started[0], "cpu": time.process_time() - started[1]}
-        state = _result_state(m, dets, history, timing, {**extra, "provenance": self.provenance(name)})
+        state = _result_state(m, dets, history, timing, {**extra, "provenance": self.provenance(name),
+                                                         "code": provenance(self.device)})
         atomic_save(state, self.run_dir(name) / "result.pt")
         self.results[name], self.states[name] = m, state
 
@@ -168,17 +197,30 @@ class Experiment:
         return {"recipe": repr(self.recipe.used_by(name)), "seed": self.seed, "evaluated_on": self.evaluate_on,
                 "eval_ids": [s.id for s in self.eval_set]}
 
+    def metadata(self) -> Dict[str, Any]:
+        """What a run's checkpoint records about its data (``wsbus evaluate --checkpoint`` reloads the split)."""
+        return {"data": self.data.source, "seed": self.seed, "phantom_size": self.recipe.size,
+                "split_ids": {role: [s.id for s in getattr(self.data, role)]
+                              for role in ("strong", "weak", "val", "test")}}
+
     def load_finished(self, name: str) -> bool:
         path = self.run_dir(name) / "result.pt"
         if not path.is_file():
             return False
         state = load_checkpoint(path, require=("name", "per_image", "detections"))
-        made = (state.get("extra") or {}).get("provenance")
+        extra = state.get("extra") or {}
+        made = extra.get("provenance")
         expected = self.provenance(name)
         if made != expected:
             what = [k for k in ("recipe", "seed", "evaluated_on", "eval_ids") if (made or {}).get(k) != expected[k]]
             raise ValueError(f"{path} belongs to another experiment (its {', '.join(what) or 'provenance'} "
                              f"differs); resume an experiment with the same arguments, or use another output folder")
+        code, now = extra.get("code"), provenance(self.device)
+        if not same_code(code, now):
+            if not self.reuse_results:
+                raise ValueError(f"{path} was made by {describe_code(code)}, not by this {describe_code(now)}; "
+                                 f"pass --reuse-results to reuse it anyway, or use another output folder")
+            logger.warning("reusing %s, made by %s (this is %s)", path, describe_code(code), describe_code(now))
         self.results[name], self.states[name] = _method_of(state), state
         return True
 
@@ -186,32 +228,28 @@ class Experiment:
     def train(self, name: str, bar: StepProgress) -> None:
         """Train method ``name`` (resuming its checkpoint), evaluate it and store its result."""
         started = (time.perf_counter(), time.process_time())
-        strong, weak, mode = self.sets(name)
+        needed = warm_start_of(name, self.recipe)
         steps = self.steps_of(name)
-        kw: Dict[str, Any] = dict(self.recipe.trainer_options())
-        model, hooks = self.build_model(), []
-        if mode == "joint":
-            kw.update(alpha=self.recipe.alpha_schedule(steps), mixing=self.recipe.mixing,
-                      **dict(self.recipe.joint_trainer))
-            if self.recipe.joint_warm_start:
-                model.load_state_dict(self.trained_weights("strong_few"))
-            if self.recipe.moi_teacher:
-                hooks.append(MoITeacher(**dict(self.recipe.moi_teacher)))
-        trainer = Trainer(model, strong, weak, mode=mode, steps=steps, seed=self.train_seed, device=self.device,
-                          out_dir=self.run_dir(name), checkpoint_every=max(1, steps // 10), progress=False,
-                          tensorboard=False, callbacks=[bar.step], hooks=hooks, **kw)
-        history = trainer.fit(resume=True)
-        m, dets = self.evaluate(name, trainer.model, len(strong or ()), len(weak or ()))
-        self.finish(name, m, dets, history, started)
+        run = train_method(name, self.data, self.recipe, self.run_dir(name), seed=self.seed, device=self.device,
+                           warm_start=self.trained_weights(needed) if needed else None,
+                           checkpoint_every=max(1, steps // 10), progress=False, tensorboard=False,
+                           callbacks=[bar.step], metadata=self.metadata())
+        warning = mil_warning(name, run.mil)
+        if warning:
+            logger.warning("wsbus: warning: %s", warning)
+        strong, weak = run.trainer.datasets.get("strong"), run.trainer.datasets.get("weak")
+        m, dets = self.evaluate(name, run.model, len(strong or ()), len(weak or ()))
+        self.finish(name, m, dets, run.history, started, mil=run.mil, mil_warning=warning)
 
     def self_training(self, bar: StepProgress) -> Any:
         """Table IV: from the joint model, the recipe's self-training procedure (the paper's or the mean teacher)."""
         started = (time.perf_counter(), time.process_time())
         name = "joint_self_training"
-        joint = self.build_model()
+        joint = self.build_model("joint")
         joint.load_state_dict(self.trained_weights("joint"))
         r = self.recipe
-        st = self_train(self.data.strong, self.data.weak, self.eval_set, model_factory=self.build_model,
+        st = self_train(self.data.strong, self.data.weak, self.eval_set,
+                        model_factory=lambda: self.build_model("joint"),
                         initial=joint.to(self.device), procedure=r.self_training,
                         fractions=(r.self_training_fraction,), steps=r.steps, retrain_steps=self.steps_of(name),
                         retrain=r.retrain, rounds=r.self_training_rounds, per_class=r.per_class,
@@ -220,7 +258,7 @@ class Experiment:
                         trainer_kwargs=dict(r.trainer_options(), alpha=r.alpha_schedule(r.steps), mixing=r.mixing),
                         on_step=lambda *_: bar.step(), out_dir=self.run_dir(name))
         final = st.methods[-1]
-        m = replace(final, name=name, supervision=SUPERVISION[name] + f" ({PROCEDURE_NAMES[r.self_training]})")
+        m = replace(final, name=name, supervision=supervision_of(name, r))
         summary = st.to_json()
         self.finish(name, m, st.detections[final.name], st.histories[final.name], started,
                     table_iv=st.table(), self_training=summary["methods"], procedure=r.self_training,
@@ -231,25 +269,48 @@ class Experiment:
         return st
 
     # -- the whole protocol ------------------------------------------------------------------------------------
-    def run(self) -> Dict[str, Any]:
-        """Train every method that has no stored result yet, then write and return ``results.json``'s content."""
+    def run(self, jobs: int = 1, threads: Optional[int] = None) -> Dict[str, Any]:
+        """Train every method that has no stored result yet, then write and return ``results.json``'s content.
+        ``jobs > 1`` trains independent methods side by side in processes (:mod:`wsbus.experiments.parallel`), each
+        with ``threads`` torch threads."""
         t0, c0 = time.perf_counter(), time.process_time()
         self.out.mkdir(parents=True, exist_ok=True)
         todo = [m for m in self.methods if not self.load_finished(m)]
-        bar = StepProgress(total=sum(self.steps_of(m) for m in todo), enabled=self.progress, desc="experiment")
-        try:
-            for name in todo:
-                bar.run(name)
-                if name == "joint_self_training":
-                    self.self_training(bar)
-                else:
-                    self.train(name, bar)
-        finally:
-            bar.close()
+        if int(jobs) > 1 and len(todo) > 1:
+            self._run_parallel(todo, int(jobs), threads)
+        else:
+            bar = StepProgress(total=sum(self.steps_of(m) for m in todo), enabled=self.progress, desc="experiment")
+            try:
+                for name in todo:
+                    bar.run(name)
+                    self.train_one(name, bar)
+            finally:
+                bar.close()
         results = self.summary()
-        results["timing"]["total"] = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+        results["timing"]["total"] = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+                                      "jobs": int(jobs)}
         self.write(results)
         return results
+
+    def train_one(self, name: str, bar: StepProgress) -> None:
+        """Train (or self-train) method ``name`` and store its result."""
+        if name == "joint_self_training":
+            self.self_training(bar)
+        else:
+            self.train(name, bar)
+
+    def _run_parallel(self, todo: List[str], jobs: int, threads: Optional[int]) -> None:
+        deps = method_dependencies(self.methods, {m: warm_start_of(m, self.recipe) for m in self.methods})
+
+        work = _MethodJob(self, threads)
+        bar = tqdm(total=len(todo), disable=not self.progress, desc=f"experiment ({jobs} processes)",
+                   unit="method", file=sys.stderr, dynamic_ncols=True)
+        start = "spawn" if self.device.type == "cuda" else "fork"
+        try:
+            run_parallel(todo, deps, work, jobs, start_method=start,
+                         on_done=lambda name: (self.load_finished(name), bar.update(1)))
+        finally:
+            bar.close()
 
     def summary(self) -> Dict[str, Any]:
         """``results.json``'s content from the stored method results."""
@@ -267,10 +328,18 @@ class Experiment:
             entry["n_test_images_with_mass"] = int(m.per_image.size)
             entry["froc"] = froc(self.states[m.name]["detections"], self.eval_set).as_dict()
             entry["timing"] = self.states[m.name]["timing"]
+            extra = self.states[m.name].get("extra") or {}
+            entry["mil"] = extra.get("mil")
+            entry["provenance"] = extra.get("code")
         st = self.states.get("joint_self_training", {}).get("extra", {})
+        p_values = {m.name: m.p_value for m in ordered if m.p_value is not None}
+        if {"joint_paper", "strong_few"} <= set(names):
+            p_values["joint_paper_vs_strong_few"] = mcnemar_exact(self.results["joint_paper"].per_image,
+                                                                  self.results["strong_few"].per_image)[2]
         results: Dict[str, Any] = {
             "methods": entries,
-            "finding": check_finding(self.results) if set(METHODS[:4]) <= set(names) else None,
+            "finding": (check_finding(self.results, p_values) if {"strong_full", "strong_few", "weak_only", "joint"}
+                        <= set(names) else None),
             "evaluated_on": self.evaluate_on,
             "pseudo_box_precision": st.get("pseudo_box_precision"),
             "self_training": st.get("self_training"),
@@ -280,6 +349,8 @@ class Experiment:
             "data": self.data.counts(),
             "config": {**self.recipe.as_dict(), "seed": self.seed, "device": str(self.device),
                        "methods": list(names)},
+            "joint_is_papers": self.recipe.joint_is_papers(),
+            "provenance": provenance(self.device),
             "timing": {"torch_threads": torch.get_num_threads()},
         }
         results["table_v"] = results_table(ordered, kind="V")
@@ -314,7 +385,9 @@ def run_experiment(data: str = "phantom", out_dir: Union[str, os.PathLike] = "ws
                    recipe: Optional[Recipe] = None, quick: bool = False, seed: int = 0,
                    methods: Sequence[str] = METHODS, device: Device = None, threads: Optional[int] = 1,
                    progress: bool = True, evaluate_on: str = "test", samples: Optional[Sequence[Any]] = None,
-                   verbose: bool = True) -> Dict[str, Any]:
+                   verbose: bool = True, reuse_results: bool = False,
+                   folds: Union[str, os.PathLike, None] = None, fold: Optional[int] = None,
+                   jobs: int = 1) -> Dict[str, Any]:
     """Run the Table V + IV protocol on one split of ``data`` and write its outputs to ``out_dir``.
 
     Parameters
@@ -333,6 +406,11 @@ def run_experiment(data: str = "phantom", out_dir: Union[str, os.PathLike] = "ws
     evaluate_on : ``"test"`` (the published protocol, scored once) or ``"val"`` (choosing settings).
     samples : already loaded samples of ``data`` (skips loading).
     verbose : print Table V and the finding.
+    reuse_results : reuse stored method results that other code made (default: refuse them, naming the code).
+    folds, fold : test on fold ``fold`` of a folds file (:func:`wsbus.data.read_folds`; ``fold`` alone: the file
+        the source ships, BUS-BRA's ``5-fold-cv.csv``); validation is carved from the other folds' patients.
+    jobs : train independent methods in this many processes at once (the numbers are the same, bit for bit on
+        CPU, as with one; :func:`wsbus.experiments.parallel_plan`).
 
     Returns
     -------
@@ -342,17 +420,30 @@ def run_experiment(data: str = "phantom", out_dir: Union[str, os.PathLike] = "ws
     """
     recipe = recipe if recipe is not None else recipe_for(parse_source(data).kind, quick)
     with cpu_threads(threads):
-        split = prepare_data(data, recipe, seed, samples=samples)
-        results = Experiment(split, recipe, out_dir, seed=seed, methods=methods, device=device, progress=progress,
-                             evaluate_on=evaluate_on).run()
+        split = prepare_data(data, recipe, seed, samples=samples, folds=folds, fold=fold)
+        experiment = Experiment(split, recipe, out_dir, seed=seed, methods=methods, device=device,
+                                progress=progress, evaluate_on=evaluate_on, reuse_results=reuse_results)
+        if verbose:
+            print(describe_settings(experiment))
+        results = experiment.run(jobs=jobs, threads=threads)
     if verbose:
         print(results["table_v"])
+        for m in results["methods"]:
+            warning = mil_warning(m["name"], m.get("mil") or {})
+            if warning:
+                print(f"warning: {warning}")
         f = results["finding"]
         if f is not None:
-            print(f"joint - strong_few = {100 * f['joint_minus_strong_few']:+.2f} points; strong_full - strong_few = "
-                  f"{100 * f['strong_full_minus_strong_few']:+.2f}; joint - weak_only = "
-                  f"{100 * f['joint_minus_weak_only']:+.2f}; the paper's ordering "
-                  f"{'holds' if f['holds'] else 'does NOT hold'} here; outputs in {out_dir}")
+            who = "paper's" if results["joint_is_papers"] else "ours"
+            p = f["p_joint_vs_strong_few"]
+            print(f"joint ({who}) - strong_few = {100 * f['joint_minus_strong_few']:+.2f} points (McNemar p = "
+                  f"{p:.3g}); strong_full - strong_few = {100 * f['strong_full_minus_strong_few']:+.2f}; joint - "
+                  f"weak_only = {100 * f['joint_minus_weak_only']:+.2f}; the paper's ordering "
+                  f"{'holds' if f['holds'] else 'does NOT hold'} here (joint above strong_few needs p < "
+                  f"{f['alpha']:g}); outputs in {out_dir}")
+            if "joint_paper_minus_strong_few" in f:
+                print(f"joint_paper (the paper's method) - strong_few = {100 * f['joint_paper_minus_strong_few']:+.2f}"
+                      f" points (McNemar p = {f['p_joint_paper_vs_strong_few']:.3g})")
         p = results["pseudo_box_precision"]
         if p is not None and p.get("overall") is not None:
             line = (f"pseudo-box precision (IoU > 0.5 with the hidden box): {100 * p['overall']:.1f} % of "
@@ -364,8 +455,19 @@ def run_experiment(data: str = "phantom", out_dir: Union[str, os.PathLike] = "ws
     return results
 
 
+def describe_settings(experiment: "Experiment") -> str:
+    """One line of the settings an experiment resolved from its data (sizes, canvas, anchors, steps)."""
+    d, r = experiment.data.counts(), experiment.recipe
+    where = f"fold {d['fold']} as test" if d["fold"] is not None else f"split seed {experiment.seed}"
+    steps = ", ".join(f"{m} {r.steps_of(m)}" for m in experiment.methods)
+    return (f"{d['source']}: {where}; {d['n_strong']} boxed, {d['n_weak']} weak, {d['n_val']} validation and "
+            f"{d['n_test']} test images; canvas {r.max_size if r.max_size is not None else r.size} px, input "
+            f"{r.size} px, anchors {tuple(r.detector.get('anchor_sizes', PRESETS[r.backbone].anchor_sizes))}; "
+            f"steps: {steps}")
+
+
 def summarize_experiments(results: Sequence[Mapping[str, Any]], seeds: Sequence[int],
-                          fmt: str = "markdown") -> Tuple[str, Dict[str, Any]]:
+                          fmt: str = "markdown", label: str = "seed") -> Tuple[str, Dict[str, Any]]:
     """The same experiment over several seeds: each method's CorLoc per seed, its mean and standard deviation,
     and on each seed joint's difference from strong_few with McNemar's p-value. Returns ``(table, data)``."""
     names = [m["name"] for m in results[0]["methods"]]
@@ -376,7 +478,7 @@ def summarize_experiments(results: Sequence[Mapping[str, Any]], seeds: Sequence[
             raise ValueError(f"the experiments ran different methods: {names} vs {sorted(got)}")
         for n in names:
             per[n].append(float(got[n]["corloc"]["overall"]))
-    header = ["method"] + [f"seed {s} [%]" for s in seeds] + ["mean [%]", "sd [points]"]
+    header = ["method"] + [f"{label} {s} [%]" for s in seeds] + ["mean [%]", "sd [points]"]
     body = [[n] + [f"{100 * v:.2f}" for v in per[n]] + [f"{100 * np.mean(per[n]):.2f}",
                                                         f"{100 * np.std(per[n], ddof=1) if len(seeds) > 1 else 0:.2f}"]
             for n in names]
@@ -404,5 +506,24 @@ def run_experiments(data: str = "phantom", out_dir: Union[str, os.PathLike] = "w
     table, summary = summarize_experiments(results, seeds)
     atomic_write_text(f"# {data} over seeds {seeds}\n\n" + table, Path(out_dir) / "summary.md")
     atomic_write_json(summary, Path(out_dir) / "summary.json")
+    print(table)
+    return results
+
+
+def run_folds(data: str, out_dir: Union[str, os.PathLike], *, folds: Union[str, os.PathLike, None] = None,
+              fold_numbers: Sequence[int] = (1, 2, 3, 4, 5), **kwargs: Any) -> List[Dict[str, Any]]:
+    """:func:`run_experiment` with each of ``fold_numbers`` as the test fold (outputs in ``out_dir/fold_<K>/``),
+    then ``out_dir/summary.json`` (``{"folds": [results.json content + "fold"]}``) and ``out_dir/summary.md``
+    (each method's CorLoc per fold, mean and standard deviation). ``kwargs`` go to :func:`run_experiment`."""
+    fold_numbers = [int(k) for k in fold_numbers]
+    if not fold_numbers or len(set(fold_numbers)) != len(fold_numbers):
+        raise ValueError(f"folds must be distinct and at least one, got {fold_numbers}")
+    results = []
+    for k in fold_numbers:
+        r = run_experiment(data, Path(out_dir) / f"fold_{k}", folds=folds, fold=k, **kwargs)
+        results.append({**r, "fold": k})
+    table, _ = summarize_experiments(results, fold_numbers, label="fold")
+    atomic_write_text(f"# {data}: test folds {fold_numbers}\n\n" + table, Path(out_dir) / "summary.md")
+    atomic_write_json({"folds": results}, Path(out_dir) / "summary.json")
     print(table)
     return results

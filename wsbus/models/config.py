@@ -73,7 +73,8 @@ class DetectorConfig:
         non-negative weight per class; ``mil_reduction``: ``"weighted_mean"`` (the paper) or ``"batch_mean"`` (what
         the reference TF code computes), see :func:`wsbus.losses.mil_loss`.
     weak_proposals, weak_pre_nms_top_n : the RPN counts for weak images: the mass of interest is picked among the
-        ``weak_proposals`` most object-like proposals (default: the test-time post-NMS count; the reference scores
+        ``weak_proposals`` most object-like proposals (default: the test-time post-NMS count; ``"training"``: the
+        training-time pre/post-NMS counts, as the paper and its reference code, which scores
         all 2000 training proposals, about seven times more head compute for the same argmax in practice).
     frozen_stages, norm : backbone stages not trained (default 2 with pretrained weights, as the reference freezes
         conv1-2) and the ResNets' normalisation (``frozen_bn`` pretrained, ``bn`` from scratch).
@@ -143,8 +144,9 @@ class DetectorConfig:
         post = _counts(self.rpn_post_nms_top_n, "rpn_post_nms_top_n")
         put("rpn_pre_nms_top_n", pre)
         put("rpn_post_nms_top_n", post)
-        put("weak_proposals", int(self.weak_proposals or post["testing"]))
-        put("weak_pre_nms_top_n", int(self.weak_pre_nms_top_n or pre["testing"]))
+        phase = "training" if self.weak_proposals == "training" else "testing"
+        put("weak_proposals", int(post[phase] if self.weak_proposals in (None, "training") else self.weak_proposals))
+        put("weak_pre_nms_top_n", int(self.weak_pre_nms_top_n or pre[phase]))
         put("anchor_sizes", tuple(int(s) for s in self.anchor_sizes))
         put("anchor_ratios", tuple(float(r) for r in self.anchor_ratios))
         if self.bbox_reg_weights is not None:
