@@ -10,7 +10,7 @@ import torch
 
 from wsbus.data import Sample
 from wsbus.evaluate import FROCResult, corloc, froc
-from wsbus.metrics.detection import FROC_FP_RATES, REFERENCE_FROC_THRESHOLDS
+from wsbus.evaluate import FROC_FP_RATES, REFERENCE_FROC_THRESHOLDS
 from wsbus.viz.detections import plot_froc
 
 
