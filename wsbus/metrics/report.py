@@ -232,10 +232,11 @@ class DetectionReport:
                               ("AP@[.5:.95]", "COCO, IoU 0.50:0.05:0.95", self.ap)):
             lines.append(f"{name} ({what}): benign {_pct(d['benign'])}, malignant {_pct(d['malignant'])}, "
                          f"mAP {_pct(d['mAP'])}")
-        rates = ", ".join(f"{r:g}" for r in self.cpm.fp_rates)
-        at = ", ".join(_pct(x) for x in self.cpm.sensitivity_at_rates)
-        lines.append(f"FROC CPM (mean sensitivity at {rates} false positives per image; {self.cpm.n_masses} masses, "
-                     f"{self.cpm.n_images} images): {_pct(self.cpm.cpm)}  [{at}]")
+        lines.append(f"FROC CPM (mean lesion sensitivity at 1/8 ... 8 false positives per image, IoU > "
+                     f"{self.cpm.iou_thresh:g}; {self.cpm.n_masses} masses, {self.cpm.n_images} images): "
+                     f"{_pct(self.cpm.cpm)}")
+        lines.append("  sensitivity at " + ", ".join(f"{r:g}: {_pct(x)}" for r, x in
+                                                    zip(self.cpm.fp_rates, self.cpm.sensitivity_at_rates)))
         n = self.image_auc
         auc = "n/a" if math.isnan(self.auc) else f"{self.auc:.4f}"
         lines.append(f"malignancy AUC (malignant vs benign images, highest malignant score): {auc} "
