@@ -218,6 +218,9 @@ def test_corloc_on_cuda_matches_cpu():
     gpu = corloc([{k: v.cuda() for k, v in x.items()} for x in d], [{k: v.cuda() for k, v in x.items()} for x in t])
     np.testing.assert_array_equal(cpu.per_image, gpu.per_image)
     assert average_precision(d, t) == average_precision([{k: v.cuda() for k, v in x.items()} for x in d], t)
+    d_gpu = [{k: v.cuda() for k, v in x.items()} for x in d]
+    a, b = evaluate_detections(d, t, n_boot=50), evaluate_detections(d_gpu, t, n_boot=50)
+    assert a.as_json() == b.as_json() and a.rows() == b.rows()
 
 
 def test_corloc_bad_input_names_the_image():
