@@ -218,6 +218,9 @@ def test_corloc_on_cuda_matches_cpu():
     gpu = corloc([{k: v.cuda() for k, v in x.items()} for x in d], [{k: v.cuda() for k, v in x.items()} for x in t])
     np.testing.assert_array_equal(cpu.per_image, gpu.per_image)
     assert average_precision(d, t) == average_precision([{k: v.cuda() for k, v in x.items()} for x in d], t)
+    d_gpu = [{k: v.cuda() for k, v in x.items()} for x in d]
+    a, b = evaluate_detections(d, t, n_boot=50), evaluate_detections(d_gpu, t, n_boot=50)
+    assert a.as_json() == b.as_json() and a.rows() == b.rows()
 
 
 def test_corloc_bad_input_names_the_image():
@@ -328,14 +331,14 @@ def test_sensitivity_specificity_and_false_positives():
 
 def test_evaluate_detections_gathers_everything_as_json():
     d, t = hand_case()
-    out = evaluate_detections(d, t, n_boot=200, seed=1)
+    out = evaluate_detections(d, t, n_boot=200, seed=1).as_dict()
     text = json.dumps(out, allow_nan=False)  # plain JSON, no NaN
     assert json.loads(text)["corloc"] == {"overall": pytest.approx(0.4), "benign": 0.5,
                                           "malignant": pytest.approx(1 / 3)}
     r = corloc(d, t)
     assert out["per_image"] == r.per_image.tolist()
-    assert tuple(out["ci"]["overall"]) == bootstrap_ci(r.per_image, n_boot=200, seed=1)
-    assert out["ap"] == pytest.approx(average_precision(d, t))
+    assert tuple(out["ci"]) == tuple(out["ci_by_class"]["overall"]) == bootstrap_ci(r.per_image, n_boot=200, seed=1)
+    assert out["ap50"] == pytest.approx(average_precision(d, t))
     assert out["fp_per_normal_image"] == 2.0
     assert out["n_images"]["total"] == 6 and out["n_images"]["normal"] == 1
 

@@ -1,4 +1,5 @@
-"""froc (FROC curves counted as the reference's voc_eval_bus) and plot_froc, against hand-worked numbers."""
+"""froc (FROC curves counted as the reference's voc_eval_bus), plot_froc, and froc_cpm (the lesion-level FROC of
+LUNA16 / nnDetection and its CPM), against hand-worked numbers and an independent recount."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 from wsbus.data import Sample
-from wsbus.evaluate import FROCResult, corloc, froc
-from wsbus.metrics.detection import FROC_FP_RATES, REFERENCE_FROC_THRESHOLDS
+from wsbus.evaluate import (FROC_FP_RATES, REFERENCE_FROC_THRESHOLDS, CPMResult, FROCResult, corloc, froc, froc_cpm,
+                            interpolate_froc)
 from wsbus.viz.detections import plot_froc
 
 
@@ -266,3 +267,135 @@ def test_plot_froc():
     assert plot_froc(only_benign, ax=ax2) is other
     assert [ln.get_label() for ln in ax2.get_lines() if not ln.get_label().startswith("_")] == [
         "benign (n=1)", "overall (mean of the classes)"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# froc_cpm: the lesion-level FROC and its CPM
+# --------------------------------------------------------------------------------------------------------------
+def test_cpm_hand_worked_on_the_same_images():
+    # Masses: A (image 0, benign), B (image 1, malignant), C (image 3, benign): 3 masses in 4 images.
+    # A is found at 0.90 (its duplicate at 0.70 is neither hit nor FP), B at 0.25 (0.45 has IoU exactly 0.5:
+    # a FP), C never. False positives: 0.85 (benign on B), 0.65 and 0.15 (normal image), 0.5 (benign beside A),
+    # 0.45 (malignant, IoU 0.5), 0.3 (malignant on the benign A).
+    r = froc_cpm(DETS, GTS)
+    assert isinstance(r, CPMResult) and (r.n_masses, r.n_images) == (3, 4)
+    np.testing.assert_allclose(r.thresholds, [math.inf, 0.9, 0.85, 0.65, 0.5, 0.45, 0.3, 0.25, 0.15], rtol=1e-6)
+    np.testing.assert_allclose(r.sensitivity, np.array([0, 1, 1, 1, 1, 1, 1, 2, 2]) / 3)
+    np.testing.assert_allclose(r.fp_per_image, np.array([0, 0, 1, 2, 3, 4, 5, 5, 6]) / 4)
+    # 1/8 .. 1: sensitivity 1/3 (A only); 2, 4, 8 lie beyond the last point (1.5 FP per image): its 2/3.
+    np.testing.assert_allclose(r.sensitivity_at_rates, [1 / 3] * 4 + [2 / 3] * 3)
+    assert r.cpm == pytest.approx((4 / 3 + 3 * 2 / 3) / 7)
+    # the reference curve of the same images divides by the images of each class and averages the classes
+    assert froc(DETS, GTS).sensitivity_at().tolist() != r.sensitivity_at_rates.tolist()
+
+
+def test_cpm_interpolates_linearly_between_false_positive_counts():
+    # Image 0 (benign A): A at 0.9, a miss at 0.8; image 1 (malignant B): B at 0.8, tied with that miss;
+    # image 2 normal: a malignant box at 0.5; image 3 (malignant C): nothing. Thresholds inf, 0.9, 0.8, 0.5:
+    # found 0, 1, 2, 2 of 3; FPs 0, 0, 1, 2 over 4 images.
+    a, b, c = [0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 70, 70]
+    dets = [_det([a, [80, 80, 90, 90]], [1, 1], [0.9, 0.8]), _det([b], [2], [0.8]), _det([a], [2], [0.5]),
+            _det([], [], [])]
+    gts = [_gt([a], [1]), _gt([b], [2]), _gt([], []), _gt([c], [2])]
+    r = froc_cpm(dets, gts)
+    np.testing.assert_allclose(r.fp_per_image, [0, 0, 0.25, 0.5])
+    np.testing.assert_allclose(r.sensitivity, [0, 1 / 3, 2 / 3, 2 / 3])
+    # At 1/8 FP per image: halfway from (0, 1/3) to (0.25, 2/3) -> 1/2 (a step rule would give 1/3).
+    np.testing.assert_allclose(r.sensitivity_at_rates, [0.5] + [2 / 3] * 6)
+    assert r.cpm == pytest.approx((0.5 + 6 * 2 / 3) / 7)
+    np.testing.assert_allclose(r.sensitivity_at_rates, np.interp(FROC_FP_RATES, r.fp_per_image, r.sensitivity))
+    # One class alone: the malignant masses B and C, the malignant boxes only.
+    m = froc_cpm(dets, gts, classes=[2])
+    assert (m.n_masses, m.classes) == (2, (2,))
+    np.testing.assert_allclose(m.sensitivity, [0, 0.5, 0.5])
+    np.testing.assert_allclose(m.fp_per_image, [0, 0, 0.25])
+    assert m.cpm == pytest.approx(0.5)
+    assert json.loads(json.dumps(r.as_dict(), allow_nan=False))["thresholds"][0] is None  # inf -> null
+
+
+def test_interpolate_froc_at_curve_points_between_them_and_beyond():
+    fp = np.array([0, 0, 0, 1, 1, 2, 2, 2.0])
+    sens = np.array([0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    got = interpolate_froc(fp, sens, [0, 0.5, 1, 1.5, 2, 3])
+    np.testing.assert_allclose(got, [0.2, 0.25, 0.4, 0.45, 0.7, 0.7])  # top of a run; top -> next bottom; end
+    np.testing.assert_allclose(got, np.interp([0, 0.5, 1, 1.5, 2, 3], fp, sens))
+    with pytest.raises(ValueError, match="fp_rates must be finite, non-negative"):
+        interpolate_froc(fp, sens, [-1])
+    with pytest.raises(ValueError, match="starts at 0 false positives"):
+        interpolate_froc(np.array([0.5, 1.0]), np.array([0.1, 0.2]), [1])
+
+
+def _plain_iou(a, b):
+    iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
+    ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _recount(dets, gts, t):
+    """Masses found and false positives at threshold t, by plain Python loops."""
+    found = fps = 0
+    for d, g in zip(dets, gts):
+        kept = [(b, c) for b, c, s in zip(d["boxes"].tolist(), d["labels"].tolist(), d["scores"].tolist())
+                if s >= t and c in (1, 2)]
+        truth = list(zip(g["boxes"].tolist(), g["labels"].tolist()))
+        found += sum(any(c == k and _plain_iou(b, m) > 0.5 for b, c in kept) for m, k in truth)
+        fps += sum(not any(c == k and _plain_iou(b, m) > 0.5 for m, k in truth) for b, c in kept)
+    return found, fps
+
+
+def _random_images(n, seed, masses=(0, 1, 1, 2)):
+    g = np.random.default_rng(seed)
+    dets, gts = [], []
+    for _ in range(n):
+        k = int(g.choice(masses))
+        centre, half = g.uniform(20, 100, (k, 2)), g.uniform(5, 15, (k, 2))
+        boxes = np.round(np.concatenate([centre - half, centre + half], 1))
+        n_det = int(g.integers(0, 5))
+        src = boxes[g.integers(0, k, n_det)] if k else g.uniform(10, 100, (n_det, 4))
+        d = src + g.normal(0, 4, (n_det, 4))
+        d = np.round(np.concatenate([np.minimum(d[:, :2], d[:, 2:]), np.maximum(d[:, :2], d[:, 2:])], 1))
+        dets.append(_det(d.tolist(), g.choice([1, 2, 1, 2, 0], n_det).tolist(), np.round(g.uniform(0, 1, n_det), 2)))
+        gts.append(_gt(boxes.tolist(), g.integers(1, 3, k).tolist()))
+    return dets, gts
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cpm_curve_equals_an_independent_recount(seed):
+    dets, gts = _random_images(40, seed)
+    r = froc_cpm(dets, gts)
+    n_masses = sum(len(g["labels"]) for g in gts)
+    assert r.n_masses == n_masses and r.n_images == 40
+    for t, sens, fp in zip(r.thresholds, r.sensitivity, r.fp_per_image):
+        found, fps = _recount(dets, gts, t)
+        assert (sens, fp) == (found / n_masses, fps / 40), t
+    np.testing.assert_allclose(r.sensitivity_at_rates, np.interp(FROC_FP_RATES, r.fp_per_image, r.sensitivity))
+    assert r.cpm == pytest.approx(float(np.mean(r.sensitivity_at_rates)))
+    assert 0 < r.cpm < 1
+
+
+@pytest.mark.parametrize("cls, key", [(1, "benign"), (2, "malignant")])
+def test_one_class_curve_is_corloc_at_its_thresholds_with_one_mass_per_image(cls, key):
+    dets, gts = _random_images(50, 7, masses=(0, 1))
+    r = froc_cpm(dets, gts, classes=[cls])
+    for t, sens in zip(r.thresholds[1:], r.sensitivity[1:]):
+        assert sens == corloc(dets, gts, score_thresh=float(t))[key]
+
+
+def test_cpm_edge_cases_and_errors():
+    none = [_det([], [], []) for _ in GTS]
+    r = froc_cpm(none, GTS)
+    assert r.cpm == 0.0 and r.thresholds.tolist() == [math.inf] and r.sensitivity_at_rates.tolist() == [0.0] * 7
+    normal_only = froc_cpm([DETS[2]], [GTS[2]])
+    assert math.isnan(normal_only.cpm) and normal_only.n_masses == 0 and normal_only.fp_per_image[-1] == 2.0
+    assert json.loads(json.dumps(normal_only.as_dict(), allow_nan=False))["cpm"] is None
+    assert "cpm=nan" in repr(normal_only) and "cpm=47.62%" in repr(froc_cpm(DETS, GTS))
+    with pytest.raises(ValueError, match="classes must be a non-empty subset"):
+        froc_cpm(DETS, GTS, classes=[0, 1])
+    with pytest.raises(ValueError, match="classes must be a non-empty subset"):
+        froc_cpm(DETS, GTS, classes=[])
+    with pytest.raises(ValueError, match="fp_rates must be finite"):
+        froc_cpm(DETS, GTS, fp_rates=[1, math.inf])
+    for bad in (0, 1, 1.2):
+        with pytest.raises(ValueError, match=r"iou_thresh must be in \(0, 1\)"):
+            froc_cpm(DETS, GTS, iou_thresh=bad)

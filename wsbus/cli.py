@@ -161,18 +161,31 @@ def _train_parser(sub) -> None:
 
 
 def _evaluate_parser(sub) -> None:
-    e = sub.add_parser("evaluate", help="CorLoc per class and overall with 95%% bootstrap CIs")
+    iou_thresh = _checked(float, lambda v: 0 < v < 1, "an IoU threshold in (0, 1)")
+    score_thresh = _checked(float, lambda v: 0 <= v <= 1, "a score threshold in [0, 1]")
+    e = sub.add_parser("evaluate", help="CorLoc per class and overall with 95%% bootstrap CIs, AP50, AP, FROC CPM "
+                                        "and malignancy AUC",
+                       description="Detect on the test images (or every image of --data) and print CorLoc per class "
+                                   "and overall with bootstrap CIs, COCO AP50 and AP@[.5:.95] per class and mAP, the "
+                                   "FROC CPM (mean sensitivity at 1/8 ... 8 false positives per image) and the "
+                                   "image-level malignancy AUC.")
     e.add_argument("--checkpoint", required=True, help="a checkpoint written by `wsbus train` (DIR/last.pt)")
     e.add_argument("--data", default=None, help="data spec (default: the one the checkpoint was trained on)")
     e.add_argument("--split", choices=("test", "all"), default="test",
                    help="test: the run's test images (from the checkpoint); all: every image of --data")
     _add_device(e)
     e.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass")
-    e.add_argument("--iou", type=float, default=0.5, help="IoU threshold (CorLoc: IoU > this)")
-    e.add_argument("--score-thresh", type=float, default=0.5, help="detections need score >= this")
+    e.add_argument("--iou", type=iou_thresh, default=None,
+                   help="IoU threshold in (0, 1) of CorLoc and the FROC: a hit needs IoU > this (default 0.5, "
+                        "wsbus.evaluate.CORLOC_IOU_THRESH)")
+    e.add_argument("--score-thresh", type=score_thresh, default=None,
+                   help="CorLoc counts detections with score >= this, in [0, 1] (default 0.5, "
+                        "wsbus.evaluate.CORLOC_SCORE_THRESH); AP and the FROC use every detection")
     e.add_argument("--n-boot", type=_positive_int, default=1000, help="bootstrap resamples")
     e.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    e.add_argument("--json", default=None, help="also write the results to this JSON file")
+    e.add_argument("--json", default=None, metavar="FILE", help="also write every metric to this JSON file")
+    e.add_argument("--csv", default=None, metavar="FILE",
+                   help="also write the per-image hits and misses to this CSV file (one row per image and mass class)")
     e.set_defaults(func=cmd_evaluate)
 
 
@@ -458,14 +471,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """``wsbus evaluate``: CorLoc per class and overall with bootstrap CIs."""
+    """``wsbus evaluate``: :func:`wsbus.evaluate.evaluate_detections` of a checkpoint's detections, printed."""
     from .checkpoint import atomic_write_json, load_checkpoint
     from .data.sources import load_source
     from .distributed import resolve_device
-    from .evaluate import corloc
+    from .evaluate import CORLOC_IOU_THRESH, CORLOC_SCORE_THRESH, evaluate_detections
     from .experiments import checkpoint_split
     from .inference import detect, load_detector
 
+    iou = CORLOC_IOU_THRESH if args.iou is None else args.iou
+    score = CORLOC_SCORE_THRESH if args.score_thresh is None else args.score_thresh
+    for option, out in (("--csv", args.csv), ("--json", args.json)):  # refused before the detector runs
+        if out and (Path(out).is_dir() or any(p.exists() and not p.is_dir() for p in Path(out).parents)):
+            raise CliError(f"{option} {out}: not a file path in a folder (a folder, or below a file)")
     ckpt = load_checkpoint(args.checkpoint, map_location="cpu", require=("model", "config"))
     model = load_detector(ckpt, device=resolve_device(args.device))
     source = f"checkpoint {str(args.checkpoint)!r}"
@@ -482,23 +500,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"{len(weak)} image(s) of {spec} have no boxes (e.g. {weak[:3]}); CorLoc needs boxes")
     if not samples:
         raise CliError(f"no images to evaluate in {spec} ({args.split})")
-    result = corloc(detect(model, samples, batch_size=args.batch_size), samples, iou_thresh=args.iou,
-                    score_thresh=args.score_thresh)
-    cis = result.ci(n_boot=args.n_boot, seed=args.seed)
+    report = evaluate_detections(detect(model, samples, batch_size=args.batch_size), samples, iou_thresh=iou,
+                                 score_thresh=score, n_boot=args.n_boot, seed=args.seed)
     print(f"CorLoc of {args.checkpoint} (step {ckpt.get('step', '?')}) on {len(samples)} {args.split} images of "
-          f"{spec} (IoU > {args.iou:g}, score >= {args.score_thresh:g}, 95% bootstrap CI over {args.n_boot} "
-          f"resamples)")
-    print(f"{'class':<10} {'images':>6} {'CorLoc':>8}   95% CI")
-    rows = {}
-    for key in ("benign", "malignant", "overall"):
-        v, (lo, hi), n = getattr(result, key), cis[key], result.n_images[key]
-        fmt = (lambda x: "   n/a" if math.isnan(x) else f"{100 * x:6.2f}")
-        print(f"{key:<10} {n:>6} {fmt(v):>7}%   [{fmt(lo).strip()}, {fmt(hi).strip()}]")
-        rows[key] = {"corloc": None if math.isnan(v) else v,
-                     "ci": [None if math.isnan(lo) else lo, None if math.isnan(hi) else hi], "n": n}
+          f"{spec} (IoU > {iou:g}, score >= {score:g}, 95% bootstrap CI over {args.n_boot} resamples)")
+    print(report.summary())
+    if args.csv:
+        print(f"per-image hits and misses: {report.write_csv(Path(args.csv))}")
     if args.json:
+        n, cis = report.corloc.n_images, report.as_dict()["ci_by_class"]
+        rows = {k: {"corloc": report.as_json()["corloc"][k], "ci": cis[k] or [None, None], "n": n[k]}
+                for k in ("benign", "malignant", "overall")}
         atomic_write_json({"checkpoint": str(args.checkpoint), "step": ckpt.get("step"), "data": spec,
-                           "split": args.split, "corloc": rows}, Path(args.json))
+                           "split": args.split, **report.as_dict(), "corloc": rows}, Path(args.json))
     return 0
 
 

@@ -100,6 +100,11 @@ class MethodResult:
     supervision : level of supervision, e.g. ``"Weak"``, ``"Strong"``, ``"Weak & Semi"`` (Table V).
     aspect, variant : Table II's columns.
     per_image : per-image CorLoc outcomes (not written to JSON), for paired tests (:func:`add_p_values`).
+    ap50, ap : COCO AP at IoU 0.5 and over 0.50:0.95, dicts with ``benign``, ``malignant``, ``mAP`` (optional).
+    froc_cpm : the lesion-level FROC's CPM score (optional).
+    auc : the image-level malignancy AUC (optional).
+
+    :meth:`from_report` fills every field from a :class:`wsbus.evaluate.DetectionReport`.
 
     Taught in ``book/08_evaluation.md``.
     """
@@ -116,6 +121,10 @@ class MethodResult:
     aspect: Optional[str] = None
     variant: Optional[str] = None
     per_image: Optional[np.ndarray] = field(default=None, repr=False)
+    ap50: Optional[Dict[str, float]] = None
+    ap: Optional[Dict[str, float]] = None
+    froc_cpm: Optional[float] = None
+    auc: Optional[float] = None
 
     @classmethod
     def from_corloc(cls, name: str, result: Any, n_strong: int, n_weak: int, n_boot: int = 1000,
@@ -127,11 +136,24 @@ class MethodResult:
                    benign=float(result.benign), malignant=float(result.malignant), ci=ci,
                    per_image=per_image, **extra)
 
+    @classmethod
+    def from_report(cls, name: str, report: Any, n_strong: int, n_weak: int, **extra: Any) -> "MethodResult":
+        """Build from a :class:`wsbus.evaluate.DetectionReport`: CorLoc, its overall CI and per-image outcomes,
+        ``ap50``, ``ap``, ``froc_cpm`` and ``auc`` (the CI is the report's, with its ``n_boot``, ``level``,
+        ``seed``)."""
+        cl = report.corloc
+        lo, hi = report.ci["overall"]
+        return cls(name=name, n_strong=n_strong, n_weak=n_weak, overall=float(cl.overall), benign=float(cl.benign),
+                   malignant=float(cl.malignant), ci=None if math.isnan(lo) else (float(lo), float(hi)),
+                   per_image=np.asarray(cl.per_image, dtype=bool), ap50=dict(report.ap50), ap=dict(report.ap),
+                   froc_cpm=float(report.froc_cpm), auc=float(report.auc), **extra)
+
     def as_row(self) -> Dict[str, Any]:
         """The dict :func:`results_table` reads."""
         return {"name": self.name, "corloc": self.overall, "ci": self.ci, "p_value": self.p_value,
                 "n_strong": self.n_strong, "n_weak": self.n_weak, "supervision": self.supervision,
-                "aspect": self.aspect, "variant": self.variant}
+                "aspect": self.aspect, "variant": self.variant, "ap50": self.ap50, "ap": self.ap,
+                "froc_cpm": self.froc_cpm, "auc": self.auc}
 
 
 def add_p_values(methods: Sequence[MethodResult], reference: str, test: Literal["mcnemar", "t"] = "mcnemar",
@@ -170,7 +192,8 @@ def to_json_methods(methods: Sequence[MethodResult]) -> List[Dict[str, Any]]:
 
     Each entry is ``{"name": str, "n_strong": int, "n_weak": int, "corloc": {"overall": f, "benign": f,
     "malignant": f}, "ci": [lo, hi]}`` (fractions; ``nan`` is written as ``null`` so the file stays valid JSON),
-    plus ``"p_value"`` and ``"supervision"`` when set.
+    plus ``"p_value"`` and ``"supervision"`` when set, and (design section 13) ``"ap50"`` and ``"ap"`` (``{"benign",
+    "malignant", "mAP"}``), ``"froc_cpm"`` and ``"auc"`` when set (:meth:`MethodResult.from_report` sets them).
 
     Taught in ``book/08_evaluation.md``.
     """
@@ -201,6 +224,15 @@ def to_json_methods(methods: Sequence[MethodResult]) -> List[Dict[str, Any]]:
             entry["p_value"] = f(m.p_value)
         if m.supervision is not None:
             entry["supervision"] = m.supervision
+        for key in ("ap50", "ap"):
+            d = getattr(m, key)
+            if d is not None:
+                entry[key] = {k: f(_fraction(d.get(k, math.nan), f"{m.name}.{key}.{k}"))
+                              for k in ("benign", "malignant", "mAP")}
+        for key in ("froc_cpm", "auc"):
+            v = getattr(m, key)
+            if v is not None:
+                entry[key] = f(_fraction(v, f"{m.name}.{key}"))
         out.append(entry)
     return out
 
@@ -262,6 +294,28 @@ def render_table(header: List[str], body: List[List[str]], align: List[str], fmt
     return "\n".join(lines) + "\n"
 
 
+def _metric_value(row: Mapping[str, Any], i: int, key: str) -> Optional[float]:
+    """A row's ``key`` as a fraction: a number, or the ``"mAP"`` of an AP dict; ``None`` when absent."""
+    v = row.get(key)
+    if isinstance(v, Mapping):
+        v = v.get("mAP")
+    return None if v is None else _fraction(v, f"{_label(row, i)} {key}")
+
+
+def _standard_metric_lines(rows: Sequence[Mapping[str, Any]]) -> List[Tuple[str, Any]]:
+    """Table lines AP50, AP@[.5:.95] (mAP over the classes), FROC CPM (percentages) and the malignancy AUC (three
+    decimals), each only when some row has it."""
+    def auc_cell(r: Mapping[str, Any], i: int) -> str:
+        v = _metric_value(r, i, "auc")
+        return "-" if v is None or math.isnan(v) else f"{v:.3f}"
+
+    def percent(key: str) -> Any:
+        return lambda r, i: format_percent(_metric_value(r, i, key))
+    lines = [("AP50 [%]", "ap50", percent("ap50")), ("AP@[.5:.95] [%]", "ap", percent("ap")),
+             ("FROC CPM [%]", "froc_cpm", percent("froc_cpm")), ("Malignancy AUC", "auc", auc_cell)]
+    return [(title, fn) for title, key, fn in lines if any(r.get(key) is not None for r in rows)]
+
+
 def results_table(rows: Sequence[Row], kind: Literal["II", "IV", "V"] = "V",
                   fmt: Literal["markdown", "html"] = "markdown", level: float = 0.95) -> str:
     """A result table shaped like the paper's Table II, IV or V, as Markdown or HTML.
@@ -277,6 +331,10 @@ def results_table(rows: Sequence[Row], kind: Literal["II", "IV", "V"] = "V",
     - ``"V"`` (comparison with baselines; methods as columns): ``name``, ``n_strong``, ``n_weak``, ``p_value``
       (``None`` for the reference method, shown "-") and ``supervision``. Lines CorLoc, CI, p-value, # strong,
       # weak, level of supervision.
+
+    Tables IV and V add, after the CI (and p-value), the lines "AP50 [%]", "AP@[.5:.95] [%]" (the ``mAP`` of a
+    row's ``ap50`` / ``ap`` dict, or a number), "FROC CPM [%]" (``froc_cpm``) and "Malignancy AUC" (``auc``,
+    three decimals), each only when some row has that key (rows without it show "-").
 
     Counts may be integers, strings such as ``"50+4974*0.5"`` or ``None`` ("-").
 
@@ -332,6 +390,7 @@ def results_table(rows: Sequence[Row], kind: Literal["II", "IV", "V"] = "V",
     ]
     if kind == "V":
         lines.append(("p-value", lambda r, i: format_p_value(r.get("p_value"), f"{_label(r, i)} p_value")))
+    lines += _standard_metric_lines(rows)
     lines += [
         ("# strong", lambda r, i: _format_count(_get(r, i, "n_strong"), f"{_label(r, i)} n_strong")),
         ("# weak", lambda r, i: _format_count(_get(r, i, "n_weak"), f"{_label(r, i)} n_weak")),

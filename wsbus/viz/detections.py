@@ -479,7 +479,7 @@ def plot_froc(result: Any, ax: Any = None, fp_rates: Optional[Sequence[float]] =
 
     Taught in ``book/08_evaluation.md``.
     """
-    from ..metrics.detection import FROCResult
+    from ..metrics.froc import FROCResult
 
     if not isinstance(result, FROCResult):
         raise TypeError(f"plot_froc needs a FROCResult (from wsbus.evaluate.froc), got {type(result).__name__}")
