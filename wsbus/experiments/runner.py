@@ -19,7 +19,6 @@ import logging
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -31,8 +30,8 @@ from ..checkpoint import atomic_save, atomic_write_json, atomic_write_text, load
 from ..data.sources import parse_source
 from ..distributed import resolve_device
 from ..engine import History
-from ..evaluate import (MethodResult, add_p_values, corloc, froc, mcnemar_exact, paired_test, render_table,
-                        results_table, to_json_methods)
+from ..evaluate import (MethodResult, add_p_values, evaluate_detections, froc, mcnemar_exact, paired_test,
+                        render_table, results_table, to_json_methods)
 from ..inference import detect
 from ..models import PRESETS
 from ..provenance import describe_code, provenance, same_code
@@ -102,6 +101,7 @@ def _result_state(m: MethodResult, detections: List[Dict[str, torch.Tensor]], hi
     return {"name": m.name, "n_strong": m.n_strong, "n_weak": m.n_weak, "overall": m.overall, "benign": m.benign,
             "malignant": m.malignant, "ci": list(m.ci) if m.ci is not None else None, "supervision": m.supervision,
             "per_image": torch.as_tensor(np.asarray(m.per_image, dtype=bool)), "detections": detections,
+            "ap50": m.ap50, "ap": m.ap, "froc_cpm": m.froc_cpm, "auc": m.auc,
             "history": history.records, "timing": dict(timing), "extra": dict(extra)}
 
 
@@ -109,7 +109,9 @@ def _method_of(state: Mapping[str, Any]) -> MethodResult:
     return MethodResult(name=state["name"], n_strong=state["n_strong"], n_weak=state["n_weak"],
                         overall=state["overall"], benign=state["benign"], malignant=state["malignant"],
                         ci=tuple(state["ci"]) if state["ci"] is not None else None,
-                        supervision=state["supervision"], per_image=state["per_image"].numpy())
+                        supervision=state["supervision"], per_image=state["per_image"].numpy(),
+                        ap50=state.get("ap50"), ap=state.get("ap"), froc_cpm=state.get("froc_cpm"),
+                        auc=state.get("auc"))
 
 
 class _MethodJob:
@@ -178,10 +180,16 @@ class Experiment:
         return load_checkpoint(path, map_location="cpu")["model"]
 
     def evaluate(self, name: str, model: torch.nn.Module, n_strong: int, n_weak: int):
+        """Detect on the evaluation images and measure: CorLoc with its CI, COCO AP50 / AP, FROC CPM and the
+        malignancy AUC (:func:`wsbus.evaluate.evaluate_detections`)."""
         dets = detect(model, self.eval_set, device=self.device)
-        m = MethodResult.from_corloc(name, corloc(dets, self.eval_set), n_strong=n_strong, n_weak=n_weak,
-                                     n_boot=self.recipe.n_boot, supervision=supervision_of(name, self.recipe))
-        return m, dets
+        return self.measured(name, dets, n_strong, n_weak), dets
+
+    def measured(self, name: str, dets: list, n_strong: int, n_weak: int) -> MethodResult:
+        """The :class:`~wsbus.evaluate.MethodResult` of detections on the evaluation images."""
+        report = evaluate_detections(dets, self.eval_set, n_boot=self.recipe.n_boot)
+        return MethodResult.from_report(name, report, n_strong=n_strong, n_weak=n_weak,
+                                        supervision=supervision_of(name, self.recipe))
 
     def finish(self, name: str, m: MethodResult, dets: list, history: History, started: Tuple[float, float],
                **extra: Any) -> None:
@@ -258,7 +266,7 @@ class Experiment:
                         trainer_kwargs=dict(r.trainer_options(), alpha=r.alpha_schedule(r.steps), mixing=r.mixing),
                         on_step=lambda *_: bar.step(), out_dir=self.run_dir(name))
         final = st.methods[-1]
-        m = replace(final, name=name, supervision=supervision_of(name, r))
+        m = self.measured(name, st.detections[final.name], final.n_strong, final.n_weak)
         summary = st.to_json()
         self.finish(name, m, st.detections[final.name], st.histories[final.name], started,
                     table_iv=st.table(), self_training=summary["methods"], procedure=r.self_training,
