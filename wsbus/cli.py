@@ -462,8 +462,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     loss = f", last loss {report.last_loss:.4f}" if report.last_loss is not None else ""
     if report.warning:
         print(f"wsbus: warning: {report.warning}", file=sys.stderr)
-        print(f"trained {report.method} to step {report.step} of {report.steps} on {report.device}, but NOT jointly"
-              f"{reach}{loss}; checkpoint {report.checkpoint}")
+        print(f"ran {report.method} for {report.step} of {report.steps} steps on {report.device}, but it was NOT "
+              f"{report.method} training in effect{reach}{loss}; checkpoint {report.checkpoint}")
         return 1
     print(f"trained {report.method} to step {report.step} of {report.steps} on {report.device}, world size "
           f"{report.world_size}{reach}{loss}; checkpoint {report.checkpoint}")

@@ -66,12 +66,14 @@ def deferred_interrupts() -> Iterator[None]:
 @contextmanager
 def signals_as_exceptions(signals: Sequence[int] = HANDLED_SIGNALS) -> Iterator[None]:
     """Within the block, each of ``signals`` raises :class:`Interrupted` in the main thread; the previous handlers
-    are restored on exit. Outside the main thread (where Python cannot install handlers) it does nothing."""
+    are restored on exit. A signal the process inherited as ignored stays ignored. Outside the main thread (where
+    Python cannot install handlers) it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     global _pending
-    previous = {s: signal.signal(s, _raise) for s in signals}
+    # A signal the process inherited as ignored (SIGINT of a background job, `nohup`) stays ignored.
+    previous = {s: signal.signal(s, _raise) for s in signals if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:

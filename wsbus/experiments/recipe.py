@@ -313,9 +313,10 @@ REAL = Recipe(n_strong=50, strong_fraction=None, test_fraction=0.2, min_test=150
                                                       regress=True),
               joint_trainer=dict(lr=2e-4, lr_schedule="cosine", lr_floor=0.02), self_training="mean_teacher",
               mean_teacher=dict(decay=0.995, score_thresh=0.7, keep_mil=True))
-#: A smoke run on real scans (a small subset is enough).
+#: A smoke run on real scans (a small subset is enough); its teacher's gate is open (a 6-step warm-up is not
+#: confident about anything), so the smoke run exercises the MIL loss.
 REAL_QUICK = REAL.replace(n_strong=8, test_fraction=None, n_test=12, val_fraction=None, n_val=0, steps=6, epochs={},
-                          n_boot=100, panel_images=1)
+                          n_boot=100, panel_images=1, moi_teacher={**REAL.moi_teacher, "min_confidence": 0.0})
 
 
 #: The paper's own settings (Table I's split of SNUBH, VGG16 at 600 px, 60k steps of 1 strong + 2 weak images, the
