@@ -85,6 +85,7 @@ def test_cli_export_prints_the_check(checkpoint, tmp_path, capsys, write_image, 
     (tmp_path / "junk.pt").write_bytes(b"junk")
     assert main(["export", "--checkpoint", str(tmp_path / "junk.pt"), "--format", "torchscript",
                  str(tmp_path / "x.pt")]) == 2
-    assert "junk.pt' cannot be read" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+    assert "junk.pt' is not a wsbus checkpoint: it is a text file" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
     with pytest.raises(ValueError, match="unknown export format 'tflite'"):
         export_detector(checkpoint, tmp_path / "x", "tflite")
