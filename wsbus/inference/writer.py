@@ -234,8 +234,9 @@ class PredictionWriter:
         return [f for f, k in zip(images, keys) if k not in done]
 
     def add(self, p: Prediction) -> None:
-        """Record one result; write its overlay now (when it has an image, which is then dropped from ``p``)."""
-        self.predictions.append(p)
+        """Write the overlay of one result (when it has an image, which is then dropped from ``p``), then record the
+        result: an interrupt while the overlay is written leaves the image out of the tables (a resumed run
+        predicts it again), never in the tables without its overlay."""
         if self.overlays and p.ok and p.image is not None:
             name = _overlay_file(p.name)
             stem, n = name[:-4], 1
@@ -249,6 +250,7 @@ class PredictionWriter:
             atomic_write(self.out_dir / OVERLAYS / name, lambda f: picture.save(f, format="PNG"), "wb")
             self._overlays[p.key] = f"{OVERLAYS}/{name}"
             p.image = None  # the picture is on disk; do not keep every image in memory
+        self.predictions.append(p)
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.write_tables(complete=False)
 
