@@ -126,7 +126,8 @@ def test_sigterm_keeps_partial_tables_leaves_no_worker_and_a_rerun_finishes(chec
     assert json.loads((out / "images.json").read_text())["complete"] is True
     for name in ("detections.csv", "summary.csv", "detections.json"):
         assert (out / name).read_text() == (fresh / name).read_text(), name
-    assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(p.name for p in (fresh / "overlays").iterdir())
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == \
+        sorted(p.name for p in (fresh / "overlays").iterdir())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

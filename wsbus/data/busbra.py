@@ -61,9 +61,11 @@ def _separator(csv_path: Path, first_line: str) -> str:
     if fits:
         raise DataError(f"{csv_path}: the header {first_line.strip()!r} reads as the columns {REQUIRED_COLUMNS} "
                         f"with several separators ({', '.join(map(repr, fits))}); make it one")
-    missing = [c for c in REQUIRED_COLUMNS if c not in _header(first_line, ",")]
-    raise DataError(f"{csv_path}: missing column(s) {missing}; found {_header(first_line, ',')} (looked for them "
-                    f"separated by {', '.join(map(repr, SEPARATORS))})")
+    best = max(SEPARATORS, key=lambda d: sum(c in _header(first_line, d) for c in REQUIRED_COLUMNS))
+    found = _header(first_line, best)
+    missing = [c for c in REQUIRED_COLUMNS if c not in found]
+    raise DataError(f"{csv_path}: missing column(s) {missing}; found {found} (looked for them separated by "
+                    f"{', '.join(map(repr, SEPARATORS))})")
 
 
 def _read_rows(csv_path: Path) -> List[Tuple[Dict[str, str], int]]:
@@ -107,8 +109,9 @@ def load_busbra(root: PathLike, *, min_area: int = 10) -> List[Sample]:
     Raises
     ------
     DataError
-        Naming the file (and csv line): missing columns, a row with more values than the header, empty csv, duplicate ids, a row without its image or
-        mask, an unknown pathology, a corrupt image, a mask whose size differs from its image, an empty mask, or
+        Naming the file (and csv line): missing columns, a row with more values than the header, empty csv,
+        duplicate ids, a row without its image or mask, an unknown pathology, a corrupt image, a mask whose size
+        differs from its image, an empty mask, or
         images in ``Images/`` that no csv row describes.
 
     Notes

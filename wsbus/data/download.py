@@ -10,6 +10,7 @@ outside, device files and FIFOs.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tarfile
 import zipfile
@@ -230,7 +231,9 @@ def fetch(name: str, dest: PathLike, *, progress: bool = True, sha256: Optional[
                         f"it was not kept. If the publisher changed the archive, check the new one and pass "
                         f"--sha256.") from exc
     except requests.RequestException as exc:  # offline, DNS, refused, timeout, HTTP 404 ...
-        reason = " ".join(str(exc).split())[:240] or type(exc).__name__
+        text = " ".join(str(exc).split())
+        errno = re.search(r"\[Errno [^\]]+\] [^'\")]+|Failed to resolve '[^']+'|\d{3} [A-Z][^'\"]*Error[^'\"]*", text)
+        reason = errno.group(0) if errno else (text[:240] or "no response")
         raise DataError(f"{name}: cannot download {info.url} ({type(exc).__name__}: {reason}); nothing was "
                         f"downloaded. Check the network, or download the file by hand (from {info.source}) to "
                         f"{dest / info.filename} and run this again: it is then checked and unpacked") from None
