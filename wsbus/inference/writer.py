@@ -207,6 +207,9 @@ class PredictionWriter:
         if overwrite:
             remove_outputs(self.out_dir)
         self.predictions, self._overlays = _earlier_run(self.out_dir, self.settings)
+        for p in self.out_dir.iterdir():  # temporaries of a run killed while writing a table
+            if _is_temporary(p.name, OUTPUT_TABLES):
+                p.unlink()
         self._order: Optional[Dict[Key, int]] = None
         self._taken = {name[len(OVERLAYS) + 1:].lower() for name in self._overlays.values()}
         self.write_tables(complete=False)
