@@ -188,3 +188,20 @@ def test_cli_convert_exports_any_source(tmp_path, capsys, write_image, gray_imag
     assert_same_samples(load_source(f"coco:{tmp_path / 'c2'}"), load_source(f"masks:{root}"))
     assert main(["convert", "--data", f"coco:{tmp_path / 'nothing'}", "--to", "coco", str(tmp_path / "c3")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_write_coco_refuses_a_used_folder_unless_overwrite(tmp_path):
+    out = tmp_path / "coco"
+    write_coco(make_phantom(3, size=32), out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"coco: already holds annotations\.json and images/ .*--overwrite"):
+        write_coco(make_phantom(2, size=32, seed=5), out)
+    assert len(list((out / "images").iterdir())) == 3
+    samples = make_phantom(2, size=32, seed=5)
+    write_coco(samples, out, overwrite=True)
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(f"{s.id}.png" for s in samples)
+    assert_same_samples(load_coco(out / "annotations.json"), samples)
+    assert (out / "notes.txt").read_text() == "mine"                                # nothing else touched
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match=r"cannot create the output folder: .*file is a file, not a folder"):
+        write_coco(samples, tmp_path / "file" / "coco")

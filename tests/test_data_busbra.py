@@ -111,3 +111,43 @@ def test_bilevel_masks_and_writable_images(busbra_root, write_image):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             torch.from_numpy(s.image)
+
+
+def test_semicolon_csv_is_read_and_bad_rows_are_named(busbra_root):
+    """A bus_data.csv saved by a spreadsheet with ';' separators (a comma inside a value, as in 'Fibroadenoma,
+    complex', used to give "AttributeError: 'list' object has no attribute 'strip'")."""
+    parent, base, _ = busbra_root
+    csv_path = base / "bus_data.csv"
+    want = [(s.id, s.patient, s.image_label, s.boxes.tolist()) for s in load_busbra(parent)]
+    rows = [line.split(",", 9) for line in csv_path.read_text().splitlines()]
+    rows[1][2] = "Fibroadenoma, complex"
+    csv_path.write_text("".join(";".join(r) + "\n" for r in rows))
+    assert [(s.id, s.patient, s.image_label, s.boxes.tolist()) for s in load_busbra(parent)] == want
+    # the same row with commas: more values than the header, named by line
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text(HEADER + "".join(line.replace(";", ",") + "\n" for line in lines[1:]))
+    with pytest.raises(DataError, match=r"bus_data\.csv, line 2: 11 fields, but the header has 10 \(separator ','\); "
+                                        r"a value holding the separator must be quoted"):
+        load_busbra(parent)
+
+
+def test_cli_reads_a_semicolon_csv_and_names_a_broken_one(busbra_root, tmp_path):
+    import subprocess
+    import sys
+
+    parent, base, _ = busbra_root
+    csv_path = base / "bus_data.csv"
+    csv_path.write_text(csv_path.read_text().replace(",", ";").replace('"[1; 2; 3; 4]"', "[1 2 3 4]"))
+
+    def convert(out):
+        return subprocess.run([sys.executable, "-m", "wsbus", "convert", "--data", f"busbra:{base}", "--to", "coco",
+                               str(out)], capture_output=True, text=True, timeout=300)
+
+    ok = convert(tmp_path / "coco")
+    assert ok.returncode == 0 and "wrote 3 image(s) with 3 box(es)" in ok.stdout, ok.stderr
+    csv_path.write_text(csv_path.read_text().replace("Pathology", "Diagnosis"))
+    bad = convert(tmp_path / "coco2")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    found = "ID;Case;Histology;Diagnosis;BIRADS;Device;Width;Height;Side;BBOX".split(";")
+    assert bad.stderr.strip() == (f"wsbus: error: {csv_path}: missing column(s) ['Pathology']; found {found} (looked "
+                                  f"for them separated by ',', ';', '\\t', '|')")

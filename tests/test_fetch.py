@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import io
+import re
 import shutil
 import stat
 import tarfile
@@ -203,3 +204,40 @@ def test_fetch_script_help_and_errors(tmp_path, capsys, fake_busi, monkeypatch):
     digest, _ = fake_busi
     assert script.main(["busi", "--dest", str(tmp_path), "--sha256", digest, "--no-progress"]) == 0
     assert "load_busi" in capsys.readouterr().out
+
+
+def test_fetch_offline_is_one_line(tmp_path):
+    """`wsbus fetch` without a network (a URL on this machine where nothing listens): one line naming the URL and
+    what to do, no requests traceback, nothing downloaded."""
+    import subprocess
+    import sys
+
+    code = ("import dataclasses, sys\n"
+            "import wsbus.data.download as d\n"
+            "d.DATASETS['busbra'] = dataclasses.replace(d.DATASETS['busbra'], url='http://127.0.0.1:9/BUSBRA.zip')\n"
+            "from wsbus.cli import main\n"
+            f"sys.exit(main(['fetch', 'busbra', '--dest', {str(tmp_path / 'data')!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("Downloading data from")]
+    assert len(lines) == 1, proc.stderr
+    head, tail = lines[0].split(" Connection refused); ")
+    assert re.fullmatch(r"wsbus: error: busbra: cannot download http://127\.0\.0\.1:9/BUSBRA\.zip \(ConnectionError: "
+                        r"\[Errno \d+\]", head), head
+    assert tail == (f"nothing was downloaded. Check the network, or download the file by hand (from "
+                    f"{DATASETS['busbra'].source}) to {tmp_path / 'data' / 'BUSBRA.zip'} and run this again: it is "
+                    f"then checked and unpacked")
+    assert not (tmp_path / "data" / "BUSBRA.zip").exists()
+
+
+def test_fetch_script_offline(tmp_path, capsys, monkeypatch):
+    import requests
+
+    def offline(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("Failed to resolve 'scholar.cu.edu.eg' (no network)")
+
+    monkeypatch.setattr(pooch, "retrieve", offline)
+    assert _script().main(["busi", "--dest", str(tmp_path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: busi: cannot download https://scholar.cu.edu.eg/Dataset_BUSI.zip (ConnectionError: "
+                          "Failed to resolve") and len(err.strip().splitlines()) == 1

@@ -1,9 +1,11 @@
 """Reading scans (wsbus.data.images): PNG/JPEG/TIFF through read_gray, DICOM written here with pydicom (RGB, YBR,
-MONOCHROME1/2, 12-bit windowed and rescaled, multi-frame, RLE-compressed), listing folders, bad files."""
+MONOCHROME1/2, 12-bit windowed and rescaled, multi-frame, RLE-compressed), 16-bit PNG and TIFF read as DICOM is,
+listing folders, bad files."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from wsbus.data import DataError, list_images, read_gray, read_image
 from wsbus.data.images import dicom_frame_count, is_dicom
@@ -151,3 +153,37 @@ def test_listing_names_and_errors(tmp_path, write_image, gray_image):
         list_images(tmp_path / "empty")
     with pytest.raises(DataError, match=r"nothing\.png: no such file or folder"):
         list_images(tmp_path / "nothing.png")
+
+
+def test_16bit_png_and_tiff_are_read_as_16bit_dicom(tmp_path):
+    """The same 16-bit pixels give the same 8-bit image from a PNG, a TIFF and a MONOCHROME2 DICOM without a window:
+    the image's own minimum..maximum onto 0..255."""
+    tifffile = pytest.importorskip("tifffile")
+    values = np.linspace(300, 50000, 24 * 36).reshape(24, 36).astype(np.uint16)
+    values[3, 4] = 41234
+    Image.fromarray(values).save(tmp_path / "d.png")
+    tifffile.imwrite(tmp_path / "d.tif", values)
+    assert Image.open(tmp_path / "d.png").mode.startswith("I;16")              # really a 16-bit PNG
+    expected = np.rint((values.astype(np.float64) - 300) * (255.0 / (50000 - 300))).astype(np.uint8)
+    for name in ("d.png", "d.tif"):
+        got = read_image(tmp_path / name)
+        assert got.dtype == np.uint8 and np.array_equal(got, expected), name
+    assert [f.name for f in list_images(tmp_path)] == ["d.png", "d.tif"]
+    pytest.importorskip("pydicom")
+    assert np.array_equal(read_image(write_dicom(tmp_path / "d.dcm", values, "MONOCHROME2", bits=16)), expected)
+
+
+def test_16bit_rgb_and_float_tiff(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    rgb16 = np.random.default_rng(1).integers(0, 65536, (10, 12, 3)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "c.tif", rgb16, photometric="rgb")
+    scaled = np.rint(rgb16.astype(np.float64) * (255.0 / 65535)).clip(0, 255).astype(np.uint8)
+    assert np.array_equal(read_image(tmp_path / "c.tif"), luminance(scaled))    # as a 16-bit RGB DICOM
+    floats = np.linspace(-1.5, 2.5, 60, dtype=np.float32).reshape(6, 10)
+    tifffile.imwrite(tmp_path / "f.tif", floats)
+    got = read_image(tmp_path / "f.tif")
+    assert got[0, 0] == 0 and got[-1, -1] == 255 and np.all(np.diff(got.ravel().astype(int)) >= 0)
+    floats[2, 3] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", floats)
+    with pytest.raises(DataError, match=r"nan\.tif: the image holds NaN or infinite values"):
+        read_image(tmp_path / "nan.tif")

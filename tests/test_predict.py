@@ -128,7 +128,7 @@ def test_generator_yields_as_it_goes_and_keeps_images(model, scans):
 
 def test_load_detector_errors(tmp_path, model):
     (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"x\.pt.*cannot be read"):
+    with pytest.raises(CheckpointError, match=r"x\.pt' is not a wsbus checkpoint: it is a text file"):
         load_detector(tmp_path / "x.pt")
     torch.save({"model": model.state_dict()}, tmp_path / "bare.pt")
     with pytest.raises(CheckpointError, match=r"bare\.pt.*holds no model config"):
@@ -258,7 +258,7 @@ def test_cli_predict_errors(checkpoint, tmp_path, capsys):
     not_a_checkpoint = ["predict", "--checkpoint", str(tmp_path / "bad.png"), "--images", str(tmp_path / "bad.png"),
                         "--out", str(tmp_path / "o2")]
     assert main(not_a_checkpoint) == 2
-    assert "bad.png' cannot be read" in capsys.readouterr().err
+    assert "bad.png' is not a wsbus checkpoint: it is a text file" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()                                      # nothing written before the check
 
 

@@ -145,6 +145,53 @@ def remove_stale_temporaries(directory: PathLike, names: Iterable[str] = ("last.
     return removed
 
 
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"II*\x00", "a TIFF image"),
+          (b"MM\x00*", "a TIFF image"), (b"GIF8", "a GIF image"), (b"\x1f\x8b", "a gzip archive"),
+          (b"%PDF", "a PDF document"), (b"\x93NUMPY", "a numpy array file"))
+
+
+def _zip_kind(path: Path) -> str:
+    """What a zip file holds: '' for a torch checkpoint, else a description."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return (f"truncated or corrupt (a torch zip file of {path.stat().st_size} bytes whose end, the zip directory, "
+                f"is missing or damaged)")
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return "a TorchScript model (e.g. from `wsbus export`), not a training checkpoint"
+    if not any(n.endswith("data.pkl") for n in names):
+        return "a zip archive, not a torch file"
+    return ""
+
+
+def _file_kind(path: Path) -> str:
+    """Why ``path`` cannot be a torch checkpoint, from its first bytes ('' when it may be one)."""
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if not head:
+        return "it is empty (0 bytes)"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return f"it is {kind}"
+    if head[128:132] == b"DICM":
+        return "it is a DICOM file"
+    if head.startswith(b"PK\x03\x04"):
+        kind = _zip_kind(path)
+        return f"it is {kind}" if kind and not kind.startswith("truncated") else kind
+    if path.suffix.lower() == ".onnx":
+        return "it is an ONNX model (e.g. from `wsbus export`), not a training checkpoint"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError:
+            return ""
+        return "it is a text file"
+    return ""
+
+
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None] = "cpu",
                     require: Iterable[str] = REQUIRED_KEYS) -> Dict[str, Any]:
     """Load a checkpoint written by :class:`wsbus.engine.Trainer` with ``torch.load(weights_only=True)``.
@@ -158,24 +205,38 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None]
     Raises
     ------
     CheckpointError
-        naming the file when it is missing, unreadable (truncated, not a torch file, holds pickled objects),
-        not a dict, lacks a required key, or was written by an unsupported format version.
+        in one line naming the file when it is missing; not a checkpoint (an image, a TorchScript or ONNX model,
+        a text file, ... said so); truncated or corrupt; holding pickled objects that a safe load refuses; not a
+        dict; lacking a required key; or written by an unsupported format version.
     """
+    import pickle
+
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist" +
+                              (" (it is a folder)" if path.is_dir() else ""))
+    name = f"checkpoint {str(path)!r}"
+    kind = _file_kind(path)
+    if kind.startswith("truncated"):
+        raise CheckpointError(f"{name} cannot be read: it is {kind}")
+    if kind:
+        raise CheckpointError(f"{name} is not a wsbus checkpoint: {kind}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, pickle with code, wrong format ...
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read as a torch checkpoint (truncated, not a torch "
-                              f"file, or holding pickled objects): {type(exc).__name__}: {exc}") from exc
+    except pickle.UnpicklingError:  # weights_only refuses the objects; PyTorch's advice to load them unsafely is
+        raise CheckpointError(f"{name} is not a wsbus checkpoint: it holds pickled Python objects that a safe "
+                              f"(weights_only) load refuses") from None  # not given: they could run code
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # bad CRC, truncated record, short legacy file
+        text = str(exc).strip()
+        reason = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
+        raise CheckpointError(f"{name} cannot be read: it is truncated or corrupt ({reason})") from exc
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(ckpt).__name__}, expected a dict")
+        raise CheckpointError(f"{name} is not a wsbus checkpoint: it holds a {type(ckpt).__name__}, not a dict")
     missing = [k for k in require if k not in ckpt]
     if missing:
-        raise CheckpointError(f"checkpoint {str(path)!r} lacks the keys {missing}")
+        raise CheckpointError(f"{name} lacks the keys {missing}")
     version = ckpt.get("version", CHECKPOINT_VERSION)
     if not isinstance(version, int) or version > CHECKPOINT_VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r} has format version {version!r}; this wsbus reads "
+        raise CheckpointError(f"{name} has format version {version!r}; this wsbus reads "
                               f"versions <= {CHECKPOINT_VERSION}")
     return ckpt

@@ -299,6 +299,8 @@ def _fetch_parser(sub) -> None:
     f = sub.add_parser("fetch", help="download a public data set (sha256-checked, safely extracted)")
     f.add_argument("name", help="data set name, e.g. busi or busbra")
     f.add_argument("--dest", default="data", help="destination folder (default data)")
+    f.add_argument("--sha256", default=None,
+                   help="expected SHA-256 of the archive (needed when none is pinned; replaces the pinned one)")
     f.set_defaults(func=cmd_fetch)
 
 
@@ -311,8 +313,11 @@ def _predict_parser(sub) -> None:
                                    "DIR/detections.csv, DIR/summary.csv and DIR/summary.json (max benign and "
                                    "malignant score per image) and DIR/overlays/<image>.png. A file that cannot be "
                                    "read is reported and skipped; overlays are written as images finish, the tables "
-                                   "at the end and every minute, also when the run is interrupted (then "
-                                   "'complete': false). Exit status 1 when every image failed, or any with "
+                                   "at the start, every minute and at the end, also when the run is interrupted "
+                                   "(Ctrl-C, SIGTERM: then 'complete': false, exit status 130 / 143). Run again "
+                                   "into the same DIR with the same checkpoint and settings, it resumes: the images "
+                                   "already done are kept, the others predicted; with other settings it refuses "
+                                   "unless --overwrite. Exit status 1 when every image failed, or any with "
                                    "--strict.")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `wsbus train` (DIR/last.pt)")
     p.add_argument("--images", required=True, nargs="+", metavar="DIR|FILE",
@@ -328,6 +333,9 @@ def _predict_parser(sub) -> None:
                    help="DataLoader processes reading the images while the model runs (default 1; 0: none)")
     p.add_argument("--recursive", action="store_true", help="also read the folders' sub-folders")
     p.add_argument("--no-overlays", action="store_true", help="do not write the overlay PNGs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="DIR holds the results of a prediction with other settings: remove them (only the files "
+                        "predict writes) and start afresh")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
@@ -337,33 +345,38 @@ def _convert_parser(sub) -> None:
                        description="Write the samples of --data as OUT_DIR/images/<id>.png and "
                                    "OUT_DIR/annotations.json (COCO; categories 1 benign, 2 malignant; image labels, "
                                    "patients and weak images kept in extra image fields). `--data coco:OUT_DIR` "
-                                   "reads it back exactly.")
+                                   "reads it back exactly. An OUT_DIR that already holds a COCO folder is refused "
+                                   "unless --overwrite.")
     c.add_argument("--data", required=True, help="phantom, phantom:N, voc:DIR, busi:DIR, busbra:DIR, coco:DIR, "
                                                  "coco:FILE.json or masks:ROOT")
     c.add_argument("--to", required=True, choices=("coco",), help="the format to write (coco)")
     c.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
     c.add_argument("--size", type=_positive_int, default=128, help="the phantom's image side (default 128)")
     c.add_argument("--seed", type=int, default=0, help="the phantom's seed (default 0)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="OUT_DIR already holds a COCO folder: replace its images/ and annotations.json")
     c.set_defaults(func=cmd_convert)
 
 
 def _export_parser(sub) -> None:
     x = sub.add_parser("export", help="export a trained detector to TorchScript or ONNX, checked against PyTorch",
-                       description="Write torchvision's FasterRCNN rebuilt from the checkpoint's detector as "
-                                   "TorchScript (torch.jit.script) or ONNX (needs pip install 'wsbus[export]'); the "
-                                   "exported model takes one-channel float images [1, H, W] in [0, 1]. Then run the "
-                                   "exported file and the PyTorch model on the same images and print the check "
-                                   "(same detection counts and labels, boxes within a tolerance); exit status 1 "
-                                   "when it fails.")
+                       description="Export torchvision's FasterRCNN rebuilt from the checkpoint's detector (same "
+                                   "resize and fixed canvas) as TorchScript (torch.jit.script) or ONNX (needs pip "
+                                   "install 'wsbus[export]'); the exported model takes one-channel float images "
+                                   "[1, H, W] in [0, 1]. Before writing OUT, run the exported model and the PyTorch "
+                                   "model on the same images and print the check (same detection counts and "
+                                   "labels, boxes within a tolerance, down to score 0.001, and at the model's own "
+                                   "threshold); OUT is written only when it passes, else exit status 1.")
     x.add_argument("--checkpoint", required=True, help="a checkpoint written by `wsbus train` (DIR/last.pt)")
     x.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="torchscript or onnx")
     x.add_argument("out", metavar="OUT", help="the file to write (e.g. model.pt or model.onnx)")
     x.add_argument("--size", type=_positive_int, default=None,
                    help="the exported model's input min size instead of the checkpoint's (max size scaled alike)")
     x.add_argument("--images", nargs="+", default=None, metavar="DIR|FILE",
-                   help="images of the check (default: three phantom scans at the model's size)")
+                   help="images of the check (default: three phantom scans of different sizes and aspect ratios "
+                        "around the model's size)")
     x.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
-    x.add_argument("--no-check", action="store_true", help="skip the check")
+    x.add_argument("--no-check", action="store_true", help="write OUT without the check")
     x.set_defaults(func=cmd_export)
 
 
@@ -587,38 +600,55 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     """``wsbus fetch NAME``: :func:`wsbus.data.download.fetch`."""
     from .data.download import fetch
 
-    result = fetch(args.name, dest=args.dest)
+    result = fetch(args.name, dest=args.dest, sha256=args.sha256)
     if result is not None:
         print(result)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """``wsbus predict``: :func:`wsbus.inference.iter_predict` into a :class:`wsbus.inference.PredictionWriter`."""
+    """``wsbus predict``: :func:`wsbus.inference.iter_predict` into a :class:`wsbus.inference.PredictionWriter`,
+    resumed when DIR holds an earlier run of the same settings; SIGINT / SIGTERM end it with the tables written."""
     from tqdm.auto import tqdm
 
     from .data.images import list_images
     from .distributed import resolve_device
     from .inference import PredictionWriter, input_size, iter_predict, load_detector
+    from .inference.loading import file_sha256
+    from .interrupts import Interrupted, signals_as_exceptions
 
     device = resolve_device(args.device)
     model = load_detector(args.checkpoint, device=device)
     files = list_images(args.images, recursive=args.recursive)  # a missing path or an empty folder stops here
-    settings = {"checkpoint": str(args.checkpoint), "backbone": model.config.get("backbone"),
-                "checkpoint_size": list(input_size(model)), "size": args.size, "score_thresh": args.score_thresh,
-                "device": str(device), "batch_size": args.batch_size}
-    with PredictionWriter(args.out, overlays=not args.no_overlays, settings=settings) as writer:
-        for p in iter_predict(model, files, device=device, batch_size=args.batch_size,
-                              score_thresh=args.score_thresh, num_workers=args.workers,
-                              progress=not args.no_progress, size=args.size, errors="skip",
-                              keep_images=not args.no_overlays):
-            writer.add(p)
-            if not p.ok:
-                tqdm.write(f"wsbus: skipped {p.error}", file=sys.stderr)
+    settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": file_sha256(args.checkpoint),
+                "backbone": model.config.get("backbone"), "checkpoint_size": list(input_size(model)),
+                "size": args.size, "score_thresh": args.score_thresh, "overlays": not args.no_overlays,
+                "images": [str(Path(p).expanduser().resolve()) for p in args.images], "recursive": args.recursive,
+                "device": str(device), "batch_size": args.batch_size, "workers": args.workers}
+    writer, kept = None, 0
+    with signals_as_exceptions():
+        try:
+            with PredictionWriter(args.out, overlays=not args.no_overlays, settings=settings,
+                                  overwrite=args.overwrite) as writer:
+                todo = writer.resume(files)
+                kept = len(files) - len(todo)
+                for p in iter_predict(model, todo, device=device, batch_size=args.batch_size,
+                                      score_thresh=args.score_thresh, num_workers=args.workers,
+                                      progress=not args.no_progress, size=args.size, errors="skip",
+                                      keep_images=not args.no_overlays):
+                    writer.add(p)
+                    if not p.ok:
+                        tqdm.write(f"wsbus: skipped {p.error}", file=sys.stderr)
+        except Interrupted as exc:
+            done = len(writer.predictions) if writer is not None else 0
+            print(f"wsbus: interrupted by {exc.name} after {done} of {len(files)} images; partial results in "
+                  f"{args.out} (complete: false); rerun the same command to finish", file=sys.stderr)
+            return exc.exit_code
     failed = len(writer.failed)
     done = len(writer.predictions) - failed
     n_det = sum(len(p.scores) for p in writer.predictions if p.ok)
-    print(f"predicted {done} image(s) ({n_det} detection(s) with score >= {args.score_thresh:g}) on {device}"
+    print(f"predicted {done - kept} image(s){f' (and kept {kept} from the earlier run)' if kept else ''} "
+          f"({n_det} detection(s) with score >= {args.score_thresh:g}) on {device}"
           f"{f', {failed} failed' if failed else ''}; results in {args.out}")
     if failed and (args.strict or done == 0):
         print(f"wsbus: error: {failed} of {len(writer.predictions)} image(s) could not be read"
@@ -633,7 +663,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .data.sources import load_source
 
     samples = load_source(args.data, size=args.size, seed=args.seed)
-    path = write_coco(samples, args.out_dir)
+    path = write_coco(samples, args.out_dir, overwrite=args.overwrite)
     n_boxes = sum(len(s.boxes) for s in samples if s.is_strong)
     weak = sum(not s.is_strong for s in samples)
     print(f"wrote {len(samples)} image(s) with {n_boxes} box(es){f' ({weak} weak)' if weak else ''} of {args.data} "
@@ -650,11 +680,14 @@ def cmd_export(args: argparse.Namespace) -> int:
                                 check_images=args.images, opset=args.opset)
     except ImportError as exc:
         raise CliError(str(exc)) from None
+    if check is not None and not check.passed:
+        print(check)
+        print(f"wsbus: error: the exported {args.format} model does not reproduce the detector (the check above); "
+              f"{args.out} was not written", file=sys.stderr)
+        return 1
     print(f"exported {args.checkpoint} as {args.format} to {args.out}")
     if check is not None:
         print(check)
-        if not check.passed:
-            return 1
     return 0
 
 
@@ -703,7 +736,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"wsbus: error: {exc}", file=sys.stderr)
         return EXIT_NONFINITE
-    except (CliError, DataError, CheckpointError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
+    except (CliError, DataError, CheckpointError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            FileExistsError, PermissionError) as exc:
         if os.environ.get("WSBUS_DEBUG"):
             raise
         print(f"wsbus: error: {exc}", file=sys.stderr)

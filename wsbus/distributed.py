@@ -67,14 +67,23 @@ def resolve_device(device: DeviceLike = None, local_rank: int = 0) -> torch.devi
     """Turn ``device`` (None, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``) into a device.
 
     None means :func:`default_device`. A bare ``cuda`` becomes ``cuda:<local_rank>`` so that each process of
-    a multi-GPU job uses its own GPU. Asking for CUDA on a machine without it is an error.
+    a multi-GPU job uses its own GPU. Asking for CUDA on a machine without it, a GPU it does not have, or a name
+    that is not a device is a ``ValueError`` saying so in one line.
     """
-    dev = default_device() if device is None else torch.device(device)
+    try:
+        dev = default_device() if device is None else torch.device(device)
+    except (RuntimeError, TypeError) as exc:  # torch.device("gpu"): "Expected one of cpu, cuda, ..."
+        raise ValueError(f"device {str(device)!r} is not a device name (cpu, cuda, cuda:1, ...): {exc}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {str(device)!r} requested but CUDA is not available on this machine")
+            built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA"
+            raise ValueError(f"device {str(device)!r} requested but CUDA is not available on this machine (torch "
+                             f"{torch.__version__}, built with {built}, sees no GPU); use --device cpu")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
+        if dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} requested but this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s), numbered from 0")
     return dev
 
 

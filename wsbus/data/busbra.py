@@ -14,9 +14,10 @@ from the masks, one per connected component (:func:`wsbus.data.busi.boxes_from_m
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
-from typing import List, Set
+from typing import Dict, List, Set, Tuple
 
 import numpy as np
 
@@ -43,6 +44,52 @@ def _png_names(folder: Path) -> Set[str]:
         return set()
 
 
+#: The separators a ``bus_data.csv`` may use (the published file: commas; spreadsheets in many locales: ``;``).
+SEPARATORS = (",", ";", "\t", "|")
+
+
+def _header(line: str, separator: str) -> List[str]:
+    return [h.strip() for h in next(csv.reader([line], delimiter=separator), [])]
+
+
+def _separator(csv_path: Path, first_line: str) -> str:
+    """The separator under which the header holds every required column; DataError naming the file when none or
+    several do."""
+    fits = [d for d in SEPARATORS if all(c in _header(first_line, d) for c in REQUIRED_COLUMNS)]
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
+        raise DataError(f"{csv_path}: the header {first_line.strip()!r} reads as the columns {REQUIRED_COLUMNS} "
+                        f"with several separators ({', '.join(map(repr, fits))}); make it one")
+    best = max(SEPARATORS, key=lambda d: sum(c in _header(first_line, d) for c in REQUIRED_COLUMNS))
+    found = _header(first_line, best)
+    missing = [c for c in REQUIRED_COLUMNS if c not in found]
+    raise DataError(f"{csv_path}: missing column(s) {missing}; found {found} (looked for them separated by "
+                    f"{', '.join(map(repr, SEPARATORS))})")
+
+
+def _read_rows(csv_path: Path) -> List[Tuple[Dict[str, str], int]]:
+    """``(row, line number)`` of ``bus_data.csv``, stripped, whatever its separator (:data:`SEPARATORS`); a row
+    with more fields than the header is a DataError naming the line."""
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv_path}: cannot read csv ({exc})") from exc
+    separator = _separator(csv_path, text.splitlines()[0] if text.strip() else "")
+    rows = []
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
+        for row in reader:
+            if None in row:
+                raise DataError(f"{csv_path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} "
+                                f"fields, but the header has {len(reader.fieldnames)} (separator {separator!r}); a "
+                                f"value holding the separator must be quoted")
+            rows.append(({(k or "").strip(): (v or "").strip() for k, v in row.items()}, reader.line_num))
+    except csv.Error as exc:
+        raise DataError(f"{csv_path}: cannot read csv ({exc})") from exc
+    return rows
+
+
 def load_busbra(root: PathLike, *, min_area: int = 10) -> List[Sample]:
     """Load BUS-BRA as a list of strong :class:`Sample`, with ``patient`` = the csv's ``Case``.
 
@@ -57,11 +104,15 @@ def load_busbra(root: PathLike, *, min_area: int = 10) -> List[Sample]:
     ``"busbra:<Case>"``, image labels 1 (benign) or 2 (malignant) from ``Pathology``, and ``meta`` holding the
     csv's ``device``, ``birads``, ``histology`` and ``side`` (when present).
 
+    The csv may separate its values by commas (the published file), semicolons, tabs or ``|``: the separator is
+    the one under which the header holds the required columns ``ID``, ``Case``, ``Pathology``.
+
     Raises
     ------
     DataError
-        Naming the file (and csv line): missing columns, empty csv, duplicate ids, a row without its image or
-        mask, an unknown pathology, a corrupt image, a mask whose size differs from its image, an empty mask, or
+        Naming the file (and csv line): missing columns, a row with more values than the header, empty csv,
+        duplicate ids, a row without its image or mask, an unknown pathology, a corrupt image, a mask whose size
+        differs from its image, an empty mask, or
         images in ``Images/`` that no csv row describes.
 
     Notes
@@ -70,17 +121,7 @@ def load_busbra(root: PathLike, *, min_area: int = 10) -> List[Sample]:
     """
     base = _busbra_root(Path(root))
     csv_path = base / "bus_data.csv"
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = [({(k or "").strip(): (v or "").strip() for k, v in row.items()}, reader.line_num)
-                    for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{csv_path}: cannot read csv ({exc})") from exc
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise DataError(f"{csv_path}: missing column(s) {missing}; found {header}")
+    rows = _read_rows(csv_path)
     if not rows:
         raise DataError(f"{csv_path}: no rows")
     # One listing per folder instead of a stat call per file (the same checks and messages).

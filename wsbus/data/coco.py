@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -329,11 +330,24 @@ def to_coco(samples: Sequence[Sample], *, file_names: Optional[Sequence[str]] = 
     return {"images": images, "annotations": annotations, "categories": [dict(c) for c in COCO_CATEGORIES]}
 
 
-def write_coco(samples: Sequence[Sample], out_dir: PathLike) -> Path:
+def _output_folder(out_dir: Path) -> None:
+    """Create ``out_dir``, or a one-line DataError naming what is in the way."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), out_dir)
+        raise DataError(f"{out_dir}: cannot create the output folder: {blocker} is a file, not a folder") from None
+    except PermissionError:
+        raise DataError(f"{out_dir}: cannot create the output folder: permission denied") from None
+
+
+def write_coco(samples: Sequence[Sample], out_dir: PathLike, *, overwrite: bool = False) -> Path:
     """Export samples as a COCO folder: ``out_dir/images/<file_name>`` (PNG) and ``out_dir/annotations.json``.
 
     Every file is written atomically (a temporary file renamed into place), the annotation file last, so a
-    folder with an ``annotations.json`` always has all its images. Existing files of the same names are replaced;
+    folder with an ``annotations.json`` always has all its images. A folder that already holds an
+    ``annotations.json`` or a non-empty ``images/`` is refused (:class:`DataError`) unless ``overwrite``, which
+    first removes that ``annotations.json`` and ``images/`` (so no image of the earlier export stays behind);
     nothing else in ``out_dir`` is touched. Returns the path of ``annotations.json``.
     """
     from PIL import Image
@@ -344,6 +358,16 @@ def write_coco(samples: Sequence[Sample], out_dir: PathLike) -> Path:
     coco = to_coco(samples)
     out_dir = Path(out_dir)
     folder = out_dir / IMAGES_FOLDER
+    _output_folder(out_dir)
+    used = [n for n, used in ((ANNOTATIONS_FILE, (out_dir / ANNOTATIONS_FILE).exists()),
+                              (f"{IMAGES_FOLDER}/", folder.is_dir() and any(folder.iterdir()))) if used]
+    if used and not overwrite:
+        raise DataError(f"{out_dir}: already holds {' and '.join(used)} (an earlier export?); pass --overwrite "
+                        f"(overwrite=True) to replace them, or choose another folder")
+    if used:
+        (out_dir / ANNOTATIONS_FILE).unlink(missing_ok=True)  # first: a folder never lists images it lacks
+        if folder.is_dir():
+            shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for s, entry in zip(samples, coco["images"]):
         picture = Image.fromarray(np.ascontiguousarray(s.image))

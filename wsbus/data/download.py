@@ -10,6 +10,7 @@ outside, device files and FIFOs.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tarfile
 import zipfile
@@ -199,7 +200,8 @@ def fetch(name: str, dest: PathLike, *, progress: bool = True, sha256: Optional[
     Raises
     ------
     DataError
-        Unknown name, no hash to verify against, a download whose hash differs, or an unsafe archive.
+        Unknown name, no hash to verify against, a download that fails (offline, unreachable server, HTTP error),
+        a download whose hash differs, or an unsafe archive.
 
     Notes
     -----
@@ -217,6 +219,8 @@ def fetch(name: str, dest: PathLike, *, progress: bool = True, sha256: Optional[
                         f"({info.source}), then pass sha256=HASH (command line: --sha256 HASH).")
     if len(known) != 64 or any(ch not in "0123456789abcdef" for ch in known):
         raise DataError(f"{name}: {known!r} is not a SHA-256 (64 hexadecimal digits)")
+    import requests
+
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     try:
@@ -226,6 +230,13 @@ def fetch(name: str, dest: PathLike, *, progress: bool = True, sha256: Optional[
         raise DataError(f"{name}: the downloaded file does not have the expected SHA-256 {known} ({exc}); "
                         f"it was not kept. If the publisher changed the archive, check the new one and pass "
                         f"--sha256.") from exc
+    except requests.RequestException as exc:  # offline, DNS, refused, timeout, HTTP 404 ...
+        text = " ".join(str(exc).split())
+        errno = re.search(r"\[Errno [^\]]+\] [^'\")]+|Failed to resolve '[^']+'|\d{3} [A-Z][^'\"]*Error[^'\"]*", text)
+        reason = errno.group(0) if errno else (text[:240] or "no response")
+        raise DataError(f"{name}: cannot download {info.url} ({type(exc).__name__}: {reason}); nothing was "
+                        f"downloaded. Check the network, or download the file by hand (from {info.source}) to "
+                        f"{dest / info.filename} and run this again: it is then checked and unpacked") from None
     if not extract:
         return archive
     safe_extract(archive, dest)

@@ -21,6 +21,10 @@ more than 8 bits, signed or float        the modality LUT (Rescale Slope/Interce
 ``PALETTE COLOR``                        the palette applied (:func:`pydicom.pixels.apply_color_lut`), then as RGB
 =======================================  ========================================================================
 
+A PNG or TIFF of more than 8 bits per sample (16-bit PNG, 16-bit or float TIFF) follows the same rule as a DICOM
+without a VOI window (:func:`read_image`): gray from the image's own minimum..maximum onto ``[0, 255]``, RGB
+scaled by ``255 / (2**bits - 1)``; the same 16-bit pixels give the same 8-bit image from a DICOM, a PNG or a TIFF.
+
 A DICOM file with ``NumberOfFrames`` > 1 (a cine loop) gives one image per frame, named ``<file>#<k>`` with
 ``k`` counted from 0 (pydicom's frame index). Compressed transfer syntaxes decode when pydicom has a decoder for
 them (RLE always; JPEG baseline through Pillow; others need ``pylibjpeg`` or ``gdcm``).
@@ -69,12 +73,12 @@ class ImageFile:
     name: str
 
 
-def _pydicom():
+def _pydicom(path: Path):
     try:
         import pydicom
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise DataError("reading DICOM files needs pydicom: pip install 'wsbus[dicom]' (or pip install pydicom)") \
-            from exc
+    except ImportError:
+        raise DataError(f"{path}: a DICOM file, and reading DICOM needs pydicom, which is not installed: pip install "
+                        f"'wsbus[dicom]' (or pip install pydicom)") from None
     return pydicom
 
 
@@ -97,7 +101,7 @@ def is_dicom(path: PathLike) -> bool:
 
 def _read_header(path: Path):
     """The DICOM dataset without its pixel values (large elements deferred), or a DataError naming the file."""
-    pydicom = _pydicom()
+    pydicom = _pydicom(path)
     try:
         return pydicom.dcmread(path, defer_size=1024)
     except Exception as exc:  # InvalidDicomError, EOFError, OSError, ...
@@ -187,7 +191,7 @@ def read_dicom(path: PathLike, frame: Optional[int] = None) -> np.ndarray:
         raise DataError(f"{path}: a multi-frame DICOM file ({n_frames} frames); read one frame at a time")
     if frame is not None and not 0 <= int(frame) < n_frames:
         raise DataError(f"{path}: frame {frame} out of range (the file has {n_frames} frame(s), numbered from 0)")
-    pydicom = _pydicom()
+    pydicom = _pydicom(path)
     from pydicom.pixels import apply_color_lut, pixel_array
 
     ds = pydicom.Dataset()
@@ -219,18 +223,67 @@ def read_dicom(path: PathLike, frame: Optional[int] = None) -> np.ndarray:
     return np.ascontiguousarray(gray)
 
 
+_WIDE_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _wide_pixels(path: Path) -> Optional[Tuple[np.ndarray, int]]:
+    """``(values, bits per sample)`` of a non-DICOM image with more than 8 bits per sample (16-bit PNG, 16-bit or
+    float TIFF), else None: 8-bit files, and files this cannot open, are left to :func:`wsbus.data.read_gray`,
+    which reads them or says what is wrong."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                if len(tif.pages) != 1 or len(tif.series) != 1 or tif.pages[0].dtype in (np.uint8, np.bool_):
+                    return None
+                return tif.asarray(), int(tif.pages[0].bitspersample)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.mode not in _WIDE_PIL_MODES:
+                return None
+            im.load()
+            return np.array(im), 16 if im.mode.startswith("I;16") else 32
+    except Exception:  # noqa: BLE001 - read_gray reads the file again and reports the error by name
+        return None
+
+
+def _wide_to_uint8(values: np.ndarray, bits: int, path: Path) -> np.ndarray:
+    """More than 8 bits per sample to 8-bit gray by :func:`read_dicom`'s rule: gray (like a MONOCHROME2 DICOM
+    without a VOI window) from its own minimum..maximum onto ``0 .. 255``; RGB (like an RGB DICOM) scaled by
+    ``255 / (2**bits - 1)``, then luminance."""
+    if values.ndim == 3 and values.shape[2] == 1:
+        values = values[..., 0]
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise DataError(f"{path}: the image holds NaN or infinite values")
+    if values.ndim == 2:
+        return _scale_to_uint8(values, float(values.min()), float(values.max()))
+    if values.ndim == 3 and values.shape[2] in (3, 4):
+        if values.dtype.kind == "f":
+            return to_gray(_scale_to_uint8(values[..., :3], float(values.min()), float(values.max())))
+        return to_gray(_scale_to_uint8(values[..., :3], 0.0, float(2 ** bits - 1)))
+    raise DataError(f"{path}: expected a 2-D grayscale or an RGB image, got shape {values.shape}")
+
+
 def read_image(path: PathLike, frame: Optional[int] = None) -> np.ndarray:
     """Read a PNG, JPEG, TIFF, BMP or DICOM file (one frame of a multi-frame DICOM) as 2-D ``uint8`` gray.
 
-    DICOM (by :func:`is_dicom`) goes through :func:`read_dicom`, every other file through
-    :func:`wsbus.data.read_gray` (which refuses non-8-bit and multi-page files). Raises :class:`DataError` naming
-    the file when it is missing, not an image, corrupt, or (``frame``) not a multi-frame DICOM.
+    DICOM (by :func:`is_dicom`) goes through :func:`read_dicom`. A PNG or TIFF of more than 8 bits per sample
+    (16-bit, or float TIFF) is brought to 8 bits by :func:`read_dicom`'s rule for DICOM of more than 8 bits: gray
+    from its own minimum..maximum onto ``0 .. 255`` (as a MONOCHROME2 DICOM without a VOI window), RGB scaled by
+    ``255 / (2**bits - 1)`` then luminance. Every other file goes through :func:`wsbus.data.read_gray`. Raises
+    :class:`DataError` naming the file when it is missing, not an image, corrupt, or (``frame``) not a
+    multi-frame DICOM.
     """
     path = Path(path)
     if is_dicom(path):
         return read_dicom(path, frame)
     if frame is not None:
         raise DataError(f"{path}: frame {frame} asked for, but only DICOM files have frames")
+    wide = _wide_pixels(path) if path.is_file() else None
+    if wide is not None:
+        return np.ascontiguousarray(_wide_to_uint8(wide[0], wide[1], path))
     return read_gray(path)
 
 
