@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-import wsbus.pretrain.run as pretrain_run
+import wsbus.pretrain.views as pretrain_views
 from wsbus.checkpoint import CheckpointError, atomic_save
 from wsbus.cli import main
 from wsbus.data import Sample, make_phantom
@@ -150,14 +149,14 @@ class _Stop(KeyboardInterrupt):
 def test_an_interrupted_run_resumes_bit_for_bit(phantom, tmp_path, monkeypatch):
     settings = dict(method="byol", steps=9, checkpoint_every=4, **SMALL)   # BYOL: optimiser + EMA target to restore
     whole = pretrain_backbone(phantom, tmp_path / "whole.pt", **settings)
-    make_views = pretrain_run.make_views
+    make_views = pretrain_views.make_views
 
     def interrupt_at_7(images, indices, pipeline, n_views, seed, step):
         if step == 7:
             raise _Stop()
         return make_views(images, indices, pipeline, n_views, seed, step)
 
-    monkeypatch.setattr(pretrain_run, "make_views", interrupt_at_7)
+    monkeypatch.setattr(pretrain_views, "make_views", interrupt_at_7)
     with pytest.raises(_Stop):
         pretrain_backbone(phantom, tmp_path / "cut.pt", **settings)
     monkeypatch.undo()
@@ -168,6 +167,8 @@ def test_an_interrupted_run_resumes_bit_for_bit(phantom, tmp_path, monkeypatch):
     assert all(torch.equal(v, weights(cut.path)[k]) for k, v in weights(whole.path).items())
     again = pretrain_backbone(phantom, tmp_path / "cut.pt", **settings)        # finished: returned as it is
     assert again.cached and again.step == 9
+    ahead = pretrain_backbone(phantom, tmp_path / "ahead.pt", workers=1, **settings)   # views made in a worker
+    assert all(torch.equal(v, weights(ahead.path)[k]) for k, v in weights(whole.path).items())
 
 
 def test_other_settings_or_images_are_refused_with_what_differs(phantom, tmp_path, monkeypatch):
@@ -184,7 +185,7 @@ def test_other_settings_or_images_are_refused_with_what_differs(phantom, tmp_pat
         pretrain_backbone(brighter, out, steps=3, **SMALL)
     assert pretrain_backbone(phantom, out, steps=3, lr=2e-3, resume=False, **SMALL).config["lr"] == 2e-3
     # an interrupted run's state is refused just as well
-    monkeypatch.setattr(pretrain_run, "make_views", lambda *a: (_ for _ in ()).throw(_Stop()))
+    monkeypatch.setattr(pretrain_views, "make_views", lambda *a: (_ for _ in ()).throw(_Stop()))
     with pytest.raises(_Stop):
         pretrain_backbone(phantom, tmp_path / "cut.pt", steps=3, checkpoint_every=1, **SMALL)
     monkeypatch.undo()
@@ -193,6 +194,26 @@ def test_other_settings_or_images_are_refused_with_what_differs(phantom, tmp_pat
                  "optimizer": {}, "history": []}, resume_path(tmp_path / "cut.pt"))
     with pytest.raises(ValueError, match="seed: 0 there, 1 here"):
         pretrain_backbone(phantom, tmp_path / "cut.pt", steps=3, seed=1, **SMALL)
+
+
+def test_a_non_finite_loss_stops_before_the_update_and_names_the_kept_state(phantom, tmp_path, monkeypatch):
+    import wsbus.pretrain.objectives as objectives
+    from wsbus.engine import NonFiniteLossError
+
+    real = objectives.nt_xent
+    calls = []
+
+    def nan_at_step_5(z_a, z_b, temperature):
+        calls.append(1)
+        loss = real(z_a, z_b, temperature)
+        return loss * float("nan") if len(calls) == 6 else loss
+
+    monkeypatch.setattr(objectives, "nt_xent", nan_at_step_5)
+    out = tmp_path / "nan.pt"
+    with pytest.raises(NonFiniteLossError, match=f"step.*5.*{resume_path(out).name}.*step 4") as info:
+        pretrain_backbone(phantom, out, steps=9, checkpoint_every=2, **SMALL)
+    assert info.value.step == 5 and info.value.checkpoint == resume_path(out) and not out.exists()
+    assert torch.load(resume_path(out), weights_only=True)["step"] == 4
 
 
 def test_bad_settings_are_refused_in_one_line(phantom, tmp_path):
@@ -321,6 +342,15 @@ def test_cli_pretrains_reruns_and_excludes(tmp_path, capsys):
     assert len(used) == 22 and not {"ph0-00000", "ph0-00003"} & set(used)
 
 
+def test_cli_help_answers_without_importing_torch():
+    code = ("import sys\nfrom wsbus.cli import main\ntry:\n    main(['pretrain', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("NO TORCH"), proc.stderr
+    for option in ("--method", "--exclude", "--restart", "--workers", "--amp", "--threads"):
+        assert option in proc.stdout
+
+
 def test_cli_bad_data_is_one_line(tmp_path):
     proc = wsbus("pretrain", "--data", "busbra:/no/such/folder", "--out", tmp_path / "x.pt")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
@@ -367,5 +397,6 @@ def test_cli_interrupt_keeps_the_state_and_the_rerun_continues(tmp_path):
     assert 1 <= step < 120
     again = wsbus(*run)
     assert again.returncode == 0, again.stderr
-    assert f"for 120 steps on 24 images of phantom:24 at 64 px (resumed at step {step} on cpu; wrote {out})" in again.stdout
+    assert (f"for 120 steps on 24 images of phantom:24 at 64 px (resumed at step {step} on cpu; wrote {out})"
+            in again.stdout)
     assert load_pretrained(out)["step"] == 120 and not resume_path(out).exists()

@@ -18,7 +18,7 @@ state dict, which :func:`init_backbone` loads into a detector's ``model.backbone
 Example::
 
     from wsbus.pretrain import pretrain_backbone, init_backbone
-    result = pretrain_backbone(train_samples, "runs/fold1/simclr.pt", method="simclr", size=160, steps=2000)
+    result = pretrain_backbone(train_samples, "runs/fold1/simclr.pt", method="simclr", size=160, steps=1500)
     model = build_detector("tiny", min_size=160, max_size=320)
     init_backbone(model, result.path)
 
@@ -31,11 +31,12 @@ from .objectives import (BYOL, OBJECTIVES, Autoencoder, MaskedReconstruction, Ob
                          byol_loss, nt_xent, patch_mask)
 from .probe import knn_accuracy, linear_probe_accuracy, pooled_features
 from .run import PretrainResult, build_pretrain_backbone, pretrain_backbone
-from .views import VIEWS, ViewAugmentation, batch_indices, make_views, prepare_images, resize_like_detector
+from .views import (VIEWS, StepViews, ViewAugmentation, batch_indices, make_views, prepare_images,
+                    resize_like_detector, view_batches)
 
 __all__ = ["METHODS", "DEFAULT_VIEWS", "PretrainConfig", "PretrainResult", "pretrain_backbone", "load_backbone",
-           "init_backbone", "load_pretrained", "load_resume_state", "resume_path", "image_record", "read_ids", "exclude_images", "BACKBONE_FILE_KIND",
-           "STATE_FILE_KIND", "build_pretrain_backbone", "nt_xent", "byol_loss", "patch_mask", "Objective", "SimCLR",
-           "BYOL", "MaskedReconstruction", "Autoencoder", "OBJECTIVES", "build_objective", "VIEWS",
-           "ViewAugmentation", "resize_like_detector", "prepare_images", "make_views", "batch_indices",
-           "pooled_features", "knn_accuracy", "linear_probe_accuracy"]
+           "init_backbone", "load_pretrained", "load_resume_state", "resume_path", "image_record", "read_ids",
+           "exclude_images", "BACKBONE_FILE_KIND", "STATE_FILE_KIND", "build_pretrain_backbone", "nt_xent", "byol_loss",
+           "patch_mask", "Objective", "SimCLR", "BYOL", "MaskedReconstruction", "Autoencoder", "OBJECTIVES",
+           "build_objective", "VIEWS", "ViewAugmentation", "resize_like_detector", "prepare_images", "make_views",
+           "batch_indices", "StepViews", "view_batches", "pooled_features", "knn_accuracy", "linear_probe_accuracy"]

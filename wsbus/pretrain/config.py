@@ -58,7 +58,7 @@ class PretrainConfig:
     max_size: Optional[int] = None
     crop: Optional[int] = None
     # optimisation
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4

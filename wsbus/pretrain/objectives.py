@@ -198,7 +198,9 @@ class Autoencoder(Objective):
         n_up = int(round(math.log2(self.stride)))
         if 2 ** n_up != self.stride:
             raise ValueError(f"the autoencoder needs a power-of-two backbone stride, got {self.stride}")
-        widths = [max(16, 64 // 2 ** i) for i in range(n_up - 1)]
+        # Narrow layers: at the view's resolution a transposed convolution costs width_in * width_out * 16 per pixel,
+        # and 64 -> 32 channels would cost twice the tiny backbone itself.
+        widths = [max(8, 32 // 2 ** i) for i in range(n_up - 1)]
         layers = [nn.Conv2d(self.out_channels, config.bottleneck, 1)]
         c_in = config.bottleneck
         for w in widths:

@@ -26,7 +26,7 @@ from .config import PretrainConfig
 from .files import (BACKBONE_FILE_KIND, FILE_VERSION, STATE_FILE_KIND, image_differences, image_record,
                     load_pretrained, load_resume_state, resume_path)
 from .objectives import build_objective
-from .views import VIEWS, batch_indices, make_views, prepare_images
+from .views import VIEWS, StepViews, batch_indices, prepare_images, view_batches
 
 __all__ = ["PretrainResult", "pretrain_backbone", "build_pretrain_backbone"]
 
@@ -84,7 +84,8 @@ class _Run:
             self.objective = build_objective(build_pretrain_backbone(config), config).to(device)
         params = [p for p in self.objective.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.pipeline = VIEWS[config.views].pipeline(config.crop)
+        self.views = StepViews(self.images, VIEWS[config.views].pipeline(config.crop), self.objective.n_views,
+                               config.batch_size, config.seed, config.steps)
         self.step = 0
         self.history: List[Dict[str, float]] = []
         self.updating = False
@@ -97,10 +98,10 @@ class _Run:
             return c.lr * (k + 1) / warm
         return c.lr * 0.5 * (1.0 + math.cos(math.pi * (k - warm) / max(1, c.steps - warm)))
 
-    def train_step(self, k: int) -> float:
+    def train_step(self, k: int, views: torch.Tensor) -> float:
+        """One optimiser step on the views of step ``k``; returns its loss."""
         c = self.config
-        idx = batch_indices(k, c.batch_size, len(self.images), c.seed)
-        views = make_views(self.images, idx, self.pipeline, self.objective.n_views, c.seed, k).to(self.device)
+        views = views.to(self.device, non_blocking=True)
         lr = self.lr_at(k)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -150,8 +151,8 @@ def _mismatch(stored: Dict[str, Any], config: PretrainConfig, record: Dict[str, 
 
 def _refuse(path: Path, problems: List[str]) -> ValueError:
     return ValueError(f"{str(path)!r} belongs to a pretraining with other settings or images ({'; '.join(problems)}); "
-                      f"rerun with the same arguments to continue it, use another output file, or start afresh (resume=False, "
-                      f"--restart)")
+                      f"rerun with the same arguments to continue it, use another output file, or start afresh "
+                      f"(resume=False, --restart)")
 
 
 def _finished(out: Path, config: PretrainConfig, record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -186,15 +187,15 @@ def _cached_result(out: Path, stored: Dict[str, Any], config: PretrainConfig, de
                           list(stored.get("history") or []), int(stored["step"]), cached=True)
 
 
-def _loop(run: _Run, state_file: Path, checkpoint_every: int, progress: bool) -> None:
+def _loop(run: _Run, state_file: Path, checkpoint_every: int, progress: bool, workers: int) -> None:
     from tqdm.auto import tqdm
 
     saved = run.step
     bar = tqdm(total=run.config.steps, initial=run.step, disable=not progress, desc=f"pretrain {run.config.method}",
                dynamic_ncols=True)
     try:
-        for k in range(run.step, run.config.steps):
-            loss = run.train_step(k)
+        for k, views in view_batches(run.views, run.step, workers):
+            loss = run.train_step(k, views)
             bar.update(1)
             if k % 10 == 0 or k + 1 == run.config.steps:
                 bar.set_postfix(loss=f"{loss:.4f}")
@@ -206,13 +207,17 @@ def _loop(run: _Run, state_file: Path, checkpoint_every: int, progress: bool) ->
         if not run.updating and run.step > saved:
             atomic_save(run.state_dict(), state_file)
         raise
+    except NonFiniteLossError as exc:   # nothing of the bad step was applied; name the state a rerun would resume
+        kept = state_file.exists()
+        raise NonFiniteLossError(exc.step, exc.losses, state_file if kept else None, saved if kept else None) \
+            from None
     finally:
         bar.close()
 
 
 def pretrain_backbone(samples: Sequence[Sample], out: PathLike, *, config: Optional[PretrainConfig] = None,
                       device: Union[str, torch.device, None] = None, resume: bool = True, progress: bool = True,
-                      checkpoint_every: int = 100, **settings: Any) -> PretrainResult:
+                      checkpoint_every: int = 100, workers: int = 0, **settings: Any) -> PretrainResult:
     """Pretrain a detector backbone without labels on ``samples`` (only ``Sample.image`` is read) and write it to
     ``out`` (atomically; the file format is in :mod:`wsbus.pretrain.files`).
 
@@ -221,13 +226,15 @@ def pretrain_backbone(samples: Sequence[Sample], out: PathLike, *, config: Optio
     samples : the images, e.g. one fold's training images (never its test images: ``out`` records which were used).
     out : the pretrained-backbone file; the run's resumable state sits beside it (:func:`resume_path`) while it runs.
     config : a :class:`PretrainConfig`; or give its fields as keyword ``settings`` (``method="simclr"``,
-        ``backbone="tiny"``, ``size=160``, ``steps=2000``, ``batch_size=64``, ``lr=1e-3``, ``seed=0``, ...); an
+        ``backbone="tiny"``, ``size=160``, ``steps=1500``, ``batch_size=64``, ``lr=1e-3``, ``seed=0``, ...); an
         unknown one is a ``TypeError``.
     device : ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
     resume : True (default): a finished ``out`` of the same settings and images is returned as it is (``cached``),
         an interrupted run continues from its state, and a file or state of other settings or images is refused
         with a ``ValueError`` naming what differs. False: start afresh, overwriting both.
     progress : a tqdm bar. checkpoint_every : steps between saves of the resumable state (and one on an interrupt).
+    workers : DataLoader processes making the views a few steps ahead of the model (0: in this process); the views,
+        and so the weights, are the same either way.
 
     Returns
     -------
@@ -258,7 +265,7 @@ def pretrain_backbone(samples: Sequence[Sample], out: PathLike, *, config: Optio
     if state is not None:
         run.load_state_dict(state)
         resumed_from = run.step
-    _loop(run, state_file, int(checkpoint_every), progress)
+    _loop(run, state_file, int(checkpoint_every), progress, int(workers))
     atomic_save(run.payload(), out)
     state_file.unlink(missing_ok=True)
     return PretrainResult(out, run.objective.backbone.eval(), run.stored_config(), record, run.history, run.step,

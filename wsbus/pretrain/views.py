@@ -16,10 +16,11 @@ skin is always at the top and acoustic shadows point down).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -27,7 +28,8 @@ from ..data.formats import Sample
 from ..data.transforms import GRAY_MEAN, RandomDepthGain, RandomSpeckle, apply
 from ..seeding import derive_seed
 
-__all__ = ["ViewAugmentation", "VIEWS", "resize_like_detector", "prepare_images", "make_views", "batch_indices"]
+__all__ = ["ViewAugmentation", "VIEWS", "resize_like_detector", "prepare_images", "make_views", "batch_indices",
+           "StepViews", "view_batches"]
 
 
 @dataclass(frozen=True)
@@ -137,3 +139,33 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> List[int]:
     g = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
     order = torch.randperm(n, generator=g)
     return order[slot * batch_size:(slot + 1) * batch_size].tolist()
+
+
+class StepViews(Dataset):
+    """Item ``k`` is the views of step ``k`` (:func:`batch_indices` then :func:`make_views`): a function of ``k``
+    alone, so DataLoader workers can make them ahead of the model with the same result as the main process."""
+
+    def __init__(self, images: Sequence[torch.Tensor], pipeline: v2.Compose, n_views: int, batch_size: int,
+                 seed: int, steps: int) -> None:
+        self.images, self.pipeline, self.n_views = images, pipeline, int(n_views)
+        self.batch_size, self.seed, self.steps = int(batch_size), int(seed), int(steps)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        idx = batch_indices(step, self.batch_size, len(self.images), self.seed)
+        return make_views(self.images, idx, self.pipeline, self.n_views, self.seed, step)
+
+
+def view_batches(views: StepViews, start: int, workers: int = 0) -> Iterator[Tuple[int, torch.Tensor]]:
+    """``(k, views of step k)`` for ``k = start .. steps - 1``, made in the main process (``workers=0``) or by
+    ``workers`` DataLoader processes a few steps ahead (the same tensors either way)."""
+    steps = range(int(start), len(views))
+    if workers <= 0:
+        for k in steps:
+            yield k, views[k]
+        return
+    loader = DataLoader(views, batch_size=None, sampler=list(steps), num_workers=int(workers), prefetch_factor=2,
+                        persistent_workers=False)
+    yield from zip(steps, loader)
