@@ -380,8 +380,52 @@ def _export_parser(sub) -> None:
     x.set_defaults(func=cmd_export)
 
 
+def _pretrain_parser(sub) -> None:
+    p = sub.add_parser("pretrain", help="label-free pretraining of the detector's backbone on the training images "
+                                        "(SimCLR, BYOL, masked reconstruction or an autoencoder); resumable",
+                       description="Pretrain a detector backbone without labels (only the images of --data are read, "
+                                   "never their labels or boxes) at the detector's input scale, and write FILE: the "
+                                   "backbone's weights, the settings, and the count and ids of the images used. "
+                                   "Rerunning the same command continues an interrupted run (its state is kept in "
+                                   "NAME.resume.pt beside FILE) or, when FILE is finished, returns at once; other "
+                                   "settings or images are refused. `wsbus train --init FILE` starts a detector from "
+                                   "it.")
+    p.add_argument("--data", required=True, help=_DATA_HELP)
+    p.add_argument("--out", required=True, metavar="FILE", help="the pretrained-backbone file to write (e.g. "
+                                                                 "runs/fold1/simclr.pt)")
+    p.add_argument("--method", choices=("simclr", "byol", "mae", "autoencoder"), default="simclr",
+                   help="simclr (contrastive, default), byol (EMA target, no negatives), mae (masked patches "
+                        "reconstructed, SimMIM-style) or autoencoder (chapter 10's, through the backbone)")
+    p.add_argument("--backbone", default="tiny", help="tiny (default), vgg16, resnet18 or resnet50")
+    p.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default 1500)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per step (default 64)")
+    p.add_argument("--size", type=_positive_int, default=None,
+                   help="the detector's input scale: short side in pixels (default: the recipe's, 128 for the "
+                        "phantom, whose image side it also sets, 160 for real scans); views are SIZE-px squares")
+    p.add_argument("--max-size", type=_positive_int, default=None,
+                   help="the longest side after resizing (default: the recipe's, or twice --size when given)")
+    p.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate of AdamW (default 1e-3)")
+    p.add_argument("--exclude", default=None, metavar="IDS_FILE",
+                   help="image ids never to use (e.g. a test fold): a text file, one id per line, or JSON (a list, "
+                        "or an object whose 'test'/'val' lists are taken, as a `wsbus train` split.json)")
+    p.add_argument("--restart", action="store_true",
+                   help="start afresh, overwriting FILE and any interrupted run's state")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=100, help="steps between saved states "
+                                                                                "(default 100)")
+    _add_device(p)
+    p.add_argument("--seed", type=int, default=0, help="initial weights, image order, views (default 0)")
+    _add_threads(p)
+    p.add_argument("--workers", type=_non_negative_int, default=0,
+                   help="processes making the augmented views ahead of the model (default 0; 1 overlaps them with "
+                        "the model on a second core; the result is the same)")
+    p.add_argument("--amp", action="store_true", help="autocast in bfloat16 (about twice as fast on CPUs with "
+                                                      "native bfloat16, e.g. AVX512-BF16; other numbers)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain)
+
+
 _COMMANDS = (_train_parser, _evaluate_parser, _self_train_parser, _experiment_parser, _demo_parser, _ablate_parser,
-             _fetch_parser, _predict_parser, _convert_parser, _export_parser)
+             _fetch_parser, _predict_parser, _convert_parser, _export_parser, _pretrain_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -688,6 +732,47 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported {args.checkpoint} as {args.format} to {args.out}")
     if check is not None:
         print(check)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """``wsbus pretrain``: :func:`wsbus.pretrain.pretrain_backbone` on the images of --data (less --exclude)."""
+    from .data.sources import load_source, parse_source
+    from .distributed import resolve_device
+    from .experiments import recipe_for
+    from .interrupts import Interrupted, signals_as_exceptions
+    from .pretrain import exclude_images, pretrain_backbone, read_ids, resume_path
+    from .seeding import cpu_threads
+
+    recipe = recipe_for(parse_source(args.data).kind)
+    size = args.size or recipe.size
+    max_size = args.max_size or (2 * args.size if args.size else recipe.max_size or recipe.size)
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
+    samples = load_source(args.data, size=size, seed=0)
+    n_all = len(samples)
+    if args.exclude:
+        samples = exclude_images(samples, read_ids(args.exclude), where=f"--exclude {args.exclude}")
+    settings = {k: v for k, v in dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr).items()
+                if v is not None}
+    with cpu_threads(args.threads), signals_as_exceptions():
+        try:
+            result = pretrain_backbone(samples, args.out, method=args.method, backbone=args.backbone, size=size,
+                                       max_size=max_size, seed=args.seed, amp=args.amp, device=device,
+                                       resume=not args.restart, progress=not args.no_progress,
+                                       checkpoint_every=args.checkpoint_every, workers=args.workers, **settings)
+        except Interrupted as exc:
+            print(f"wsbus: interrupted by {exc.name}; rerun the same command to continue from the state saved in "
+                  f"{resume_path(args.out)}", file=sys.stderr)
+            return exc.exit_code
+    excluded = f" ({n_all - len(samples)} excluded)" if n_all != len(samples) else ""
+    how = (f"resumed at step {result.resumed_from} on {device}" if result.resumed_from else f"on {device}")
+    done = (f"already done with these settings and images, nothing trained; found {result.path}" if result.cached
+            else f"{how}; wrote {result.path}")
+    print(f"pretrained the {result.config['backbone']} backbone with {result.config['method']} for {result.step} "
+          f"steps on {result.images['n']} images of {args.data}{excluded} at {size} px ({done})")
     return 0
 
 
