@@ -255,7 +255,7 @@ def test_init_backbone_refuses_what_does_not_fit_in_one_line(phantom, tmp_path):
     checks.append((build_detector("tiny", min_size=64, max_size=64, image_mean=(0.5,)), result.path,
                    "was pretrained with image_mean"))
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
-    checks.append((tiny, tmp_path / "garbage.pt", "cannot be read as a torch checkpoint"))
+    checks.append((tiny, tmp_path / "garbage.pt", "is not a wsbus checkpoint: it is a text file"))
     atomic_save({"model": tiny.state_dict(), "step": 3}, tmp_path / "detector.pt")
     checks.append((tiny, tmp_path / "detector.pt", "is not a pretrained backbone written by `wsbus pretrain`"))
     stored = load_pretrained(result.path)
@@ -360,7 +360,7 @@ def test_cli_bad_data_is_one_line(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("--exclude", "{ids}"), "--exclude {ids}: 1 of 1 id(s) are not in the data (e.g. 'bus_0001-l')"),
     (("--exclude", "{missing}"), "id file '{missing}' does not exist"),
-    (("--out", "{bad}"), "checkpoint '{bad}' cannot be read as a torch checkpoint"),
+    (("--out", "{bad}"), "checkpoint '{bad}' is not a wsbus checkpoint: it is a text file"),
     (("--data", "phantom:4"), "batch_size must lie in 1..4"),
     (("--device", "cuda:7"), "CUDA is not available"),
 ])

@@ -6,51 +6,24 @@ resumed experiment applies before it reuses a method's stored result.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import platform
-import subprocess
-from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 import torchvision
 
-from . import __version__
+from . import CODE_STATE, __version__
 
 __all__ = ["provenance", "git_commit", "same_code", "describe_code"]
 
 
-@functools.lru_cache(maxsize=1)
 def git_commit() -> Optional[Dict[str, Any]]:
-    """``{"commit": sha, "dirty": bool, "changes": sha256 or None}`` of the git checkout wsbus is imported from, or
-    None when it is not one (an installed wheel) or git is not available. ``dirty`` is True when the package's files
-    differ from the commit; ``changes`` is then a SHA-256 of those differences (``git diff HEAD`` of ``wsbus/`` and
-    the package's untracked files), so two results made by the same modified code can still be recognised."""
-    here = Path(__file__).resolve().parent.parent
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=20,
-                                  check=True).stdout
-
-        if Path(git("rev-parse", "--show-toplevel").strip()).resolve() != here:
-            return None  # wsbus sits inside some other repository (e.g. site-packages under a user's repo)
-        commit = git("rev-parse", "HEAD").strip()
-        diff = git("diff", "HEAD", "--", "wsbus")
-        untracked = sorted(git("ls-files", "--others", "--exclude-standard", "--", "wsbus").split())
-    except (OSError, subprocess.SubprocessError):
-        return None
-    untracked = [f for f in untracked if not f.endswith((".pyc", ".pyo"))]
-    if not diff and not untracked:
-        return {"commit": commit, "dirty": False, "changes": None}
-    digest = hashlib.sha256(diff.encode())
-    for name in untracked:
-        digest.update(name.encode())
-        try:
-            digest.update((here / name).read_bytes())
-        except OSError:
-            pass
-    return {"commit": commit, "dirty": True, "changes": digest.hexdigest()}
+    """``{"commit": sha, "dirty": bool, "changes": sha256 or None}`` of the git checkout wsbus was imported from,
+    read once at import (:data:`wsbus.CODE_STATE`), or None when it is not one (an installed wheel) or git is not
+    available. ``dirty`` is True when the package's files differed from the commit; ``changes`` is then a SHA-256 of
+    those differences (``git diff HEAD`` of ``wsbus/`` and the package's untracked files), so two results made by
+    the same modified code can still be recognised."""
+    return CODE_STATE
 
 
 def provenance(device: Union[str, torch.device, None] = None) -> Dict[str, Any]:

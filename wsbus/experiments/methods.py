@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -29,6 +30,7 @@ import torch
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..engine import History, Trainer
 from ..models import build_detector
+from ..pretrain import init_backbone, pretrain_backbone
 from ..seeding import seeded
 from ..teachers import MoITeacher
 from .data import ExperimentData, experiment_seeds
@@ -36,7 +38,7 @@ from .recipe import Recipe
 
 __all__ = ["METHODS", "TRAINED_METHODS", "WEAKLY_SUPERVISED", "TrainedMethod", "method_sets", "build_method_model",
            "method_trainer", "train_method", "warm_start_of", "mil_warning", "load_initial_weights", "method_names",
-           "initial_weights"]
+           "initial_weights", "pretrained_backbone"]
 
 #: The methods of an experiment, in table order.
 METHODS = ("strong_full", "strong_few", "weak_only", "joint", "joint_paper", "joint_self_training")
@@ -78,14 +80,32 @@ def warm_start_of(method: str, recipe: Recipe) -> Optional[str]:
 
 
 def build_method_model(method: str, data: ExperimentData, recipe: Recipe, seed: int,
-                       **overrides: Any) -> torch.nn.Module:
+                       backbone: Optional[PathLike] = None, **overrides: Any) -> torch.nn.Module:
     """The detector of ``method``, initialised from the split's shared initial weights (every method of a seed
-    starts from the same weights; only options that do not change the parameters differ between methods)."""
+    starts from the same weights; only options that do not change the parameters differ between methods), with
+    the label-free pretrained ``backbone`` (a :func:`wsbus.pretrain.pretrain_backbone` file) when given."""
     init_seed, _ = experiment_seeds(seed)
     recipe = recipe.resolve(data.strong, data.weak)
     options = recipe.for_method(method).detector_options(data.strong + data.weak, **overrides)
     with seeded(init_seed):
-        return build_detector(**options)
+        model = build_detector(**options)
+    if backbone is not None:
+        init_backbone(model, backbone)
+    return model
+
+
+def pretrained_backbone(data: ExperimentData, recipe: Recipe, seed: int, out: PathLike, *,
+                        device: Device = None, progress: bool = False) -> Optional[Path]:
+    """The recipe's label-free pretraining (``recipe.pretrain``) on the split's training images (boxed and weak;
+    never validation or test), written to (or, when already there, read back from) ``out``; None when the recipe
+    has none."""
+    recipe = recipe.resolve(data.strong, data.weak)
+    if not recipe.pretrain:
+        return None
+    init_seed, _ = experiment_seeds(seed)
+    settings = {"size": recipe.size, "max_size": recipe.max_size if recipe.max_size is not None else recipe.size,
+                "backbone": recipe.backbone, "seed": init_seed, **dict(recipe.pretrain)}
+    return Path(pretrain_backbone(data.strong + data.weak, out, device=device, progress=progress, **settings).path)
 
 
 def method_trainer(method: str, data: ExperimentData, recipe: Recipe, model: torch.nn.Module, *, seed: int,
@@ -123,7 +143,8 @@ def train_method(method: str, data: ExperimentData, recipe: Recipe, out_dir: Opt
                  device: Device = None, warm_start: Optional[Mapping[str, torch.Tensor]] = None,
                  init: Union[Mapping[str, torch.Tensor], PathLike, None] = None, steps: Optional[int] = None,
                  resume: bool = True, before_fit: Optional[Callable[[Trainer], None]] = None,
-                 model_overrides: Optional[Mapping[str, Any]] = None, **trainer_options: Any) -> TrainedMethod:
+                 model_overrides: Optional[Mapping[str, Any]] = None, backbone: Optional[PathLike] = None,
+                 **trainer_options: Any) -> TrainedMethod:
     """Train ``method`` (:data:`TRAINED_METHODS`) on a split as the recipe says; the one training path.
 
     Parameters
@@ -141,6 +162,7 @@ def train_method(method: str, data: ExperimentData, recipe: Recipe, out_dir: Opt
     before_fit : called with the Trainer after any resume check and before training (``wsbus train`` writes its
         ``config.json`` there, so a refused resume leaves every file as it was).
     model_overrides : detector options that do not change the parameters (e.g. ``pretrained``).
+    backbone : a label-free pretrained backbone (:func:`pretrained_backbone`), part of the shared initial weights.
     trainer_options : more :class:`~wsbus.engine.Trainer` arguments (``checkpoint_every``, ``progress``,
         ``tensorboard``, ``callbacks``, ``amp``, ``num_workers``, ``metadata``...).
 
@@ -152,7 +174,7 @@ def train_method(method: str, data: ExperimentData, recipe: Recipe, out_dir: Opt
     Taught in ``book/09_real_data.md``.
     """
     recipe = recipe.resolve(data.strong, data.weak)
-    model = build_method_model(method, data, recipe, seed, **dict(model_overrides or {}))
+    model = build_method_model(method, data, recipe, seed, backbone=backbone, **dict(model_overrides or {}))
     if init is not None:
         source = "the initial weights"
         if not isinstance(init, Mapping):

@@ -78,6 +78,10 @@ class Recipe:
     epochs, min_steps : steps from the data's size instead: ``{"strong_full": e}`` shows every boxed training
         image about ``e`` times, ``{"joint": e}`` / ``{"joint_self_training": e}`` every weak image (at least
         ``min_steps``; :func:`wsbus.experiments.adapt.epoch_steps`).
+    pretrain : label-free pretraining of the backbone on the split's training images (boxed and weak; never the
+        validation or test images) before any method trains, as keyword arguments of
+        :func:`wsbus.pretrain.pretrain_backbone` (``{"method": "simclr", "steps": 1500}``); every method then starts
+        from the pretrained backbone. Empty: none.
     joint_warm_start, joint_steps : the joint run starts from the strong_few model (a warm-up on the boxed images
         alone, whose steps then count in its budget) and trains ``joint_steps`` more steps (default ``steps``).
     moi_teacher : the joint run's masses of interest are chosen by a teacher (ours): the keyword arguments of
@@ -124,6 +128,7 @@ class Recipe:
     strong_full_steps: Optional[int] = None
     epochs: Mapping[str, float] = field(default_factory=dict)
     min_steps: int = 500
+    pretrain: Mapping[str, Any] = field(default_factory=dict)
     joint_warm_start: bool = False
     joint_steps: Optional[int] = None
     moi_teacher: Mapping[str, Any] = field(default_factory=dict)
@@ -253,7 +258,7 @@ class Recipe:
     def as_dict(self) -> Dict[str, Any]:
         """Plain data (for ``results.json``)."""
         d = dataclasses.asdict(self)
-        for key in ("phantom", "detector", "mean_teacher", "moi_teacher", "joint_trainer", "epochs"):
+        for key in ("phantom", "detector", "mean_teacher", "moi_teacher", "joint_trainer", "epochs", "pretrain"):
             d[key] = dict(getattr(self, key))
         for key in ("n_test", "n_val", "n_strong"):
             if isinstance(d[key], Mapping):

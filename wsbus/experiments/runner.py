@@ -34,13 +34,15 @@ from ..evaluate import (MethodResult, add_p_values, evaluate_detections, froc, m
                         render_table, results_table, to_json_methods)
 from ..inference import detect
 from ..models import PRESETS
+from ..pretrain import load_pretrained
 from ..provenance import describe_code, provenance, same_code
 from ..seeding import cpu_threads
 from ..self_training import MeanTeacherSettings, self_train
 from ..viz.detections import plot_precision_vs_rank
 from .data import ExperimentData, experiment_seeds, prepare_data
 from .figures import froc_figure, loss_figure, panels_figure
-from .methods import METHODS, build_method_model, method_names, mil_warning, train_method, warm_start_of
+from .methods import (METHODS, build_method_model, method_names, mil_warning, pretrained_backbone, train_method,
+                      warm_start_of)
 from .parallel import method_dependencies, run_parallel
 from .progress import StepProgress
 from .recipe import Recipe, recipe_for
@@ -156,6 +158,7 @@ class Experiment:
         self.progress = progress
         self.reuse_results = bool(reuse_results)
         self.init_seed, self.train_seed = experiment_seeds(seed)
+        self.backbone: Optional[Path] = None  # the label-free pretrained backbone (recipe.pretrain), once made
         self.results: Dict[str, MethodResult] = {}
         self.states: Dict[str, Dict[str, Any]] = {}
 
@@ -166,7 +169,7 @@ class Experiment:
 
     def build_model(self, method: str = "strong_few", **overrides: Any) -> torch.nn.Module:
         """The recipe's detector for ``method``, initialised from the experiment's initial weights."""
-        return build_method_model(method, self.data, self.recipe, self.seed, **overrides)
+        return build_method_model(method, self.data, self.recipe, self.seed, backbone=self.backbone, **overrides)
 
     def steps_of(self, name: str) -> int:
         """Training steps of a method (:meth:`Recipe.steps_of`)."""
@@ -239,6 +242,7 @@ class Experiment:
         needed = warm_start_of(name, self.recipe)
         steps = self.steps_of(name)
         run = train_method(name, self.data, self.recipe, self.run_dir(name), seed=self.seed, device=self.device,
+                           backbone=self.backbone,
                            warm_start=self.trained_weights(needed) if needed else None,
                            checkpoint_every=max(1, steps // 10), progress=False, tensorboard=False,
                            callbacks=[bar.step], metadata=self.metadata())
@@ -284,6 +288,9 @@ class Experiment:
         t0, c0 = time.perf_counter(), time.process_time()
         self.out.mkdir(parents=True, exist_ok=True)
         todo = [m for m in self.methods if not self.load_finished(m)]
+        if todo and self.recipe.pretrain:  # before any method (and any process): they all start from it
+            self.backbone = pretrained_backbone(self.data, self.recipe, self.seed, self.out / "pretrain" /
+                                                "backbone.pt", device=self.device, progress=self.progress)
         if int(jobs) > 1 and len(todo) > 1:
             self._run_parallel(todo, int(jobs), threads)
         else:
@@ -358,11 +365,24 @@ class Experiment:
             "config": {**self.recipe.as_dict(), "seed": self.seed, "device": str(self.device),
                        "methods": list(names)},
             "joint_is_papers": self.recipe.joint_is_papers(),
+            "pretrain": self.pretrain_summary(),
             "provenance": provenance(self.device),
             "timing": {"torch_threads": torch.get_num_threads()},
         }
         results["table_v"] = results_table(ordered, kind="V")
         return results
+
+    def pretrain_summary(self) -> Optional[Dict[str, Any]]:
+        """What the label-free pretraining did (its settings, the images it saw, its first and last loss)."""
+        if self.backbone is None:
+            return None
+        f = load_pretrained(self.backbone)
+        losses = [h["loss"] for h in f.get("history") or []]
+        return {"file": str(self.backbone), "config": dict(f["config"]), "n_images": f["images"]["n"],
+                "ids_sha256": f["images"]["ids_sha256"], "steps": f.get("step"),
+                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+                "saw_test_or_val": bool(set(f["images"].get("ids") or []) & {s.id for s in self.data.test +
+                                                                             self.data.val})}
 
     def write(self, results: Dict[str, Any]) -> None:
         """``table_v.md``, ``table_iv.md``, the figures and ``results.json`` (written last, atomically)."""

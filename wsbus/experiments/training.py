@@ -22,7 +22,8 @@ from ..checkpoint import CheckpointError, atomic_write_json, load_checkpoint
 from ..distributed import cleanup_distributed, init_distributed
 from ..provenance import provenance
 from .data import ExperimentData, prepare_data, samples_description
-from .methods import TRAINED_METHODS, initial_weights, mil_warning, train_method, warm_start_of
+from ..pretrain import BACKBONE_FILE_KIND
+from .methods import TRAINED_METHODS, initial_weights, mil_warning, pretrained_backbone, train_method, warm_start_of
 from .recipe import Recipe
 
 __all__ = ["TRAIN_MODES", "TrainReport", "train_run", "method_of_mode"]
@@ -63,6 +64,11 @@ def method_of_mode(mode: str) -> str:
     if mode not in TRAIN_MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {sorted(TRAIN_MODES)}")
     return TRAIN_MODES[mode]
+
+
+def is_pretrained_backbone(path: PathLike) -> bool:
+    """True when ``path`` is a ``wsbus pretrain`` file (a label-free pretrained backbone)."""
+    return load_checkpoint(path, map_location="cpu", require=()).get("kind") == BACKBONE_FILE_KIND
 
 
 def _guard_folder(out: Path, resume: bool, overwrite: bool) -> None:
@@ -141,8 +147,15 @@ def train_run(data: str, mode: str, out_dir: PathLike, *, recipe: Recipe, seed: 
             _guard_folder(out, resume, overwrite)
         split = prepare_data(data, recipe, seed)
         ids = _check_split(out, split, resume)
-        if init is not None:
+        backbone = None
+        if init is not None and is_pretrained_backbone(init):
+            # a `wsbus pretrain` file is part of the initial weights: the warm start (if any) trains from it too
+            backbone, init = Path(init), None
+        elif init is not None:
             initial_weights(init)  # an unreadable file is refused before any training
+        elif split.recipe.pretrain:
+            backbone = pretrained_backbone(split, recipe, seed, out / "pretrain" / "backbone.pt", device=device,
+                                           progress=trainer_options.get("progress", True))
         metadata = {"data": data, "seed": int(seed), "method": method, "phantom_size": recipe.size,
                     "samples": samples_description(data, recipe, seed), "split_ids": ids,
                     "init": None if init is None else str(init), "argv": list(argv if argv is not None else sys.argv)}
@@ -154,6 +167,7 @@ def train_run(data: str, mode: str, out_dir: PathLike, *, recipe: Recipe, seed: 
             warm = load_checkpoint(out / "last.pt", map_location="cpu")["model"]
         elif needed and init is None:
             warm_run = train_method(needed, split, recipe, out / "warm_start", seed=seed, device=device,
+                                    backbone=backbone,
                                     model_overrides={"pretrained": pretrained}, metadata={**metadata, "method": needed},
                                     **trainer_options)
             warm = warm_run.model.state_dict()
@@ -169,6 +183,7 @@ def train_run(data: str, mode: str, out_dir: PathLike, *, recipe: Recipe, seed: 
                                   out / "config.json")
 
         run = train_method(method, split, recipe, out, seed=seed, device=device, warm_start=warm, init=init,
+                           backbone=backbone,
                            steps=steps, resume=resume, before_fit=write_config,
                            model_overrides={"pretrained": pretrained}, metadata=metadata, **trainer_options)
         history = run.history

@@ -165,15 +165,18 @@ class TinyBackbone(_Features):
 
 
 def build_backbone(name: str, pretrained: bool = False, frozen_stages: Optional[int] = None,
-                   norm: Optional[str] = None) -> nn.Module:
+                   norm: Optional[str] = None, width: float = 1.0) -> nn.Module:
     """The backbone called ``name`` (one of :data:`BACKBONES`).
 
     ``frozen_stages=None`` freezes conv1–2 of VGG16 / stem+layer1 of ResNets when ``pretrained`` (the reference
     code and torchvision) and nothing when training from scratch (random early filters should learn).
     ``norm=None`` is ``"frozen_bn"`` for pretrained ResNets and ``"bn"`` otherwise; it only applies to ResNets.
+    ``width`` multiplies the tiny backbone's channels (16, 32, 64, 64); the other backbones keep theirs (1 only).
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
+    if not width > 0 or (name != "tiny" and width != 1.0):
+        raise ValueError(f"width must be > 0, and 1 for {name!r} (only the tiny backbone is widened), got {width!r}")
     if frozen_stages is None:
         frozen_stages = 2 if pretrained else 0
     if name == "vgg16":
@@ -185,4 +188,4 @@ def build_backbone(name: str, pretrained: bool = False, frozen_stages: Optional[
         raise ValueError("the tiny backbone has no pretrained weights; use pretrained=False")
     if frozen_stages:
         raise ValueError("the tiny backbone is always trained from scratch; use frozen_stages=0")
-    return TinyBackbone()
+    return TinyBackbone(tuple(max(8, int(round(c * width))) for c in (16, 32, 64, 64)))

@@ -76,6 +76,7 @@ class DetectorConfig:
         ``weak_proposals`` most object-like proposals (default: the test-time post-NMS count; ``"training"``: the
         training-time pre/post-NMS counts, as the paper and its reference code, which scores
         all 2000 training proposals, about seven times more head compute for the same argmax in practice).
+    width : channel multiplier of the tiny backbone (1: 16/32/64/64 channels).
     frozen_stages, norm : backbone stages not trained (default 2 with pretrained weights, as the reference freezes
         conv1-2) and the ResNets' normalisation (``frozen_bn`` pretrained, ``bn`` from scratch).
     image_mean, image_std : grayscale normalisation (one value each), default :data:`GRAY_STATS`.
@@ -94,6 +95,7 @@ class DetectorConfig:
     # backbone
     frozen_stages: Optional[int] = None
     norm: Optional[str] = None
+    width: float = 1.0
     # anchors and RPN
     anchor_sizes: Tuple[int, ...] = (128, 256, 512)
     anchor_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)

@@ -256,7 +256,8 @@ class WeakSemiFasterRCNN(GeneralizedRCNN):
         """The detector a :class:`wsbus.models.DetectorConfig` describes (randomly initialised unless
         ``config.pretrained``, which downloads torchvision's ImageNet weights for the backbone)."""
         c = config
-        body = build_backbone(c.backbone, pretrained=c.pretrained, frozen_stages=c.frozen_stages, norm=c.norm)
+        body = build_backbone(c.backbone, pretrained=c.pretrained, frozen_stages=c.frozen_stages, norm=c.norm,
+                              width=c.width)
         anchor_generator = CachedAnchorGenerator(sizes=(c.anchor_sizes,), aspect_ratios=(c.anchor_ratios,))
         rpn = WeakSemiRPN(
             anchor_generator, RPNHead(body.out_channels, anchor_generator.num_anchors_per_location()[0]),

@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""The levers of the BUS-BRA recipe, each measured on a validation split (never a test fold): ``docs/results/
+busbra_levers/``.
+
+Usage::
+
+    python scripts/busbra_levers.py --data ../shared/data/BUSBRA                    # every lever, fold 1
+    python scripts/busbra_levers.py --data ../shared/data/BUSBRA --levers base simclr --jobs 2
+
+Each lever is the ``REAL`` recipe with one change (:data:`LEVERS`). It is trained on the training patients of
+BUS-BRA's fold ``--fold`` (the authors' 5-fold partition; that fold's test images are never loaded into any run's
+evaluation) and scored on the validation images carved from those training patients: strong_few, joint (ours),
+joint + self-training (the recipe's mean teacher), and for the ``base`` lever also strong_full, weak_only and
+joint_paper. Runs go to ``--runs`` (resumable); ``--out`` receives ``levers.json`` (every lever's results, with its
+recipe change and the code that made it) and ``levers.md`` (the table: CorLoc, AP50 and CPM on validation, and each
+lever's difference from ``base`` with McNemar's p on the same validation images).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from wsbus.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
+from wsbus.evaluate import mcnemar_exact, render_table  # noqa: E402
+from wsbus.experiments import REAL, run_experiment  # noqa: E402
+
+PRETRAIN = {"steps": 1500, "amp": True}
+#: Each lever: the recipe fields it changes from REAL.
+LEVERS = {
+    "base": {},
+    "simclr": {"pretrain": {"method": "simclr", **PRETRAIN}},
+    "byol": {"pretrain": {"method": "byol", **PRETRAIN}},
+    "autoencoder": {"pretrain": {"method": "autoencoder", **PRETRAIN}},
+    "mae": {"pretrain": {"method": "mae", **PRETRAIN}},
+    "size224": {"size": 224},
+    "wide": {"detector": {**REAL.detector, "width": 2.0}},
+    "anchors_fixed": {"detector": {**REAL.detector, "anchor_sizes": (32, 64, 128)}},
+    "weak4": {"batch_weak": 4},
+    "mt_augment": {"mean_teacher": {**REAL.mean_teacher, "augment": True}},
+    "mt_balance": {"mean_teacher": {**REAL.mean_teacher, "balance_classes": True}},
+}
+LEVER_METHODS = ("strong_few", "joint", "joint_self_training")
+BASE_METHODS = ("strong_full", "strong_few", "weak_only", "joint", "joint_paper", "joint_self_training")
+
+
+def lever_recipe(name: str, n_strong: int):
+    if name not in LEVERS:
+        raise SystemExit(f"unknown lever {name!r}; levers: {', '.join(LEVERS)}")
+    return REAL.replace(n_strong=n_strong, **LEVERS[name])
+
+
+def table(results: dict) -> str:
+    base = {m["name"]: m for m in results["base"]["methods"]}
+    header = ["lever", "strong_few [%]", "joint [%]", "joint + MT [%]", "AP50 joint + MT [%]", "CPM joint + MT [%]",
+              "joint + MT - base [points]", "p (McNemar)"]
+    body = []
+    for name, r in results.items():
+        by = {m["name"]: m for m in r["methods"]}
+
+        def pct(method, key="corloc"):
+            m = by.get(method)
+            if m is None:
+                return "-"
+            v = m[key]["overall"] if key == "corloc" else (m[key]["mAP"] if key == "ap50" else m[key])
+            return f"{100 * v:.1f}" if v is not None else "-"
+        st, st0 = by.get("joint_self_training"), base.get("joint_self_training")
+        if name != "base" and st and st0:
+            _, _, p = mcnemar_exact(st["per_image"], st0["per_image"])
+            diff = f"{100 * (st['corloc']['overall'] - st0['corloc']['overall']):+.1f}"
+            pv = f"{p:.3g}"
+        else:
+            diff, pv = "", ""
+        body.append([name, pct("strong_few"), pct("joint"), pct("joint_self_training"),
+                     pct("joint_self_training", "ap50"), pct("joint_self_training", "froc_cpm"), diff, pv])
+    return render_table(header, body, ["l"] + ["r"] * 7)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="the BUS-BRA folder")
+    ap.add_argument("--levers", nargs="+", default=list(LEVERS), help="levers to run (default all)")
+    ap.add_argument("--fold", type=int, default=1, help="whose training patients are used (default 1)")
+    ap.add_argument("--n-strong", type=int, default=50, help="boxed images (default 50)")
+    ap.add_argument("--runs", default="runs/busbra_levers", help="training runs (resumable)")
+    ap.add_argument("--out", default=str(REPO / "docs" / "results" / "busbra_levers"), help="published files")
+    ap.add_argument("--jobs", type=int, default=1, help="processes per experiment (independent methods)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--reuse-results", action="store_true", help="collect results that earlier code made")
+    args = ap.parse_args()
+    source = f"busbra:{args.data}"
+    results = {}
+    for name in args.levers:
+        methods = BASE_METHODS if name == "base" else LEVER_METHODS
+        r = run_experiment(source, Path(args.runs) / f"boxes{args.n_strong}" / name,
+                           recipe=lever_recipe(name, args.n_strong), fold=args.fold, evaluate_on="val",
+                           methods=methods, progress=False, verbose=False, jobs=args.jobs, threads=args.threads,
+                           reuse_results=args.reuse_results)
+        for m in r["methods"]:  # keep the per-image outcomes for the paired tests
+            m["per_image"] = [bool(x) for x in _per_image(Path(args.runs) / f"boxes{args.n_strong}" / name, m["name"])]
+        results[name] = {"change": LEVERS[name], "methods": r["methods"], "pretrain": r.get("pretrain"),
+                         "provenance": r["provenance"], "data": r["data"], "config": r["config"]}
+        print(f"{name}: " + ", ".join(f"{m['name']} {100 * m['corloc']['overall']:.1f}" for m in r["methods"]),
+              flush=True)
+    out = Path(args.out)
+    if "base" in results:
+        text = table(results)
+        atomic_write_text(f"# BUS-BRA levers, fold {args.fold}'s validation split, {args.n_strong} boxed images\n\n"
+                          + text + "\n\nCorLoc / AP50 / FROC CPM on the validation images carved from fold "
+                          f"{args.fold}'s training patients (the test fold is never scored here); joint + MT: joint "
+                          "(ours) then self-training with the mean teacher (ours); p: McNemar's exact test of "
+                          "joint + MT against the base recipe on the same images.\n", out / f"levers_{args.n_strong}.md")
+        print(text)
+    atomic_write_json({"fold": args.fold, "n_strong": args.n_strong, "levers": results},
+                      out / f"levers_{args.n_strong}.json")
+    return 0
+
+
+def _per_image(folder: Path, method: str):
+    from wsbus.checkpoint import load_checkpoint
+
+    return load_checkpoint(folder / "runs" / method / "result.pt", require=("per_image",))["per_image"].tolist()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
