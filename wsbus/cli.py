@@ -209,6 +209,13 @@ def _experiment_parser(sub) -> None:
                         "the recipe's")
     x.add_argument("--evaluate-on", choices=("test", "val"), default="test",
                    help="score the test set (default; report it once) or the validation set (choosing settings)")
+    x.add_argument("--target", default=None, metavar="SOURCE",
+                   help="a cross-site experiment: the boxes of --data (all, or --n-strong), the image labels and the "
+                        "test images of this source's patients (e.g. a hospital's own scans); methods source_only, "
+                        "joint, joint_self_training, and target_few / target_full when the target has boxes")
+    x.add_argument("--n-target-strong", type=_non_negative_int, default=0,
+                   help="cross-site: target training images that keep their boxes for the target_few reference "
+                        "(default 0: none)")
     x.add_argument("--folds", default=None, metavar="FILE.csv",
                    help="a folds file (columns: image id or patient, and fold); with --fold, that fold is the test set "
                         "and validation is carved from the other folds' patients")
@@ -222,7 +229,8 @@ def _experiment_parser(sub) -> None:
     x.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="repeat on these seeds (DIR/seed_<s>/) and write DIR/summary.md and DIR/summary.json")
     x.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="a subset of strong_full strong_few weak_only joint joint_paper joint_self_training")
+                   help="a subset of strong_full strong_few weak_only joint joint_paper joint_self_training (cross-site: "
+                        "source_only joint joint_self_training target_few target_full)")
     x.add_argument("--quick", action="store_true", help="the recipe's smoke version")
     x.add_argument("--reuse-results", action="store_true",
                    help="reuse stored method results that other code (another wsbus commit) made; by default they "
@@ -595,19 +603,23 @@ def cmd_self_train(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     """``wsbus experiment``: :func:`wsbus.experiments.run_experiment` (or ``run_experiments`` over seeds)."""
     from .data.sources import parse_source
-    from .experiments import METHODS, run_experiment, run_experiments, run_folds
+    from .experiments import run_experiment, run_experiments, run_folds
 
     recipe = _recipe(args, parse_source(args.data).kind, n_test=args.n_test, n_val=args.n_val,
                      self_training=args.self_training)
-    if args.n_strong is not None:
+    if args.n_strong is not None and args.target is None:
         recipe = recipe.replace(n_strong=args.n_strong, strong_fraction=None)
+    if args.target is None and args.n_target_strong:
+        raise CliError("--n-target-strong needs --target")
     if args.folds is not None and args.fold is None:
         raise CliError("--folds needs --fold K (the fold that is the test set)")
     if args.fold is not None and args.seeds:
         raise CliError("--fold and --seeds do not combine; repeat a fold study with --seed")
-    kwargs = dict(recipe=recipe, methods=args.methods or METHODS, device=args.device, threads=args.threads,
+    kwargs = dict(recipe=recipe, methods=args.methods, device=args.device, threads=args.threads,
                   progress=not args.no_progress, evaluate_on=args.evaluate_on, reuse_results=args.reuse_results,
                   jobs=args.jobs)
+    if args.target is not None:
+        kwargs.update(target=args.target, n_source_strong=args.n_strong, n_target_strong=args.n_target_strong)
     if args.fold is not None and len(args.fold) > 1:
         run_folds(args.data, args.out, folds=args.folds, fold_numbers=args.fold, seed=args.seed, **kwargs)
     elif args.fold is not None:

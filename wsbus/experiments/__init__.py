@@ -11,20 +11,21 @@ Taught in ``book/09_real_data.md``.
 from .ablation import TABLE_II_VARIANTS, AblationResult, AblationVariant, run_ablation, run_ablations, \
     summarize_ablations
 from .checkpoints import checkpoint_split, self_train_from_checkpoint
-from .data import ExperimentData, experiment_seeds, prepare_data
+from .data import ExperimentData, display_source, experiment_seeds, prepare_cross_site, prepare_data
 from .demo import run_demo
 from .recipe import (PAPER, PAPER_JOINT, PHANTOM, PHANTOM_QUICK, QUICK_RECIPES, REAL, REAL_QUICK, RECIPES, Recipe,
                      mil_class_weights, recipe_for)
-from .methods import (METHODS, TRAINED_METHODS, TrainedMethod, build_method_model, initial_weights, method_sets,
+from .methods import (CROSS_SITE_METHODS, METHODS, TRAINED_METHODS, TrainedMethod, build_method_model, initial_weights, method_sets,
                       method_trainer, mil_warning, train_method, warm_start_of)
 from .parallel import method_dependencies, parallel_plan
-from .runner import (SUPERVISION, Experiment, check_finding, describe_settings, run_experiment, run_experiments,
-                     run_folds, summarize_experiments, supervision_of)
+from .runner import (SUPERVISION, Experiment, check_cross_site, check_finding, default_methods, describe_settings,
+                     run_experiment, run_experiments, run_folds, summarize_experiments, supervision_of)
 from .training import TRAIN_MODES, TrainReport, method_of_mode, train_run
 
 __all__ = ["Recipe", "PHANTOM", "PHANTOM_QUICK", "REAL", "REAL_QUICK", "PAPER", "PAPER_JOINT", "RECIPES",
            "QUICK_RECIPES", "recipe_for", "mil_class_weights", "ExperimentData", "prepare_data", "experiment_seeds",
-           "Experiment", "METHODS", "SUPERVISION", "supervision_of", "TRAINED_METHODS", "TrainedMethod",
+           "Experiment", "METHODS", "CROSS_SITE_METHODS", "SUPERVISION", "check_cross_site", "default_methods",
+           "prepare_cross_site", "display_source", "supervision_of", "TRAINED_METHODS", "TrainedMethod",
            "train_method", "method_sets", "method_trainer", "build_method_model", "warm_start_of", "mil_warning",
            "TRAIN_MODES", "TrainReport", "initial_weights", "method_of_mode", "train_run", "check_finding",
            "describe_settings", "run_experiment", "run_experiments", "run_folds", "summarize_experiments",

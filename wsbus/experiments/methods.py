@@ -36,14 +36,18 @@ from ..teachers import MoITeacher
 from .data import ExperimentData, experiment_seeds
 from .recipe import Recipe
 
-__all__ = ["METHODS", "TRAINED_METHODS", "WEAKLY_SUPERVISED", "TrainedMethod", "method_sets", "build_method_model",
+__all__ = ["METHODS", "CROSS_SITE_METHODS", "TRAINED_METHODS", "WEAKLY_SUPERVISED", "TrainedMethod", "method_sets", "build_method_model",
            "method_trainer", "train_method", "warm_start_of", "mil_warning", "load_initial_weights", "method_names",
            "initial_weights", "pretrained_backbone"]
 
 #: The methods of an experiment, in table order.
 METHODS = ("strong_full", "strong_few", "weak_only", "joint", "joint_paper", "joint_self_training")
+#: The methods of a cross-site experiment (:func:`wsbus.experiments.prepare_cross_site`), in table order:
+#: ``source_only`` (the source's boxes), ``joint`` and ``joint_self_training`` (+ the target's image labels), and
+#: the target references ``target_few`` (a few target boxes) and ``target_full`` (every target training box).
+CROSS_SITE_METHODS = ("source_only", "joint", "joint_self_training", "target_few", "target_full")
 #: The methods :func:`train_method` trains (self-training starts from a trained ``joint``).
-TRAINED_METHODS = METHODS[:-1]
+TRAINED_METHODS = METHODS[:-1] + ("source_only", "target_few", "target_full")
 #: Methods whose training uses the MIL loss of weak images.
 WEAKLY_SUPERVISED = ("weak_only", "joint", "joint_paper", "joint_self_training")
 Device = Union[str, torch.device, None]
@@ -65,18 +69,30 @@ class TrainedMethod:
 
 
 def method_sets(method: str, data: ExperimentData) -> Tuple[Optional[list], Optional[list], str]:
-    """``(strong, weak, mode)`` of a trained method on a split."""
-    sets = {"strong_full": (data.strong + data.weak, None, "strong"), "strong_few": (data.strong, None, "strong"),
-            "weak_only": (None, data.strong + data.weak, "weak"), "joint": (data.strong, data.weak, "joint"),
-            "joint_paper": (data.strong, data.weak, "joint")}
+    """``(strong, weak, mode)`` of a trained method on a split (or a cross-site experiment's data)."""
+    if data.design == "cross_site":
+        if method == "target_full" and any(not s.is_strong for s in data.weak):
+            raise ValueError(f"target_full trains on the target's boxes, but {data.target!r} has images without boxes")
+        if method == "target_few" and not data.target_strong:
+            raise ValueError("target_few needs boxed target images (n_target_strong > 0)")
+        sets = {"source_only": (data.strong, None, "strong"), "joint": (data.strong, data.weak, "joint"),
+                "target_few": (data.target_strong, None, "strong"), "target_full": (data.weak, None, "strong")}
+    else:
+        sets = {"strong_full": (data.strong + data.weak, None, "strong"), "strong_few": (data.strong, None, "strong"),
+                "weak_only": (None, data.strong + data.weak, "weak"), "joint": (data.strong, data.weak, "joint"),
+                "joint_paper": (data.strong, data.weak, "joint")}
     if method not in sets:
-        raise ValueError(f"unknown trained method {method!r}; choose one of {list(sets)}")
+        raise ValueError(f"unknown trained method {method!r} for a {data.design} experiment; choose one of "
+                         f"{list(sets)}")
     return sets[method]
 
 
-def warm_start_of(method: str, recipe: Recipe) -> Optional[str]:
-    """The method whose final weights ``method`` starts from (``"strong_few"`` for a warm-started ``joint``)."""
-    return "strong_few" if method == "joint" and recipe.for_method("joint").joint_warm_start else None
+def warm_start_of(method: str, recipe: Recipe, design: str = "split") -> Optional[str]:
+    """The method whose final weights ``method`` starts from: for a warm-started ``joint``, ``"strong_few"`` (or
+    ``"source_only"`` in a cross-site experiment)."""
+    if method == "joint" and recipe.for_method("joint").joint_warm_start:
+        return "source_only" if design == "cross_site" else "strong_few"
+    return None
 
 
 def build_method_model(method: str, data: ExperimentData, recipe: Recipe, seed: int,
@@ -127,7 +143,7 @@ def method_trainer(method: str, data: ExperimentData, recipe: Recipe, model: tor
         kw.update(alpha=r.alpha_schedule(steps), mixing=r.mixing, **dict(r.joint_trainer))
         if r.moi_teacher:
             hooks.append(MoITeacher(**dict(r.moi_teacher)))
-    needed = warm_start_of(method, recipe)
+    needed = warm_start_of(method, recipe, data.design)
     if needed and warm_start is None and not started:
         raise ValueError(f"{method} starts from the trained {needed} model (the recipe's joint_warm_start); pass its "
                          f"weights as warm_start")
@@ -238,9 +254,11 @@ def mil_warning(method: str, mil: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
-def method_names(methods: Sequence[str]) -> List[str]:
-    """``methods`` in table order; raises ``ValueError`` on unknown names."""
-    unknown = [m for m in methods if m not in METHODS]
+def method_names(methods: Sequence[str], design: str = "split") -> List[str]:
+    """``methods`` in the table order of the design (``"split"``: :data:`METHODS`, ``"cross_site"``:
+    :data:`CROSS_SITE_METHODS`); raises ``ValueError`` on unknown names."""
+    known = CROSS_SITE_METHODS if design == "cross_site" else METHODS
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
-    return [m for m in METHODS if m in methods]
+        raise ValueError(f"unknown method(s) {unknown} for a {design} experiment; choose from {list(known)}")
+    return [m for m in known if m in methods]

@@ -75,6 +75,8 @@ class Recipe:
     mil_class_weights : ``"inverse_frequency"`` of the training labels, None, or 3 numbers.
     steps : training steps of every few-box run; ``strong_full_steps`` those of the all-boxes reference (default
         ``steps``: it may need more to converge on a large training set).
+    method_steps : explicit steps of named methods (first in :meth:`steps_of`; cross-site experiments set those of
+        ``source_only`` and ``target_full`` from the data).
     epochs, min_steps : steps from the data's size instead: ``{"strong_full": e}`` shows every boxed training
         image about ``e`` times, ``{"joint": e}`` / ``{"joint_self_training": e}`` every weak image (at least
         ``min_steps``; :func:`wsbus.experiments.adapt.epoch_steps`).
@@ -128,6 +130,7 @@ class Recipe:
     strong_full_steps: Optional[int] = None
     epochs: Mapping[str, float] = field(default_factory=dict)
     min_steps: int = 500
+    method_steps: Mapping[str, int] = field(default_factory=dict)
     pretrain: Mapping[str, Any] = field(default_factory=dict)
     joint_warm_start: bool = False
     joint_steps: Optional[int] = None
@@ -185,6 +188,8 @@ class Recipe:
     def steps_of(self, method: str) -> int:
         """Training steps of ``method``: ``strong_full_steps``, ``joint_steps`` and ``self_training_steps`` where
         set, else ``steps``; ``joint_paper`` trains as long as ``joint`` with its warm-up (equal compute)."""
+        if method in self.method_steps:
+            return int(self.method_steps[method])
         if method == "joint_paper":
             return int(self.joint_steps or self.steps) + (int(self.steps) if self.joint_warm_start else 0)
         special = {"strong_full": self.strong_full_steps, "joint": self.joint_steps,
@@ -258,7 +263,8 @@ class Recipe:
     def as_dict(self) -> Dict[str, Any]:
         """Plain data (for ``results.json``)."""
         d = dataclasses.asdict(self)
-        for key in ("phantom", "detector", "mean_teacher", "moi_teacher", "joint_trainer", "epochs", "pretrain"):
+        for key in ("phantom", "detector", "mean_teacher", "moi_teacher", "joint_trainer", "epochs", "pretrain",
+                    "method_steps"):
             d[key] = dict(getattr(self, key))
         for key in ("n_test", "n_val", "n_strong"):
             if isinstance(d[key], Mapping):

@@ -39,7 +39,8 @@ from ..provenance import describe_code, provenance, same_code
 from ..seeding import cpu_threads
 from ..self_training import MeanTeacherSettings, self_train
 from ..viz.detections import plot_precision_vs_rank
-from .data import ExperimentData, experiment_seeds, prepare_data
+from .data import (ExperimentData, display_source, experiment_seeds, prepare_cross_site, prepare_data,
+                   samples_description)
 from .figures import froc_figure, loss_figure, panels_figure
 from .methods import (METHODS, build_method_model, method_names, mil_warning, pretrained_backbone, train_method,
                       warm_start_of)
@@ -48,7 +49,8 @@ from .progress import StepProgress
 from .recipe import Recipe, recipe_for
 
 __all__ = ["METHODS", "SUPERVISION", "Experiment", "run_experiment", "run_experiments", "run_folds",
-           "summarize_experiments", "check_finding", "supervision_of", "describe_settings"]
+           "summarize_experiments", "check_finding", "check_cross_site", "supervision_of", "describe_settings",
+           "default_methods"]
 
 logger = logging.getLogger("wsbus.experiments")
 
@@ -56,7 +58,11 @@ logger = logging.getLogger("wsbus.experiments")
 PROCEDURE_NAMES = {"paper": "paper's self-training", "mean_teacher": "mean teacher, ours"}
 #: Table V's "Supervision" column of each method (see :func:`supervision_of` for the joint runs' labels).
 SUPERVISION = {"strong_full": "Strong", "strong_few": "Strong", "weak_only": "Weak", "joint": "Weak & Semi",
-               "joint_paper": "Weak & Semi (paper)", "joint_self_training": "Weak & Semi"}
+               "joint_paper": "Weak & Semi (paper)", "joint_self_training": "Weak & Semi",
+               "source_only": "Strong (source boxes)", "target_few": "Strong (a few target boxes)",
+               "target_full": "Strong (every target box)"}
+#: What a cross-site experiment's joint run must gain over source_only (CorLoc, a fraction) to meet its goal.
+CROSS_SITE_GAIN = 0.05
 #: Significance level of the finding's checks.
 FINDING_ALPHA = 0.05
 Device = Union[str, torch.device, None]
@@ -97,6 +103,24 @@ def check_finding(by_name: Mapping[str, Any], p_values: Optional[Mapping[str, fl
     return out
 
 
+def check_cross_site(by_name: Mapping[str, Any], p_values: Mapping[str, float], alpha: float = FINDING_ALPHA,
+                     gain: float = CROSS_SITE_GAIN) -> Dict[str, Any]:
+    """A cross-site experiment's finding on the target: joint at least ``gain`` above source_only with McNemar
+    ``p_values["source_only"]`` < ``alpha`` (the p-values are against ``source_only``: ``p_values["joint"]``), and
+    joint_self_training not below joint; ``holds`` when both do."""
+    c = {k: float(m.overall) for k, m in by_name.items()}
+    p = p_values.get("joint")
+    checks = {"joint_gains_over_source_only": c["joint"] - c["source_only"] >= gain and p is not None and p < alpha}
+    if "joint_self_training" in c:
+        checks["self_training_not_below_joint"] = c["joint_self_training"] >= c["joint"]
+    out = {"checks": checks, "holds": all(checks.values()), "alpha": alpha, "required_gain": gain,
+           "p_joint_vs_source_only": p, "joint_minus_source_only": c["joint"] - c["source_only"]}
+    for ref in ("target_few", "target_full"):
+        if ref in c:
+            out[f"joint_minus_{ref}"] = c["joint"] - c[ref]
+    return out
+
+
 def _result_state(m: MethodResult, detections: List[Dict[str, torch.Tensor]], history: History,
                   timing: Mapping[str, float], extra: Mapping[str, Any]) -> Dict[str, Any]:
     """A finished method as ``weights_only``-loadable data (``runs/<method>/result.pt``)."""
@@ -114,6 +138,17 @@ def _method_of(state: Mapping[str, Any]) -> MethodResult:
                         supervision=state["supervision"], per_image=state["per_image"].numpy(),
                         ap50=state.get("ap50"), ap=state.get("ap"), froc_cpm=state.get("froc_cpm"),
                         auc=state.get("auc"))
+
+
+def default_methods(data: ExperimentData) -> Tuple[str, ...]:
+    """The methods an experiment runs by default: every method of the paper's protocol (:data:`METHODS`), or for a
+    cross-site experiment ``source_only``, ``joint`` and ``joint_self_training``, plus ``target_few`` when target
+    boxes were set aside and ``target_full`` when the target has boxes."""
+    if data.design != "cross_site":
+        return METHODS
+    extra = (("target_few",) if data.target_strong else ()) + (
+        ("target_full",) if all(s.is_strong for s in data.weak) else ())
+    return ("source_only", "joint", "joint_self_training") + extra
 
 
 class _MethodJob:
@@ -135,15 +170,17 @@ class Experiment:
     """
 
     def __init__(self, data: ExperimentData, recipe: Recipe, out_dir: Union[str, os.PathLike], *, seed: int = 0,
-                 methods: Sequence[str] = METHODS, device: Device = None, progress: bool = True,
+                 methods: Optional[Sequence[str]] = None, device: Device = None, progress: bool = True,
                  evaluate_on: str = "test", reuse_results: bool = False) -> None:
+        methods = default_methods(data) if methods is None else methods
         if not methods:
-            raise ValueError(f"no method to run; choose from {list(METHODS)}")
-        methods = method_names(methods)
+            raise ValueError(f"no method to run; choose from {list(default_methods(data))}")
+        methods = method_names(methods, data.design)
         if "joint_self_training" in methods and "joint" not in methods:
             raise ValueError("joint_self_training starts from the joint model: include 'joint' in the methods")
-        if warm_start_of("joint", recipe) and "joint" in methods and "strong_few" not in methods:
-            raise ValueError("the recipe's joint run starts from strong_few (joint_warm_start): include 'strong_few'")
+        needed = warm_start_of("joint", recipe, data.design)
+        if needed and "joint" in methods and needed not in methods:
+            raise ValueError(f"the recipe's joint run starts from {needed} (joint_warm_start): include '{needed}'")
         if evaluate_on not in ("test", "val"):
             raise ValueError(f"evaluate_on must be 'test' or 'val', got {evaluate_on!r}")
         self.eval_set = data.test if evaluate_on == "test" else data.val
@@ -210,9 +247,13 @@ class Experiment:
 
     def metadata(self) -> Dict[str, Any]:
         """What a run's checkpoint records about its data (``wsbus evaluate --checkpoint`` reloads the split)."""
-        return {"data": self.data.source, "seed": self.seed, "phantom_size": self.recipe.size,
-                "split_ids": {role: [s.id for s in getattr(self.data, role)]
-                              for role in ("strong", "weak", "val", "test")}}
+        d = self.data
+        meta = {"data": d.source, "seed": self.seed, "phantom_size": self.recipe.size, "design": d.design,
+                "samples": samples_description(d.source, self.recipe, self.seed),
+                "split_ids": {role: [s.id for s in getattr(d, role)] for role in ("strong", "weak", "val", "test")}}
+        if d.target is not None:
+            meta.update(target=d.target, target_samples=samples_description(d.target, self.recipe, self.seed))
+        return meta
 
     def load_finished(self, name: str) -> bool:
         path = self.run_dir(name) / "result.pt"
@@ -239,7 +280,7 @@ class Experiment:
     def train(self, name: str, bar: StepProgress) -> None:
         """Train method ``name`` (resuming its checkpoint), evaluate it and store its result."""
         started = (time.perf_counter(), time.process_time())
-        needed = warm_start_of(name, self.recipe)
+        needed = warm_start_of(name, self.recipe, self.data.design)
         steps = self.steps_of(name)
         run = train_method(name, self.data, self.recipe, self.run_dir(name), seed=self.seed, device=self.device,
                            backbone=self.backbone,
@@ -315,7 +356,8 @@ class Experiment:
             self.train(name, bar)
 
     def _run_parallel(self, todo: List[str], jobs: int, threads: Optional[int]) -> None:
-        deps = method_dependencies(self.methods, {m: warm_start_of(m, self.recipe) for m in self.methods})
+        deps = method_dependencies(self.methods, {m: warm_start_of(m, self.recipe, self.data.design)
+                                                  for m in self.methods})
 
         work = _MethodJob(self, threads)
         bar = tqdm(total=len(todo), disable=not self.progress, desc=f"experiment ({jobs} processes)",
@@ -330,7 +372,8 @@ class Experiment:
     def summary(self) -> Dict[str, Any]:
         """``results.json``'s content from the stored method results."""
         names = self.methods
-        reference = "joint" if "joint" in names else names[0]
+        cross = self.data.design == "cross_site"
+        reference = ("source_only" if cross and "source_only" in names else "joint" if "joint" in names else names[0])
         ordered = add_p_values([self.results[m] for m in names], reference=reference, test="mcnemar",
                                n_boot=self.recipe.n_boot)
         entries = to_json_methods(ordered)
@@ -353,8 +396,10 @@ class Experiment:
                                                                   self.results["strong_few"].per_image)[2]
         results: Dict[str, Any] = {
             "methods": entries,
-            "finding": (check_finding(self.results, p_values) if {"strong_full", "strong_few", "weak_only", "joint"}
-                        <= set(names) else None),
+            "finding": (check_cross_site(self.results, p_values) if cross and {"source_only", "joint"} <= set(names)
+                        else check_finding(self.results, p_values) if {"strong_full", "strong_few", "weak_only",
+                                                                       "joint"} <= set(names) else None),
+            "design": self.data.design, "reference": reference,
             "evaluated_on": self.evaluate_on,
             "pseudo_box_precision": st.get("pseudo_box_precision"),
             "self_training": st.get("self_training"),
@@ -372,6 +417,13 @@ class Experiment:
         results["table_v"] = results_table(ordered, kind="V")
         return results
 
+    def title(self) -> str:
+        """What the experiment measured, without local paths: ``busbra:BUSBRA, fold 1`` or
+        ``busbra:BUSBRA?device=Logiq 7 -> busbra:BUSBRA?device!=Logiq 7``."""
+        d = self.data
+        text = display_source(d.source) + (f" -> {display_source(d.target)}" if d.target else "")
+        return text + (f", fold {d.fold}" if d.fold is not None else f", split seed {self.seed}")
+
     def pretrain_summary(self) -> Optional[Dict[str, Any]]:
         """What the label-free pretraining did (its settings, the images it saw, its first and last loss)."""
         if self.backbone is None:
@@ -388,14 +440,15 @@ class Experiment:
         """``table_v.md``, ``table_iv.md``, the figures and ``results.json`` (written last, atomically)."""
         out, what = self.out, "test" if self.evaluate_on == "test" else "validation"
         note = (f"\nCorLoc on the {what} set (IoU > 0.5, score >= 0.5, class must match), 95 % percentile bootstrap "
-                f"CI over {self.recipe.n_boot} resamples of the images; p-values: McNemar's exact test of each method "
-                "against `joint` on the same images (the paper's bootstrap t-test is in results.json as "
-                "`p_value_bootstrap_t`).\n")
-        atomic_write_text(f"# Table V ({self.data.source})\n\n" + results["table_v"] + note, out / "table_v.md")
+                f"CI over {self.recipe.n_boot} resamples of the images; AP50 and AP@[.5:.95] by the COCO protocol; "
+                "FROC CPM: the mean sensitivity at 1/8 to 8 false positives per image; malignancy AUC: malignant vs "
+                f"benign images by their highest malignant score; p-values: McNemar's exact test of each method "
+                f"against `{results['reference']}` on the same images (the paper's bootstrap t-test is in "
+                "results.json as `p_value_bootstrap_t`).\n")
+        atomic_write_text(f"Table V ({self.title()})\n\n" + results["table_v"] + note, out / "table_v.md")
         st = self.states.get("joint_self_training", {}).get("extra", {})
         if st.get("table_iv"):
-            atomic_write_text(f"# Table IV ({self.data.source}): self-training\n\n" + st["table_iv"],
-                              out / "table_iv.md")
+            atomic_write_text(f"Table IV ({self.title()}): self-training\n\n" + st["table_iv"], out / "table_iv.md")
         histories = {m: History(self.states[m]["history"]) for m in self.methods}
         loss_figure(histories).savefig(out / "loss_curves.png", dpi=110)
         detections = {m: self.states[m]["detections"] for m in self.methods}
@@ -411,11 +464,12 @@ class Experiment:
 
 def run_experiment(data: str = "phantom", out_dir: Union[str, os.PathLike] = "wsbus_experiment", *,
                    recipe: Optional[Recipe] = None, quick: bool = False, seed: int = 0,
-                   methods: Sequence[str] = METHODS, device: Device = None, threads: Optional[int] = 1,
+                   methods: Optional[Sequence[str]] = None, device: Device = None, threads: Optional[int] = 1,
                    progress: bool = True, evaluate_on: str = "test", samples: Optional[Sequence[Any]] = None,
                    verbose: bool = True, reuse_results: bool = False,
                    folds: Union[str, os.PathLike, None] = None, fold: Optional[int] = None,
-                   jobs: int = 1) -> Dict[str, Any]:
+                   jobs: int = 1, target: Optional[str] = None, n_source_strong: Optional[int] = None,
+                   n_target_strong: int = 0) -> Dict[str, Any]:
     """Run the Table V + IV protocol on one split of ``data`` and write its outputs to ``out_dir``.
 
     Parameters
@@ -426,7 +480,8 @@ def run_experiment(data: str = "phantom", out_dir: Union[str, os.PathLike] = "ws
         source (``quick`` picks its smoke preset).
     seed : the split, the phantom, the initial weights and the data order; another seed is another independent
         repetition of the whole experiment.
-    methods : a subset of :data:`METHODS` (``joint_self_training`` needs ``joint``).
+    methods : a subset of :data:`METHODS` (``joint_self_training`` needs ``joint``); default all of them (for a
+        cross-site experiment: :func:`default_methods`).
     device : ``"cpu"``, ``"cuda"``, ...; default CUDA when available.
     threads : torch CPU threads during the experiment (restored afterwards; ``None`` keeps the setting). One thread,
         the default, makes a table repeat exactly on the same machine and library versions: the thread count
@@ -439,6 +494,10 @@ def run_experiment(data: str = "phantom", out_dir: Union[str, os.PathLike] = "ws
         the source ships, BUS-BRA's ``5-fold-cv.csv``); validation is carved from the other folds' patients.
     jobs : train independent methods in this many processes at once (the numbers are the same, bit for bit on
         CPU, as with one; :func:`wsbus.experiments.parallel_plan`).
+    target, n_source_strong, n_target_strong : a cross-site experiment (:func:`wsbus.experiments.prepare_cross_site`):
+        the boxes of ``data`` (all, or ``n_source_strong``), the image labels and the test images of ``target``'s
+        patients, and ``n_target_strong`` target boxes for the ``target_few`` reference; methods
+        :data:`wsbus.experiments.CROSS_SITE_METHODS`, p-values against ``source_only``.
 
     Returns
     -------
@@ -448,7 +507,13 @@ def run_experiment(data: str = "phantom", out_dir: Union[str, os.PathLike] = "ws
     """
     recipe = recipe if recipe is not None else recipe_for(parse_source(data).kind, quick)
     with cpu_threads(threads):
-        split = prepare_data(data, recipe, seed, samples=samples, folds=folds, fold=fold)
+        if target is not None:
+            if fold is not None or folds is not None:
+                raise ValueError("a cross-site experiment splits its target by patient; --fold does not apply")
+            split = prepare_cross_site(data, target, recipe, seed, n_source_strong=n_source_strong,
+                                       n_target_strong=n_target_strong, samples=samples)
+        else:
+            split = prepare_data(data, recipe, seed, samples=samples, folds=folds, fold=fold)
         experiment = Experiment(split, recipe, out_dir, seed=seed, methods=methods, device=device,
                                 progress=progress, evaluate_on=evaluate_on, reuse_results=reuse_results)
         if verbose:
@@ -461,7 +526,12 @@ def run_experiment(data: str = "phantom", out_dir: Union[str, os.PathLike] = "ws
             if warning:
                 print(f"warning: {warning}")
         f = results["finding"]
-        if f is not None:
+        if f is not None and results["design"] == "cross_site":
+            print(f"joint - source_only = {100 * f['joint_minus_source_only']:+.2f} points on the target (McNemar p = "
+                  f"{f['p_joint_vs_source_only']:.3g}); the cross-site goal (at least +{100 * f['required_gain']:g} "
+                  f"points, p < {f['alpha']:g}, self-training not below joint) "
+                  f"{'is met' if f['holds'] else 'is NOT met'}; outputs in {out_dir}")
+        elif f is not None:
             who = "paper's" if results["joint_is_papers"] else "ours"
             p = f["p_joint_vs_strong_few"]
             print(f"joint ({who}) - strong_few = {100 * f['joint_minus_strong_few']:+.2f} points (McNemar p = "
@@ -488,8 +558,9 @@ def describe_settings(experiment: "Experiment") -> str:
     d, r = experiment.data.counts(), experiment.recipe
     where = f"fold {d['fold']} as test" if d["fold"] is not None else f"split seed {experiment.seed}"
     steps = ", ".join(f"{m} {r.steps_of(m)}" for m in experiment.methods)
-    return (f"{d['source']}: {where}; {d['n_strong']} boxed, {d['n_weak']} weak, {d['n_val']} validation and "
-            f"{d['n_test']} test images; canvas {r.max_size if r.max_size is not None else r.size} px, input "
+    sites = (f"{d['n_strong']} boxed source images; target {d['target']}: {d['n_weak']} weak, "
+             if d["design"] == "cross_site" else f"{d['n_strong']} boxed, {d['n_weak']} weak, ")
+    return (f"{d['source']}: {where}; {sites}{d['n_val']} validation and {d['n_test']} test images; canvas {r.max_size if r.max_size is not None else r.size} px, input "
             f"{r.size} px, anchors {tuple(r.detector.get('anchor_sizes', PRESETS[r.backbone].anchor_sizes))}; "
             f"steps: {steps}")
 
