@@ -1,5 +1,6 @@
-"""The package's shape (docs/architecture.md): no module imports another module's private names, there is no import
-cycle, the command line is imported by nothing in the library, and long functions stay rare."""
+"""The package's shape (docs/architecture.md): each layer imports only the layers below it, no module imports another
+module's private names, there is no import cycle, the command line is imported by nothing in the library, and long
+functions stay rare."""
 from __future__ import annotations
 
 import ast
@@ -37,6 +38,46 @@ def _imports(mods):
             elif isinstance(node, ast.Import):
                 out += [(mod, a.name, None) for a in node.names if a.name.startswith("wsbus")]
     return out
+
+
+#: The layers of docs/architecture.md, lowest first: a unit (a top-level module or sub-package of wsbus) may import
+#: the package root and units of lower layers only.
+LAYERS = (
+    ("checkpoint", "distributed", "seeding", "interrupts", "provenance"),   # foundations
+    ("data", "losses", "schedules"),                                         # data and the paper's formulas
+    ("mil", "metrics", "companion"),                                         # MoI rules, measures, chapters 10-13
+    ("evaluate", "models"),                                                  # the evaluation API, the detector
+    ("viz", "engine"),                                                       # figures, the training loop
+    ("inference", "teachers", "pretrain", "widgets"),                        # using a detector, teaching one
+    ("self_training", "export"),                                             # Table IV, deployment
+    ("experiments",),                                                        # recipes and the protocol
+    ("notebook", "cli"),                                                     # the book's set-up, the command
+    ("__main__",),                                                           # python -m wsbus
+)
+
+
+def _unit(module):
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_each_layer_imports_only_the_layers_below():
+    mods = _modules()
+    layer = {u: i for i, units in enumerate(LAYERS) for u in units}
+    units = {_unit(m) for m in mods} - {None}
+    assert units <= set(layer), f"units missing from LAYERS (and docs/architecture.md): {sorted(units - set(layer))}"
+    bad = sorted({f"{m} -> {src}" for m, src, _ in _imports(mods)
+                  if _unit(src) is not None and _unit(m) != _unit(src) and layer[_unit(src)] >= layer[_unit(m)]})
+    assert not bad, bad
+
+
+def test_architecture_doc_names_every_unit_in_its_layer():
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text()
+    for units in LAYERS:
+        line = next((ln for ln in doc.splitlines() if ln.startswith("| " + " ".join(f"`{u}`" for u in units[:1]))),
+                    None)
+        assert line is not None, f"docs/architecture.md has no layer row starting with `{units[0]}`"
+        assert all(f"`{u}`" in line for u in units), (units, line)
 
 
 def test_no_private_name_crosses_a_module_boundary():
