@@ -68,6 +68,28 @@ _RECIPES = ("phantom", "real", "paper")
 _DATA_HELP = "phantom, phantom:N, voc:DIR, busi:DIR, busbra:DIR, coco:DIR|FILE.json or masks:DIR"
 
 
+def _add_checkpoint(p: argparse.ArgumentParser, what: str = "a checkpoint written by `wsbus train` "
+                                                            "(DIR/last.pt)") -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--checkpoint", help=what)
+    g.add_argument("--model", metavar="NAME", help="a detector shipped with wsbus (busbra; see docs/models.md) "
+                                                   "instead of --checkpoint")
+
+
+def _shipped(args: argparse.Namespace) -> None:
+    """``--model NAME``: the shipped detector's file becomes ``--checkpoint`` (``--init`` for ``train``)."""
+    name = getattr(args, "model", None)
+    if not name:
+        return
+    from .models import pretrained_path
+
+    path = str(pretrained_path(name))
+    if args.command == "train":
+        args.init = path
+    else:
+        args.checkpoint = path
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu; under torchrun "
@@ -121,9 +143,12 @@ def _train_parser(sub) -> None:
     _add_recipe_options(t)
     t.add_argument("--quick", action="store_true", help="the recipe's smoke version (a few steps, few images)")
     t.add_argument("--pretrained", action="store_true", help="ImageNet backbone weights (downloads them)")
-    t.add_argument("--init", default=None, metavar="FILE",
-                   help="start from this file's weights instead of the initial weights and any warm start: a `wsbus "
-                        "train` checkpoint (e.g. a strong run's last.pt) or a `wsbus pretrain` backbone")
+    gi = t.add_mutually_exclusive_group()
+    gi.add_argument("--init", default=None, metavar="FILE",
+                    help="start from this file's weights instead of the initial weights and any warm start: a `wsbus "
+                         "train` checkpoint (e.g. a strong run's last.pt) or a `wsbus pretrain` backbone")
+    gi.add_argument("--model", default=None, metavar="NAME",
+                    help="start from a detector shipped with wsbus (busbra; see docs/models.md) instead of --init")
     g0 = t.add_mutually_exclusive_group()
     g0.add_argument("--n-strong", type=_positive_int, default=None, help="boxed training images (default: the "
                                                                          "recipe's)")
@@ -169,7 +194,7 @@ def _evaluate_parser(sub) -> None:
                                    "and overall with bootstrap CIs, COCO AP50 and AP@[.5:.95] per class and mAP, the "
                                    "FROC CPM (mean sensitivity at 1/8 ... 8 false positives per image) and the "
                                    "image-level malignancy AUC.")
-    e.add_argument("--checkpoint", required=True, help="a checkpoint written by `wsbus train` (DIR/last.pt)")
+    _add_checkpoint(e)
     e.add_argument("--data", default=None, help="data spec (default: the one the checkpoint was trained on)")
     e.add_argument("--split", choices=("test", "all"), default="test",
                    help="test: the run's test images (from the checkpoint); all: every image of --data")
@@ -284,7 +309,7 @@ def _self_train_parser(sub) -> None:
                                    "to the strong set with their pseudo-boxes, and a model is retrained for each "
                                    "fraction. Writes DIR/results.json, DIR/table_iv.md, DIR/pseudo_labels.json "
                                    "and DIR/precision_vs_rank.png.")
-    s.add_argument("--checkpoint", required=True, help="DIR/last.pt of a `wsbus train` run (best a joint one)")
+    _add_checkpoint(s, "DIR/last.pt of a `wsbus train` run (best a joint one)")
     s.add_argument("--data", default=None, help="data spec (default: the one the checkpoint was trained on)")
     s.add_argument("--fractions", type=_fraction, nargs="+", default=[0.5, 0.75],
                    help="shares of the weak set moved to the strong set (default 0.5 0.75, the paper's)")
@@ -327,7 +352,7 @@ def _predict_parser(sub) -> None:
                                    "already done are kept, the others predicted; with other settings it refuses "
                                    "unless --overwrite. Exit status 1 when every image failed, or any with "
                                    "--strict.")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `wsbus train` (DIR/last.pt)")
+    _add_checkpoint(p)
     p.add_argument("--images", required=True, nargs="+", metavar="DIR|FILE",
                    help="image files and/or folders of images (a folder's PNG, JPEG, TIFF, BMP and DICOM files)")
     p.add_argument("--out", required=True, help="output folder")
@@ -375,7 +400,7 @@ def _export_parser(sub) -> None:
                                    "model on the same images and print the check (same detection counts and "
                                    "labels, boxes within a tolerance, down to score 0.001, and at the model's own "
                                    "threshold); OUT is written only when it passes, else exit status 1.")
-    x.add_argument("--checkpoint", required=True, help="a checkpoint written by `wsbus train` (DIR/last.pt)")
+    _add_checkpoint(x)
     x.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="torchscript or onnx")
     x.add_argument("out", metavar="OUT", help="the file to write (e.g. model.pt or model.onnx)")
     x.add_argument("--size", type=_positive_int, default=None,
@@ -822,6 +847,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .interrupts import Interrupted, signals_as_exceptions
     try:
         with signals_as_exceptions():
+            _shipped(args)
             return int(args.func(args) or 0)
     except Interrupted as exc:
         if os.environ.get("WSBUS_DEBUG"):
