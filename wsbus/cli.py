@@ -64,6 +64,7 @@ _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 _fraction = _checked(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
 _positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+_score = _checked(float, lambda v: 0 <= v <= 1, "a score threshold in [0, 1]")
 _RECIPES = ("phantom", "real", "paper")
 _DATA_HELP = "phantom, phantom:N, voc:DIR, busi:DIR, busbra:DIR, coco:DIR|FILE.json or masks:DIR"
 
@@ -322,7 +323,9 @@ def _self_train_parser(sub) -> None:
     _add_device(s)
     s.add_argument("--seed", type=int, default=None, help="training seed (default: the checkpoint's)")
     s.add_argument("--batch-size", type=_positive_int, default=16, help="images per detection batch")
-    s.add_argument("--score-thresh", type=float, default=0.0, help="ignore detections scoring below this")
+    s.add_argument("--score-thresh", type=_score, default=0.0,
+                   help="pseudo-labels: ignore detections scoring below this (default 0: the most confident detection "
+                        "of the image's class, whatever its score); CorLoc is scored at score >= 0.5, as everywhere")
     s.add_argument("--n-boot", type=_positive_int, default=1000, help="bootstrap resamples of the CIs")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_self_train)
@@ -356,7 +359,9 @@ def _predict_parser(sub) -> None:
     p.add_argument("--images", required=True, nargs="+", metavar="DIR|FILE",
                    help="image files and/or folders of images (a folder's PNG, JPEG, TIFF, BMP and DICOM files)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--score-thresh", type=float, default=0.05, help="keep detections scoring >= this (default 0.05)")
+    p.add_argument("--score-thresh", type=_score, default=0.05,
+                   help="write detections scoring >= this (default 0.05, the detector's own output threshold; CorLoc "
+                        "counts a mass found at score >= 0.5)")
     _add_device(p)
     p.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--size", type=_positive_int, default=None,
