@@ -381,8 +381,8 @@ class Experiment:
             entry["p_value_test"] = None if m.name == reference else "mcnemar_exact"
             if m.name != reference:
                 r = paired_test(m.per_image, self.results[reference].per_image, n_boot=self.recipe.n_boot)
-                entry.update(p_value_bootstrap_t=r.t_pvalue, difference_vs_joint=r.difference,
-                             difference_vs_joint_ci=list(r.difference_ci))
+                entry.update(p_value_bootstrap_t=r.t_pvalue, difference_vs_reference=r.difference,
+                             difference_vs_reference_ci=list(r.difference_ci))
             entry["n_test_images_with_mass"] = int(m.per_image.size)
             entry["froc"] = froc(self.states[m.name]["detections"], self.eval_set).as_dict()
             entry["timing"] = self.states[m.name]["timing"]

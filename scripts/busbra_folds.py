@@ -1,0 +1,183 @@
+#!/usr/bin/env python
+"""Make the published BUS-BRA results on the authors' five folds: ``docs/results/busbra_folds/`` (the one documented
+command of README and chapter 09).
+
+Usage::
+
+    python scripts/busbra_folds.py --data ../shared/data/BUSBRA                 # everything (hours on 2 cores)
+    python scripts/busbra_folds.py --data ../shared/data/BUSBRA --folds 1 2     # some folds (then run all to collect)
+    python scripts/busbra_folds.py --data ../shared/data/BUSBRA --collect       # only collect finished runs
+
+For each test fold K of BUS-BRA's ``5-fold-cv.csv`` (patient-level), ``wsbus experiment`` with the ``REAL`` recipe
+trains on the other folds' patients, with 50 boxed images (every method: strong_full, strong_few, weak_only, joint
+(ours), joint_paper (the paper's), joint_self_training (ours)) and with 10 boxed images (strong_few, joint,
+joint_paper, joint_self_training), each scored once on fold K. Validation images are carved from the training
+patients and never used here (they were used to choose the recipe: ``docs/results/busbra_levers/``). One more
+experiment, on the GE Logiq 5 images alone (one scanner, 809 images, a random patient split), checks the finding on
+a data set of another size and scanner. Training goes to ``--runs`` (resumable: run the same command again after an
+interruption); ``--out`` receives:
+
+``summary.json``  ``{"folds": [results.json of fold K with "fold": K and "methods_10": the 10-box methods]}``,
+                  plus ``"budget"`` (wall and CPU seconds) and ``"logiq5"`` (the scanner subset's results.json)
+``summary.md``    per fold and mean +- sd: CorLoc, AP50, FROC CPM and malignancy AUC of every method, the joint
+                  runs' differences from strong_few with McNemar's p, and the compute budget
+``fold_K/``       each fold's ``table_v.md``, ``table_iv.md``, ``froc.png``, ``detections.png``
+``froc.png``      every method's FROC curve, one panel per fold
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from wsbus.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
+from wsbus.evaluate import mcnemar_exact, render_table  # noqa: E402
+from wsbus.experiments import REAL, run_experiment  # noqa: E402
+
+METHODS_50 = ("strong_full", "strong_few", "weak_only", "joint", "joint_paper", "joint_self_training")
+METHODS_10 = ("strong_few", "joint", "joint_paper", "joint_self_training")
+PUBLISHED = ("table_v.md", "table_iv.md", "froc.png", "detections.png")
+LABEL = {"strong_full": "strong_full (all boxes)", "strong_few": "strong_few", "weak_only": "weak_only",
+         "joint": "joint (ours)", "joint_paper": "joint_paper (the paper's)",
+         "joint_self_training": "joint + mean teacher (ours)"}
+
+
+def run_fold(source: str, fold: int, runs: Path, args) -> dict:
+    common = dict(recipe=REAL, fold=fold, progress=False, verbose=False, jobs=args.jobs, threads=args.threads,
+                  reuse_results=args.reuse_results)
+    fifty = run_experiment(source, runs / f"fold_{fold}" / "boxes50", methods=METHODS_50, **common)
+    ten = run_experiment(source, runs / f"fold_{fold}" / "boxes10", methods=METHODS_10,
+                         **{**common, "recipe": REAL.replace(n_strong=10)})
+    return {**fifty, "fold": fold, "methods_10": ten["methods"], "finding_10": ten["finding"],
+            "data_10": ten["data"]}
+
+
+def _per_image(runs: Path, fold: int, boxes: int, method: str) -> np.ndarray:
+    from wsbus.checkpoint import load_checkpoint
+
+    path = runs / f"fold_{fold}" / f"boxes{boxes}" / "runs" / method / "result.pt"
+    return load_checkpoint(path, require=("per_image",))["per_image"].numpy()
+
+
+def _cell(values):
+    return f"{100 * statistics.fmean(values):.1f} +- {100 * statistics.stdev(values):.1f}" if len(values) > 1 \
+        else f"{100 * values[0]:.1f}"
+
+
+def summary_table(folds: list, key: str, methods_key: str, names) -> str:
+    header = ["method"] + [f"fold {f['fold']}" for f in folds] + ["mean +- sd"]
+    body = []
+    for name in names:
+        vals = []
+        for f in folds:
+            m = next(x for x in f[methods_key] if x["name"] == name)
+            v = m["corloc"]["overall"] if key == "corloc" else (m[key]["mAP"] if key in ("ap50", "ap") else m[key])
+            vals.append(float(v))
+        body.append([LABEL[name]] + [f"{100 * v:.1f}" for v in vals] + [_cell(vals)])
+    return render_table(header, body, ["l"] + ["r"] * (len(folds) + 1))
+
+
+def difference_table(folds: list, runs: Path, boxes: int) -> str:
+    methods_key = "methods" if boxes == 50 else "methods_10"
+    header = ["difference from strong_few"] + [f"fold {f['fold']}" for f in folds] + ["mean"]
+    body = []
+    for name in ("joint", "joint_paper", "joint_self_training"):
+        cells, diffs = [], []
+        for f in folds:
+            by = {m["name"]: m for m in f[methods_key]}
+            d = by[name]["corloc"]["overall"] - by["strong_few"]["corloc"]["overall"]
+            p = mcnemar_exact(_per_image(runs, f["fold"], boxes, name), _per_image(runs, f["fold"], boxes,
+                                                                                 "strong_few"))[2]
+            cells.append(f"{100 * d:+.1f} (p {p:.2g})")
+            diffs.append(d)
+        body.append([LABEL[name]] + cells + [f"{100 * statistics.fmean(diffs):+.1f}"])
+    return render_table(header, body, ["l"] + ["r"] * (len(folds) + 1))
+
+
+def froc_figure(folds: list, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(folds), 1, figsize=(6.5, 2.4 * len(folds)), sharex=True, squeeze=False)
+    for ax, f in zip(axes[:, 0], folds):
+        for m in f["methods"]:
+            fr = m.get("froc") or {}
+            if fr.get("fp_per_image"):
+                ax.plot(fr["fp_per_image"], fr["sensitivity"], label=LABEL[m["name"]], lw=1.2)
+        ax.set_xscale("log")
+        ax.set_xlim(1 / 8, 8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("sensitivity", fontsize=8)
+        ax.set_title(f"test fold {f['fold']} (50 boxed images)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("false positives per image", fontsize=8)
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="the BUS-BRA folder")
+    ap.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    ap.add_argument("--runs", default="runs/busbra_folds", help="training runs (resumable)")
+    ap.add_argument("--out", default=str(REPO / "docs" / "results" / "busbra_folds"), help="published files")
+    ap.add_argument("--jobs", type=int, default=2, help="processes per experiment (independent methods)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--skip-logiq5", action="store_true", help="do not run the one-scanner experiment")
+    ap.add_argument("--reuse-results", action="store_true", help="collect results that earlier code made")
+    args = ap.parse_args()
+    source, runs, out = f"busbra:{args.data}", Path(args.runs), Path(args.out)
+    t0, c0 = time.perf_counter(), time.process_time()
+    folds = []
+    for k in args.folds:
+        folds.append(run_fold(source, k, runs, args))
+        print(f"fold {k}: " + ", ".join(f"{m['name']} {100 * m['corloc']['overall']:.1f}"
+                                        for m in folds[-1]["methods"]), flush=True)
+    logiq5 = None if args.skip_logiq5 else run_experiment(
+        f"{source}?device=Logiq 5", runs / "logiq5", recipe=REAL, methods=METHODS_50, progress=False, verbose=False,
+        jobs=args.jobs, threads=args.threads, reuse_results=args.reuse_results)
+    budget = {"wall_s": {str(f["fold"]): f["timing"]["total"]["wall"] for f in folds},
+              "method_cpu_s": {str(f["fold"]): sum(m["timing"]["cpu"] for m in f["methods"]) for f in folds},
+              "this_command_wall_s": time.perf_counter() - t0, "this_command_cpu_s": time.process_time() - c0,
+              "jobs": args.jobs, "threads_per_process": args.threads}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json({"folds": folds, "logiq5": logiq5, "budget": budget}, out / "summary.json")
+    for f in folds:
+        sub = out / f"fold_{f['fold']}"
+        sub.mkdir(exist_ok=True)
+        for name in PUBLISHED:
+            src = runs / f"fold_{f['fold']}" / "boxes50" / name
+            if src.is_file():
+                shutil.copyfile(src, sub / name)
+    froc_figure(folds, out / "froc.png")
+    parts = [f"BUS-BRA, the authors' 5-fold patient partition: each test fold scored once (folds {args.folds})\n"]
+    for title, key, mk, names in (("CorLoc [%], 50 boxed images", "corloc", "methods", METHODS_50),
+                                  ("COCO AP50 (mAP) [%], 50 boxed images", "ap50", "methods", METHODS_50),
+                                  ("FROC CPM [%], 50 boxed images", "froc_cpm", "methods", METHODS_50),
+                                  ("Malignancy AUC [%], 50 boxed images", "auc", "methods", METHODS_50),
+                                  ("CorLoc [%], 10 boxed images", "corloc", "methods_10", METHODS_10)):
+        parts.append(f"{title}\n\n" + summary_table(folds, key, mk, names) + "\n")
+    parts.append("joint runs against strong_few, CorLoc points (McNemar's exact p), 50 boxed images\n\n"
+                 + difference_table(folds, runs, 50) + "\n")
+    parts.append("joint runs against strong_few, CorLoc points (McNemar's exact p), 10 boxed images\n\n"
+                 + difference_table(folds, runs, 10) + "\n")
+    parts.append(f"Compute: each fold's experiments ran with {args.jobs} processes of {args.threads} torch thread(s) "
+                 f"on a 2-core CPU; wall seconds per fold (50 boxes): {budget['wall_s']}.\n")
+    atomic_write_text("\n".join(parts), out / "summary.md")
+    print("\n".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
