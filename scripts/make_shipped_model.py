@@ -18,7 +18,6 @@ shipped ones (the same CPU kind and library versions are needed for bit-for-bit 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
@@ -32,7 +31,7 @@ import torch  # noqa: E402
 from wsbus.checkpoint import atomic_save, atomic_write_json  # noqa: E402
 from wsbus.experiments import REAL, ExperimentData, pretrained_backbone, train_method  # noqa: E402
 from wsbus.experiments.data import load_samples  # noqa: E402
-from wsbus.models.zoo import WEIGHTS_DIR, file_sha256  # noqa: E402
+from wsbus.models.zoo import WEIGHTS_DIR, file_sha256, weights_sha256  # noqa: E402
 from wsbus.provenance import provenance  # noqa: E402
 from wsbus.seeding import cpu_threads  # noqa: E402
 
@@ -40,17 +39,6 @@ CITATION = ("W. Gomez-Flores, M. J. Gregorio-Calas, W. C. de Albuquerque Pereira
             "Dataset for Assessing Computer-aided Diagnosis Systems\", Medical Physics 51(4), 2024 (Zenodo "
             "10.5281/zenodo.7730709)")
 FOLDS = REPO / "docs" / "results" / "busbra_folds" / "summary.json"
-
-
-def weights_sha256(state: dict) -> str:
-    """A hash of the weights themselves (names, shapes, dtypes and bytes in key order), independent of the file's
-    container format."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()
 
 
 def held_out_accuracy() -> dict:

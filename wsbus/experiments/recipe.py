@@ -230,6 +230,9 @@ class Recipe:
         max_size = self.max_size
         if max_size == "auto":
             max_size = canvas_size([(s.height, s.width) for s in train], self.size)
+        elif max_size is None:
+            max_size = self.size
+        if max_size != self.max_size:
             changes["max_size"] = max_size
         if self.detector.get("anchor_sizes") == "auto":
             scales = input_scales([(s.height, s.width) for s in strong], self.size,

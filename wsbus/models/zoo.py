@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Mapping, Union
 
 import torch
 
@@ -21,7 +21,8 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from .config import DetectorConfig
 from .detector import WeakSemiFasterRCNN
 
-__all__ = ["WEIGHTS_DIR", "available_models", "model_card", "pretrained_path", "pretrained", "file_sha256"]
+__all__ = ["WEIGHTS_DIR", "available_models", "model_card", "pretrained_path", "pretrained", "file_sha256",
+           "weights_sha256"]
 
 #: Where the shipped detectors live.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -33,6 +34,17 @@ def file_sha256(path: Union[str, Path]) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """A SHA-256 of the weights themselves (names, shapes, dtypes and bytes in key order), independent of the file's
+    container format: what a card records to show that retrained weights are the shipped ones, bit for bit."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.numpy().tobytes())
     return digest.hexdigest()
 
 
