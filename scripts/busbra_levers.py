@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPO))
 
 from wsbus.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
 from wsbus.evaluate import mcnemar_exact, render_table  # noqa: E402
-from wsbus.experiments import REAL, run_experiment  # noqa: E402
+from wsbus.experiments import REAL, prepare_data, run_experiment  # noqa: E402
+from wsbus.experiments.data import load_samples  # noqa: E402
 
 PRETRAIN = {"steps": 1500, "amp": True}
 #: Each lever: the recipe fields it changes from REAL.
@@ -92,13 +93,16 @@ def main() -> int:
     ap.add_argument("--reuse-results", action="store_true", help="collect results that earlier code made")
     args = ap.parse_args()
     source = f"busbra:{args.data}"
+    samples = load_samples(source, REAL, 0)
     results = {}
     for name in args.levers:
         methods = BASE_METHODS if name == "base" else LEVER_METHODS
-        r = run_experiment(source, Path(args.runs) / f"boxes{args.n_strong}" / name,
-                           recipe=lever_recipe(name, args.n_strong), fold=args.fold, evaluate_on="val",
-                           methods=methods, progress=False, verbose=False, jobs=args.jobs, threads=args.threads,
-                           reuse_results=args.reuse_results)
+        folder = Path(args.runs) / f"boxes{args.n_strong}" / name
+        if name != "base":
+            share_base_runs(source, samples, name, args, folder)
+        r = run_experiment(source, folder, recipe=lever_recipe(name, args.n_strong), fold=args.fold,
+                           evaluate_on="val", methods=methods, progress=False, verbose=False, jobs=args.jobs,
+                           threads=args.threads, reuse_results=args.reuse_results, samples=samples)
         for m in r["methods"]:  # keep the per-image outcomes for the paired tests
             m["per_image"] = [bool(x) for x in _per_image(Path(args.runs) / f"boxes{args.n_strong}" / name, m["name"])]
         results[name] = {"change": LEVERS[name], "methods": r["methods"], "pretrain": r.get("pretrain"),
@@ -117,6 +121,24 @@ def main() -> int:
     atomic_write_json({"fold": args.fold, "n_strong": args.n_strong, "levers": results},
                       out / f"levers_{args.n_strong}.json")
     return 0
+
+
+def share_base_runs(source: str, samples, name: str, args, folder: Path) -> None:
+    """Link the base lever's finished runs of the methods this lever trains exactly as the base does (the recipe
+    as that method reads it, ``Recipe.used_by``, is the same), so a lever that only changes the self-training
+    retrains only the self-training."""
+    base = prepare_data(source, lever_recipe("base", args.n_strong), 0, samples=samples, fold=args.fold)
+    mine = prepare_data(source, lever_recipe(name, args.n_strong), 0, samples=samples, fold=args.fold)
+    if [s.id for s in base.val] != [s.id for s in mine.val] or mine.recipe.pretrain != base.recipe.pretrain:
+        return
+    for method in LEVER_METHODS:
+        src = Path(args.runs) / f"boxes{args.n_strong}" / "base" / "runs" / method
+        dst = folder / "runs" / method
+        if (src / "result.pt").is_file() and not dst.exists() and \
+                mine.recipe.used_by(method) == base.recipe.used_by(method):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src.resolve(), target_is_directory=True)
+            print(f"{name}: {method} is the base's (linked)", flush=True)
 
 
 def _per_image(folder: Path, method: str):

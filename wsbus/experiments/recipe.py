@@ -47,6 +47,21 @@ def mil_class_weights(spec: Union[str, Sequence[float], None], samples: Sequence
 #: The fields of :class:`Recipe` that only ``joint_self_training`` reads.
 SELF_TRAINING_FIELDS = ("self_training", "self_training_fraction", "retrain", "per_class", "self_training_rounds",
                         "self_training_steps", "mean_teacher")
+#: The fields that only the joint runs (and through them the self-training) read.
+JOINT_FIELDS = ("alpha", "alpha_stretch", "mixing", "moi_teacher", "joint_trainer", "joint_steps", "joint_warm_start")
+#: For each method, the fields it never reads (:meth:`Recipe.used_by`).
+UNREAD_FIELDS = {
+    "strong_full": SELF_TRAINING_FIELDS + JOINT_FIELDS + ("batch_weak", "moi_rules", "mil_class_weights"),
+    "strong_few": SELF_TRAINING_FIELDS + JOINT_FIELDS + ("batch_weak", "moi_rules", "mil_class_weights",
+                                                         "strong_full_steps"),
+    "weak_only": SELF_TRAINING_FIELDS + JOINT_FIELDS + ("batch_strong", "strong_full_steps"),
+    "joint": SELF_TRAINING_FIELDS + ("strong_full_steps",),
+    # joint_paper replaces the recipe's joint settings by the paper's (PAPER_JOINT); it reads joint_steps and
+    # joint_warm_start only for its step count
+    "joint_paper": SELF_TRAINING_FIELDS + ("alpha", "alpha_stretch", "mixing", "moi_teacher", "joint_trainer",
+                                           "moi_rules", "batch_strong", "batch_weak", "lr", "weight_decay",
+                                           "strong_full_steps"),
+}
 
 
 @dataclass(frozen=True)
@@ -176,13 +191,16 @@ class Recipe:
             raise ValueError(f"max_size must be a number, None or 'auto', got {self.max_size!r}")
 
     def used_by(self, method: str) -> "Recipe":
-        """The recipe as far as ``method`` reads it: the self-training fields (:data:`SELF_TRAINING_FIELDS`) are
-        reset to their defaults for every method but ``joint_self_training``, so that changing the self-training
-        keeps the trained baselines of a stored experiment valid."""
-        if method == "joint_self_training":
+        """The recipe as far as ``method`` reads it: the fields it never reads (:data:`UNREAD_FIELDS`: e.g. the
+        self-training's for every other method, the joint run's for strong_few) are reset to their defaults, so that
+        a stored result stays valid when only those fields change (an experiment that changes the self-training
+        keeps its trained baselines). Methods not listed (``joint_self_training``, which starts from ``joint``) read
+        everything."""
+        unread = UNREAD_FIELDS.get(method, ())
+        if not unread:
             return self
         defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-                    for f in dataclasses.fields(self) if f.name in SELF_TRAINING_FIELDS}
+                    for f in dataclasses.fields(self) if f.name in unread}
         return dataclasses.replace(self, **defaults)
 
     def steps_of(self, method: str) -> int:
