@@ -572,6 +572,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .distributed import resolve_device
     from .evaluate import CORLOC_IOU_THRESH, CORLOC_SCORE_THRESH, evaluate_detections
     from .experiments import checkpoint_split
+    from .experiments.data import load_described_samples
     from .inference import detect, load_detector
 
     iou = CORLOC_IOU_THRESH if args.iou is None else args.iou
@@ -586,10 +587,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         spec, sets = checkpoint_split(ckpt, source, args.data, roles=("test",))
         samples = sets["test"]
     else:
-        spec = args.data or ((ckpt["config"] or {}).get("metadata") or {}).get("data")
+        meta = (ckpt["config"] or {}).get("metadata") or {}
+        spec = args.data or meta.get("data")
         if not spec:
             raise CliError(f"{source} does not say which data it was trained on; pass --data")
-        samples = load_source(spec, size=int(((ckpt["config"] or {}).get("metadata") or {}).get("phantom_size", 128)))
+        if args.data is None and meta.get("samples"):  # the very images the run loaded (the phantom's knobs too)
+            samples = load_described_samples(meta["samples"])
+        else:
+            samples = load_source(spec, size=int(meta.get("phantom_size", 128)))
     weak = [s.id for s in samples if not s.is_strong]
     if weak:
         raise CliError(f"{len(weak)} image(s) of {spec} have no boxes (e.g. {weak[:3]}); CorLoc needs boxes")

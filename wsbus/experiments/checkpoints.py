@@ -35,8 +35,9 @@ def checkpoint_split(checkpoint: Mapping[str, Any], source: str, data: Optional[
     meta = dict((checkpoint.get("config") or {}).get("metadata") or {})
     split_ids = meta.get("split_ids") or {}
     if not all(k in split_ids for k in roles):
-        raise ValueError(f"{source} records no {'/'.join(roles)} split (metadata 'split_ids'); was it written by "
-                         f"`wsbus train`?")
+        raise ValueError(f"{source} records no {'/'.join(roles)} split (metadata 'split_ids'): it was not written by "
+                         f"`wsbus train` or `wsbus experiment` (a shipped detector has no held-out split); evaluate it "
+                         f"on other images with --data SOURCE --split all")
     spec = data or meta.get("data")
     if not spec:
         raise ValueError(f"{source} does not say which data it was trained on; pass the data")
