@@ -98,7 +98,7 @@ class CSVLogger(Hook):
             w.writeheader()
             w.writerows(rows)
         os.replace(tmp, path)
-        self._file = open(path, "a", newline="")
+        self._file = open(path, "a", newline="", buffering=1)  # line-buffered: `tail -f log.csv` follows
         self._writer = csv.DictWriter(self._file, fieldnames=LOG_COLUMNS, extrasaction="ignore")
 
     def after_step(self, trainer: Any, record: Mapping[str, Any]) -> None:
