@@ -385,3 +385,25 @@ def test_a_strong_mode_retraining_ignores_the_weak_batch_size(tmp_path):
     for (k, x), y in zip(first.models["retrained_100%"].state_dict().items(),
                          again.models["retrained_100%"].state_dict().values()):
         assert torch.equal(x, y), k
+
+
+def test_mean_teacher_box_jitter_counts_reach_the_results():
+    """``MeanTeacherSettings(box_jitter=0)`` keeps only pseudo-boxes the teacher's head places identically from every
+    jittered copy, which a real detector never does: every pseudo-box is dropped, every image stays weak, and the
+    result's teacher summary (results.json's ``self_training_teacher``) says so."""
+    from wsbus.data.phantom import make_phantom
+    from wsbus.models import build_detector
+    from wsbus.self_training import MeanTeacherSettings
+
+    torch.set_num_threads(1)
+    data = make_phantom(12, seed=5, size=64, proportions=(0.0, 0.5, 0.5))
+    strong, weak, test = data[:3], data[3:9], data[9:]
+    res = self_train(strong, weak, test, model_factory=lambda: build_detector("tiny", min_size=64, max_size=64),
+                     procedure="mean_teacher", steps=1, retrain_steps=2, device="cpu", progress=False, n_boot=20,
+                     mean_teacher=MeanTeacherSettings(decay=0.9, score_thresh=0.0, box_jitter=0.0),
+                     trainer_kwargs=dict(batch_strong=1, batch_weak=2))
+    teacher = res.to_json()["teacher"]
+    labelled = sum(c["confident"] + c["forced"] for c in teacher.values())
+    assert labelled == 4 and sum(c["none"] for c in teacher.values()) == 0         # 2 steps x 2 weak images
+    assert sum(c["unreliable"] for c in teacher.values()) == labelled
+    assert sum(c["unreliable_images"] for c in teacher.values()) == labelled

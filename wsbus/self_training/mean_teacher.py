@@ -14,7 +14,7 @@ from torch import nn
 
 from ..data.formats import Sample
 from ..data.transforms import ultrasound_augmentation
-from ..teachers import PseudoBoxTeacher
+from ..teachers import PseudoBoxTeacher, check_box_jitter
 from .loop import SelfTrainingLoop
 
 __all__ = ["MeanTeacherSettings", "run_mean_teacher"]
@@ -42,6 +42,13 @@ class MeanTeacherSettings:
     balance_classes : weight the RoIs of each class's pseudo-boxes by the inverse frequency of the class among the
         weak images (mean weight 1), as the MIL loss weights its classes; otherwise the majority class's pseudo-boxes
         dominate the head's loss.
+    box_jitter : None (off, the default) or the largest unreliability a pseudo-box may have: Soft Teacher's box
+        jitter (Xu et al. 2021, Sec. 3.3) drops the pseudo-boxes the teacher's box head cannot place consistently,
+        and an image left without one stays weak (see :class:`wsbus.teachers.PseudoBoxTeacher`, which says which
+        variant of Soft Teacher's rule this is and why). The teacher's summary then counts the boxes dropped
+        (``"unreliable"``) and the images they left weak (``"unreliable_images"``).
+    jitter_samples : jittered copies per pseudo-box (>= 2; Soft Teacher: 10).
+    jitter_scale : the jitter's standard deviation as a fraction of the box's width / height (Soft Teacher: 0.06).
 
     Taught in ``book/07_self_training.md``.
     """
@@ -55,10 +62,14 @@ class MeanTeacherSettings:
     augment: bool = False
     evaluate: str = "teacher"
     balance_classes: bool = False
+    box_jitter: Optional[float] = None
+    jitter_samples: int = 10
+    jitter_scale: float = 0.06
 
     def __post_init__(self) -> None:
         if self.evaluate not in ("teacher", "student"):
             raise ValueError(f"evaluate must be 'teacher' or 'student', got {self.evaluate!r}")
+        check_box_jitter(self.box_jitter, self.jitter_samples, self.jitter_scale)
 
     def hook(self, initial: nn.Module, weak: Sequence[Sample] = ()) -> PseudoBoxTeacher:
         """The :class:`wsbus.teachers.PseudoBoxTeacher` of these settings, starting from ``initial`` (``weak``: the
@@ -71,7 +82,9 @@ class MeanTeacherSettings:
         return PseudoBoxTeacher(self.decay, copy.deepcopy(initial), score_thresh=self.score_thresh,
                                 max_boxes=self.max_boxes, keep_mil=self.keep_mil, ignore_iou=self.ignore_iou,
                                 weight_by_score=self.weight_by_score, class_weights=weights,
-                                augment=ultrasound_augmentation() if self.augment else None)
+                                augment=ultrasound_augmentation() if self.augment else None,
+                                box_jitter=self.box_jitter, jitter_samples=self.jitter_samples,
+                                jitter_scale=self.jitter_scale)
 
 
 def run_mean_teacher(loop: SelfTrainingLoop, initial: nn.Module, strong: List[Sample], weak: List[Sample], steps: int,
