@@ -345,3 +345,65 @@ def test_mean_teacher_procedure_and_paper_rounds_end_to_end():
         self_train(strong, weak, test, procedure="online", **kw)
     with pytest.raises(ValueError, match="rounds"):
         self_train(strong, weak, test, rounds=0, **kw)
+
+
+class _SeesBoth(nn.Module):
+    """A labelling 'detector' that finds a benign and a malignant box in every image: every benign or malignant weak
+    image gets a pseudo-label, so a fraction of 1 moves the whole weak set."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, images, targets=None):
+        return [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0], [10.0, 10.0, 42.0, 42.0]]),
+                 "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.8])} for _ in images]
+
+
+def test_a_strong_mode_retraining_ignores_the_weak_batch_size(tmp_path):
+    """With every weak image moved the retraining runs in strong mode, which has no weak stream: its checkpoint does
+    not record ``batch_weak``, so a rerun into the same folder with another weak batch size resumes the finished
+    retraining (the same weights) instead of refusing it for a setting the retraining never used."""
+    from wsbus.data.phantom import make_phantom
+    from wsbus.models import build_detector
+
+    torch.set_num_threads(1)
+    data = make_phantom(10, seed=5, size=64, proportions=(0.0, 0.5, 0.5))
+    strong, weak, test = data[:2], data[2:7], data[7:]
+
+    def run(batch_weak):
+        return self_train(strong, weak, test, model_factory=lambda: build_detector("tiny", min_size=64, max_size=64),
+                          initial=_SeesBoth(), fractions=(1.0,), steps=1, device="cpu", progress=False, n_boot=20,
+                          trainer_kwargs=dict(batch_strong=1, batch_weak=batch_weak, mixing="alternating"),
+                          out_dir=tmp_path)
+
+    first = run(1)
+    assert first.sets["retrained_100%"] == (len(strong) + len(weak), 0)
+    saved = torch.load(tmp_path / "retrained_100pct" / "last.pt", weights_only=True)["config"]["trainer"]
+    assert saved["mode"] == "strong" and saved["batch_weak"] == 2     # the default: the given 1 was not used
+    again = run(3)
+    for (k, x), y in zip(first.models["retrained_100%"].state_dict().items(),
+                         again.models["retrained_100%"].state_dict().values()):
+        assert torch.equal(x, y), k
+
+
+def test_mean_teacher_box_jitter_counts_reach_the_results():
+    """``MeanTeacherSettings(box_jitter=0)`` keeps only pseudo-boxes the teacher's head places identically from every
+    jittered copy, which a real detector never does: every pseudo-box is dropped, every image stays weak, and the
+    result's teacher summary (results.json's ``self_training_teacher``) says so."""
+    from wsbus.data.phantom import make_phantom
+    from wsbus.models import build_detector
+    from wsbus.self_training import MeanTeacherSettings
+
+    torch.set_num_threads(1)
+    data = make_phantom(12, seed=5, size=64, proportions=(0.0, 0.5, 0.5))
+    strong, weak, test = data[:3], data[3:9], data[9:]
+    res = self_train(strong, weak, test, model_factory=lambda: build_detector("tiny", min_size=64, max_size=64),
+                     procedure="mean_teacher", steps=1, retrain_steps=2, device="cpu", progress=False, n_boot=20,
+                     mean_teacher=MeanTeacherSettings(decay=0.9, score_thresh=0.0, box_jitter=0.0),
+                     trainer_kwargs=dict(batch_strong=1, batch_weak=2))
+    teacher = res.to_json()["teacher"]
+    labelled = sum(c["confident"] + c["forced"] for c in teacher.values())
+    assert labelled == 4 and sum(c["none"] for c in teacher.values()) == 0         # 2 steps x 2 weak images
+    assert sum(c["unreliable"] for c in teacher.values()) == labelled
+    assert sum(c["unreliable_images"] for c in teacher.values()) == labelled

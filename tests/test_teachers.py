@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torchvision import tv_tensors
@@ -14,7 +15,8 @@ from wsbus.data.transforms import apply
 from wsbus.engine import EMATeacher, Trainer
 from wsbus.losses import fast_rcnn_loss, mil_loss
 from wsbus.models import build_detector
-from wsbus.teachers import MoITeacher, PseudoBoxTeacher, tag_filter
+from wsbus.teachers import (MoITeacher, PseudoBoxTeacher, box_unreliability, jitter_boxes, refined_boxes,
+                            tag_filter)
 
 torch.set_num_threads(1)
 
@@ -167,7 +169,11 @@ def test_a_class_the_teacher_never_detects_stays_weak_and_is_reported(caplog):
 @pytest.mark.parametrize("teacher", [lambda: MoITeacher(0.9),
                                      lambda: PseudoBoxTeacher(0.9, score_thresh=0.0, keep_mil=True,
                                                               ignore_iou=0.1, weight_by_score=True,
-                                                              augment=ultrasound_augmentation())])
+                                                              augment=ultrasound_augmentation()),
+                                     # the box-jitter filter: about half of the pseudo-boxes of this run dropped
+                                     lambda: PseudoBoxTeacher(0.9, score_thresh=0.0, max_boxes=3, keep_mil=True,
+                                                              weight_by_score=True, box_jitter=0.057)],
+                         ids=["moi", "pseudo_box", "box_jitter"])
 def test_resume_with_a_teacher_is_exact(tmp_path, teacher):
     data = make_phantom(30, seed=2, size=DETECTOR_SIZE)
     parts = split(data, strong_fraction=0.3, n_test=6, seed=0)
@@ -185,6 +191,11 @@ def test_resume_with_a_teacher_is_exact(tmp_path, teacher):
     for a, b in ((ref.model, again.model), (ref_t.model, again_t.model)):
         for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(x, y), k
+    if isinstance(ref_t, PseudoBoxTeacher):
+        assert again_t.summary() == ref_t.summary()      # the counts are part of the teacher's saved state
+    if getattr(ref_t, "box_jitter", None) is not None:
+        counts = ref_t.summary()["benign"]
+        assert 0 < counts["unreliable"] and counts["unreliable_images"] < counts["confident"] + counts["forced"]
     with pytest.raises(Exception, match="no state of the hook"):
         Trainer(_model(), parts.strong, parts.weak, mode="joint", steps=4, progress=False, tensorboard=False,
                 hooks=[teacher(), EMATeacher(0.5)], out_dir=tmp_path / "run").fit(resume=True)
@@ -294,3 +305,164 @@ def test_class_balanced_pseudo_boxes_weigh_by_inverse_frequency():
     teacher.attach(T())
     _, out = teacher.before_forward(T(), detector_images(1), [{"image_label": torch.tensor(1)}])
     assert out[0]["box_weights"].tolist() == [0.25]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Soft Teacher's box jitter: the unreliability of a pseudo-box and the filter of PseudoBoxTeacher(box_jitter=...)
+# ------------------------------------------------------------------------------------------------------------
+def test_box_unreliability_by_hand():
+    # two refinements of one box: x1 and x2 differ by 2 px, y1 and y2 agree. Mean box (1, 0, 11, 20): width 10,
+    # height 20; std (n - 1) of (0, 2) is sqrt(2). sigma = (sqrt(2) / 10 + 0 + sqrt(2) / 10 + 0) / 4.
+    refined = torch.tensor([[[0.0, 0.0, 10.0, 20.0]], [[2.0, 0.0, 12.0, 20.0]]])
+    assert float(box_unreliability(refined)) == pytest.approx(2 ** 0.5 / 20, rel=1e-6)
+    same = torch.tensor([[5.0, 6.0, 30.0, 40.0], [1.0, 1.0, 9.0, 9.0]]).expand(7, 2, 4)
+    assert box_unreliability(same).tolist() == [0.0, 0.0]           # every copy refined to the same box
+    # a degenerate mean box is normalised by 1 px, not divided by zero
+    flat = torch.tensor([[[3.0, 3.0, 3.0, 3.0]], [[3.0, 3.0, 3.0, 5.0]]])
+    assert float(box_unreliability(flat)) == pytest.approx(2 ** 0.5 / 4, rel=1e-6)   # y2: sqrt(2) / 1
+
+
+def test_jitter_boxes_scale_with_the_box_and_leave_the_global_random_state_alone():
+    boxes = torch.tensor([[10.0, 20.0, 50.0, 30.0], [0.0, 0.0, 0.5, 0.5]])
+    state = torch.get_rng_state()
+    a = jitter_boxes(boxes, 2000, 0.06, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, jitter_boxes(boxes, 2000, 0.06, torch.Generator().manual_seed(1)))
+    assert a.shape == (2000, 2, 4)
+    offsets = (a - boxes) / torch.tensor([[40.0, 10.0, 40.0, 10.0], [1.0, 1.0, 1.0, 1.0]])  # sizes under 1 count as 1
+    assert offsets.std(dim=0).flatten().tolist() == pytest.approx([0.06] * 8, rel=0.06)
+    assert offsets.mean(dim=0).abs().max() < 0.01
+
+
+class _BoxesAsFeatures(torch.nn.Module):
+    """Stands in for RoIAlign: a RoI's 'features' are its own coordinates; records the RoIs of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, features, boxes, image_sizes):
+        self.calls.append([b.clone() for b in boxes])
+        return torch.cat(boxes)
+
+
+class _Regressor(torch.nn.Module):
+    """Stands in for the box predictor: class ``label`` with confidence, and for every class the regression that
+    decodes to ``refine(roi)``."""
+
+    def __init__(self, coder, refine, label):
+        super().__init__()
+        self.coder, self.refine, self.label = coder, refine, label
+
+    def forward(self, rois):
+        logits = torch.full((len(rois), 3), -5.0)
+        logits[:, self.label] = 5.0
+        return logits, self.coder.encode_single(self.refine(rois), rois).repeat(1, 3)
+
+
+def _stub_teacher(refine, label, **kw):
+    """A PseudoBoxTeacher on the real tiny detector whose box head is ``_Regressor(refine)``: its detections and the
+    jittered copies of its pseudo-box are both refined by ``refine``."""
+    model = _model().eval()
+    heads = model.roi_heads
+    heads.box_roi_pool, heads.box_head = _BoxesAsFeatures(), torch.nn.Identity()
+    heads.box_predictor = _Regressor(heads.box_coder, refine, label)
+    teacher = PseudoBoxTeacher(decay=1.0, model=model, score_thresh=0.5, **kw)
+
+    class T:
+        device = torch.device("cpu")
+        model = _model()
+        logs = []
+
+        def log(self, message):
+            self.logs.append(message)
+
+    trainer = T()
+    teacher.attach(trainer)
+    return teacher, trainer
+
+
+def test_a_box_head_that_agrees_on_every_jittered_copy_keeps_the_pseudo_box():
+    box = torch.tensor([12.0, 16.0, 44.0, 40.0])
+    teacher, trainer = _stub_teacher(lambda rois: box.expand(len(rois), 4), 2, box_jitter=1e-6)
+    pool = teacher.model.roi_heads.box_roi_pool
+    images, targets = detector_images(1), [{"image_label": torch.tensor(2)}]
+    _, out = teacher.before_forward(trainer, images, targets)
+    assert out[0]["labels"].tolist() == [2]
+    torch.testing.assert_close(out[0]["boxes"], box[None], atol=1e-5, rtol=0)   # the detection, decoded
+    # one more RoI pass than the detections: the pseudo-box's 10 jittered copies, around the pseudo-box
+    assert len(pool.calls) == 2 and pool.calls[1][0].shape == (10, 4)
+    assert (pool.calls[1][0] - box).abs().max() < 0.3 * 32
+    # sigma = 0 up to float rounding (the decoded boxes agree to ~1e-6 px)
+    refined = refined_boxes(teacher.model, {}, [(64, 64)], pool.calls[1], [2])[0]
+    assert float(box_unreliability(refined.reshape(10, 1, 4))) < 1e-7
+    assert teacher.summary()["malignant"] == {"confident": 1, "forced": 0, "none": 0, "unreliable": 0,
+                                              "unreliable_images": 0}
+
+
+@pytest.mark.parametrize("above", [False, True])
+def test_a_box_head_that_follows_the_jitter_drops_the_pseudo_box_above_the_threshold(above):
+    """The box head returns each jittered copy where it is (zero regression): sigma is the spread of the copies,
+    computed here from the RoIs the head saw, independently of the teacher's code (numpy, float64)."""
+    teacher, trainer = _stub_teacher(lambda rois: rois.clone(), 1, box_jitter=1e9, jitter_samples=8)
+    torch.manual_seed(11)
+    images, targets = detector_images(1, seed=4), [{"image_label": torch.tensor(1)}]
+    teacher.before_forward(trainer, images, targets)
+    copies = teacher.model.roi_heads.box_roi_pool.calls[-1][0].double().numpy()
+    refined = np.clip(copies, 0, 64)                                   # decoded boxes are clipped to the image
+    mean = refined.mean(axis=0)
+    size = np.maximum(mean[2:] - mean[:2], 1.0)
+    sigma = float((refined.std(axis=0, ddof=1) / np.r_[size, size]).mean())
+    assert 0.02 < sigma < 0.12                                         # about the jitter's 0.06
+
+    threshold = sigma * (1.001 if above else 0.999)
+    teacher, trainer = _stub_teacher(lambda rois: rois.clone(), 1, box_jitter=threshold, jitter_samples=8)
+    torch.manual_seed(11)                                              # the step's seed: the same offsets
+    _, out = teacher.before_forward(trainer, images, targets)
+    np.testing.assert_allclose(teacher.model.roi_heads.box_roi_pool.calls[-1][0].double().numpy(), copies)
+    counts = teacher.summary()["benign"]
+    if above:
+        assert "boxes" in out[0] and counts["unreliable"] == 0
+    else:
+        assert out[0] is targets[0]                                    # stays weak: its own target, MIL loss
+        assert counts == {"confident": 1, "forced": 0, "none": 0, "unreliable": 1, "unreliable_images": 1}
+        teacher.after_train(trainer)
+        assert any("dropped 1 benign pseudo-box(es) as unreliable" in m for m in trainer.logs)
+        assert any("no pseudo-box to any of the 1 benign weak image(s) it saw" in m and "1 for unreliable boxes" in m
+                   for m in trainer.logs)
+
+
+def test_box_jitter_off_or_keeping_everything_trains_the_same_weights():
+    """With a threshold no box exceeds, the jitter pass (its own backbone-sharing detections, one more RoI pass,
+    offsets from their own generator) changes nothing: the same weights bit for bit as without the option, whose
+    summary has no jitter counts."""
+    data = make_phantom(30, seed=2, size=DETECTOR_SIZE)
+    parts = split(data, strong_fraction=0.3, n_test=6, seed=0)
+    runs = {}
+    for name, jitter in (("off", None), ("keep_all", 1e9)):
+        hook = PseudoBoxTeacher(0.9, score_thresh=0.0, keep_mil=True, weight_by_score=True, box_jitter=jitter,
+                                augment=ultrasound_augmentation())
+        tr = Trainer(_model(), parts.strong, parts.weak, mode="joint", steps=3, progress=False, tensorboard=False,
+                     hooks=[hook])
+        tr.fit()
+        runs[name] = (tr.model.state_dict(), hook.summary())
+    for (k, x), y in zip(runs["off"][0].items(), runs["keep_all"][0].values()):
+        assert torch.equal(x, y), k
+    assert set(runs["off"][1]["benign"]) == {"confident", "forced", "none"}
+    assert runs["keep_all"][1]["benign"]["unreliable"] == 0
+    assert {k: runs["keep_all"][1]["benign"][k] for k in ("confident", "forced", "none")} == runs["off"][1]["benign"]
+
+
+def test_box_jitter_settings_are_checked_and_reach_the_teacher():
+    from wsbus.self_training import MeanTeacherSettings
+
+    hook = MeanTeacherSettings(box_jitter=0.02, jitter_samples=4, jitter_scale=0.1).hook(_model())
+    assert (hook.box_jitter, hook.jitter_samples, hook.jitter_scale) == (0.02, 4, 0.1)
+    assert MeanTeacherSettings().hook(_model()).box_jitter is None
+    for bad, match in ((dict(box_jitter=-0.1), "box_jitter"), (dict(box_jitter=float("nan")), "box_jitter"),
+                       (dict(box_jitter="0.02"), "box_jitter"), (dict(jitter_samples=1), "jitter_samples"),
+                       (dict(jitter_samples=2.5), "jitter_samples"), (dict(jitter_scale=0.0), "jitter_scale")):
+        with pytest.raises(ValueError, match=match):
+            MeanTeacherSettings(**bad)
+        with pytest.raises(ValueError, match=match):
+            PseudoBoxTeacher(**bad)
