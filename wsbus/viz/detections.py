@@ -178,6 +178,34 @@ def draw_boxes(ax: Any, image: Optional[ImageLike], boxes: Any, labels: Any = No
 # --------------------------------------------------------------------------------------------------------------
 # Fig. 6-style panels
 # --------------------------------------------------------------------------------------------------------------
+def _legend(fig: Any, used_gt: set, used_det: set, used_moi: List[tuple], score_thresh: float,
+            width: float) -> None:
+    """The legend under :func:`detection_panels`' panels (one entry per style in use), then the layout.
+
+    About 2.3 in per legend column at 8 pt: a figure ``width`` inches wide gets fewer columns and more rows.
+    """
+    from matplotlib.lines import Line2D
+
+    handles = []
+    for c in sorted(used_gt):
+        handles.append(Line2D([], [], color=_class_color(c), linestyle="--", linewidth=2.0,
+                              label=f"ground truth {CLASSES[c]}"))
+    for c in sorted(used_det):
+        name = CLASSES[c] if 0 <= c < len(CLASSES) else f"class {c}"
+        handles.append(Line2D([], [], color=_class_color(c), linestyle="-", linewidth=1.5,
+                              label=f"detection {name} (score >= {score_thresh:g})"))
+    for rule, color in used_moi:
+        handles.append(Line2D([], [], color=color, linestyle=":", linewidth=2.0, label=f"MoI {rule}"))
+    if not handles:
+        fig.tight_layout()
+        return
+    legend_cols = max(1, min(len(handles), 3, int(width / 2.3)))
+    legend_rows = math.ceil(len(handles) / legend_cols)
+    fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=8, frameon=False)
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, min(0.5, (0.17 * legend_rows + 0.08) / height), 1, 1))
+
+
 def detection_panels(images: Sequence[ImageLike], ground_truth: Optional[Sequence[Any]],
                      detections: Optional[Sequence[Mapping[str, Any]]],
                      moi: Optional[Sequence[Optional[Mapping[str, Any]]]] = None, ncols: int = 3,
@@ -214,7 +242,6 @@ def detection_panels(images: Sequence[ImageLike], ground_truth: Optional[Sequenc
     Taught in ``book/08_evaluation.md``.
     """
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
     images = list(images)
     n = len(images)
@@ -287,26 +314,8 @@ def detection_panels(images: Sequence[ImageLike], ground_truth: Optional[Sequenc
     for ax in axes[n:]:
         ax.set_axis_off()
 
-    handles = []
-    for c in sorted(used_gt):
-        handles.append(Line2D([], [], color=_class_color(c), linestyle="--", linewidth=2.0,
-                              label=f"ground truth {CLASSES[c]}"))
-    for c in sorted(used_det):
-        name = CLASSES[c] if 0 <= c < len(CLASSES) else f"class {c}"
-        handles.append(Line2D([], [], color=_class_color(c), linestyle="-", linewidth=1.5,
-                              label=f"detection {name} (score >= {score_thresh:g})"))
-    for rule in used_moi:
-        handles.append(Line2D([], [], color=_moi_color(str(rule), rule_order), linestyle=":", linewidth=2.0,
-                              label=f"MoI {rule}"))
-    if handles:
-        # About 2.3 in per legend column at 8 pt: a narrow figure gets fewer columns and more rows.
-        legend_cols = max(1, min(len(handles), 3, int(ncols * ax_size / 2.3)))
-        legend_rows = math.ceil(len(handles) / legend_cols)
-        fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=8, frameon=False)
-        height = fig.get_size_inches()[1]
-        fig.tight_layout(rect=(0, min(0.5, (0.17 * legend_rows + 0.08) / height), 1, 1))
-    else:
-        fig.tight_layout()
+    _legend(fig, used_gt, used_det, [(rule, _moi_color(str(rule), rule_order)) for rule in used_moi],
+            score_thresh, ncols * ax_size)
     return fig
 
 
