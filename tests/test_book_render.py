@@ -36,13 +36,15 @@ BOOK = REPO / "book"
 CHAPTERS = sorted(p.stem for p in BOOK.glob("[0-9][0-9]_*.ipynb"))
 
 #: Width of the page's text column, in CSS pixels, with sphinx-book-theme at a 1,280-px wide window (both sidebars
-#: shown); measured in Chromium. Code blocks and outputs have 12 px of padding on each side.
-COLUMN_PX = 688
-#: Advance of one character of the code font (14 px DejaVu Sans Mono / Menlo; Consolas is narrower), measured.
+#: shown); measured in Chromium. A code cell's block is 4 px narrower (684 px, the cell's left border), and every
+#: code or output block has 16 px of padding on each side.
+COLUMN_PX, CODE_BLOCK_PX, BLOCK_PADDING_PX = 688, 684, 16
+#: Advance of one character of the code font at 14 px (DejaVu Sans Mono, Menlo, Source Code Pro; Consolas is
+#: narrower), measured.
 CHAR_PX = 8.43
 #: Characters of a code, output or literal line that fit in a block without a horizontal scroll bar:
-#: (688 - 2 * 12) / 8.43 = 78.8.
-MAX_COLUMNS = int((COLUMN_PX - 2 * 12) / CHAR_PX)
+#: (684 - 2 * 16) / 8.43 = 77.3.
+MAX_COLUMNS = int((CODE_BLOCK_PX - 2 * BLOCK_PADDING_PX) / CHAR_PX)
 #: Matplotlib's inline backend stores figures at 100 dpi; the smallest text in the book's figures is 8 pt (legends,
 #: box captions), i.e. 8 / 72 * 100 = 11.1 px in the stored image. A figure wider than the column is shrunk to it;
 #: below about 7 CSS px, text is no longer legible on a standard display. So a figure may be at most
