@@ -122,7 +122,7 @@ def _moi_color(rule: str, order: List[str]) -> str:
 # --------------------------------------------------------------------------------------------------------------
 def draw_boxes(ax: Any, image: Optional[ImageLike], boxes: Any, labels: Any = None, scores: Any = None,
                color: Optional[str] = None, *, linestyle: str = "-", linewidth: float = 1.8,
-               show_text: bool = True, fontsize: float = 7.0) -> Any:
+               show_text: bool = True, fontsize: float = 8.0) -> Any:
     """Draw an image (optional) and boxes on a matplotlib axes.
 
     Parameters
@@ -178,12 +178,40 @@ def draw_boxes(ax: Any, image: Optional[ImageLike], boxes: Any, labels: Any = No
 # --------------------------------------------------------------------------------------------------------------
 # Fig. 6-style panels
 # --------------------------------------------------------------------------------------------------------------
+def _legend(fig: Any, used_gt: set, used_det: set, used_moi: List[tuple], score_thresh: float,
+            width: float) -> None:
+    """The legend under :func:`detection_panels`' panels (one entry per style in use), then the layout.
+
+    About 2.3 in per legend column at 8 pt: a figure ``width`` inches wide gets fewer columns and more rows.
+    """
+    from matplotlib.lines import Line2D
+
+    handles = []
+    for c in sorted(used_gt):
+        handles.append(Line2D([], [], color=_class_color(c), linestyle="--", linewidth=2.0,
+                              label=f"ground truth {CLASSES[c]}"))
+    for c in sorted(used_det):
+        name = CLASSES[c] if 0 <= c < len(CLASSES) else f"class {c}"
+        handles.append(Line2D([], [], color=_class_color(c), linestyle="-", linewidth=1.5,
+                              label=f"detection {name} (score >= {score_thresh:g})"))
+    for rule, color in used_moi:
+        handles.append(Line2D([], [], color=color, linestyle=":", linewidth=2.0, label=f"MoI {rule}"))
+    if not handles:
+        fig.tight_layout()
+        return
+    legend_cols = max(1, min(len(handles), 3, int(width / 2.3)))
+    legend_rows = math.ceil(len(handles) / legend_cols)
+    fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=8, frameon=False)
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, min(0.5, (0.17 * legend_rows + 0.08) / height), 1, 1))
+
+
 def detection_panels(images: Sequence[ImageLike], ground_truth: Optional[Sequence[Any]],
                      detections: Optional[Sequence[Mapping[str, Any]]],
                      moi: Optional[Sequence[Optional[Mapping[str, Any]]]] = None, ncols: int = 3,
                      titles: Optional[Sequence[str]] = None, score_thresh: float = 0.5,
                      max_detections: Optional[int] = None, mark_corloc: bool = True,
-                     ax_size: float = 3.0, iou_thresh: float = 0.5) -> Any:
+                     ax_size: float = 2.3, iou_thresh: float = 0.5) -> Any:
     """Fig. 6-style pictures: per image, the ground truth, the detections and optionally the MoI boxes.
 
     Ground-truth boxes are dashed and detections solid, both coloured by class (benign green, malignant red);
@@ -203,7 +231,9 @@ def detection_panels(images: Sequence[ImageLike], ground_truth: Optional[Sequenc
     max_detections : draw at most this many detections per image (highest scores first).
     mark_corloc : append "CorLoc hit" / "miss" to the title of images with a mass (:func:`wsbus.evaluate.corloc`
         at ``iou_thresh`` and ``score_thresh``).
-    ax_size : size of one panel in inches.
+    ax_size : size of one panel in inches. The default, 3 columns of 2.3 in, makes a figure 6.9 in wide: at
+        matplotlib's 100 dpi it fits a book's text column (about 690 px) without being shrunk, so its 8-pt captions
+        stay legible. Show more images as more rows (or one figure per method), not as more columns.
 
     Returns
     -------
@@ -212,7 +242,6 @@ def detection_panels(images: Sequence[ImageLike], ground_truth: Optional[Sequenc
     Taught in ``book/08_evaluation.md``.
     """
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
     images = list(images)
     n = len(images)
@@ -285,23 +314,8 @@ def detection_panels(images: Sequence[ImageLike], ground_truth: Optional[Sequenc
     for ax in axes[n:]:
         ax.set_axis_off()
 
-    handles = []
-    for c in sorted(used_gt):
-        handles.append(Line2D([], [], color=_class_color(c), linestyle="--", linewidth=2.0,
-                              label=f"ground truth {CLASSES[c]}"))
-    for c in sorted(used_det):
-        name = CLASSES[c] if 0 <= c < len(CLASSES) else f"class {c}"
-        handles.append(Line2D([], [], color=_class_color(c), linestyle="-", linewidth=1.5,
-                              label=f"detection {name} (score >= {score_thresh:g})"))
-    for rule in used_moi:
-        handles.append(Line2D([], [], color=_moi_color(str(rule), rule_order), linestyle=":", linewidth=2.0,
-                              label=f"MoI {rule}"))
-    if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize=7, frameon=False)
-        legend_rows = math.ceil(len(handles) / 3)
-        fig.tight_layout(rect=(0, 0.05 * legend_rows / nrows + 0.02, 1, 1))
-    else:
-        fig.tight_layout()
+    _legend(fig, used_gt, used_det, [(rule, _moi_color(str(rule), rule_order)) for rule in used_moi],
+            score_thresh, ncols * ax_size)
     return fig
 
 

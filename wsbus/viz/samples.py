@@ -15,7 +15,11 @@ from ..data.formats import CLASSES, Sample
 CLASS_COLORS = {0: "#9e9e9e", 1: "#2ca02c", 2: "#d62728"}
 
 
-def show_samples(samples: Sequence[Sample], ncols: int = 4, ax_size: float = 2.5, title: bool = True,
+#: Width of a figure that fills a book page's text column (about 690 px at matplotlib's 100 dpi) unshrunk.
+PAGE_WIDTH_IN = 6.9
+
+
+def show_samples(samples: Sequence[Sample], ncols: int = 4, ax_size: Optional[float] = None, title: bool = True,
                  *, show_boxes: bool = True, linewidth: float = 1.5, suptitle: Optional[str] = None,
                  max_samples: Optional[int] = None):
     """Draw samples in a grid, boxes coloured by class (benign green, malignant red).
@@ -24,7 +28,7 @@ def show_samples(samples: Sequence[Sample], ncols: int = 4, ax_size: float = 2.5
     ----------
     samples : the samples to draw (weak samples are drawn without boxes).
     ncols : number of columns of the grid.
-    ax_size : size of one panel in inches.
+    ax_size : size of one panel in inches; default: the grid fills :data:`PAGE_WIDTH_IN` (a book page's column).
     title : write ``"<id>: <label>"`` above each panel (the label of a weak sample is marked "(weak)").
     show_boxes : draw the boxes of strong samples.
     linewidth : box line width.
@@ -48,6 +52,8 @@ def show_samples(samples: Sequence[Sample], ncols: int = 4, ax_size: float = 2.5
     if ncols < 1:
         raise ValueError(f"ncols must be >= 1, got {ncols}")
     ncols = min(ncols, len(samples))
+    if ax_size is None:
+        ax_size = PAGE_WIDTH_IN / ncols
     nrows = math.ceil(len(samples) / ncols)
     fig = Figure(figsize=(ncols * ax_size, nrows * ax_size * 1.08 if title else nrows * ax_size))
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
