@@ -43,6 +43,7 @@ LEVERS = {
     "weak4": {"batch_weak": 4},
     "mt_augment": {"mean_teacher": {**REAL.mean_teacher, "augment": True}},
     "mt_balance": {"mean_teacher": {**REAL.mean_teacher, "balance_classes": True}},
+    "mt_jitter": {"mean_teacher": {**REAL.mean_teacher, "box_jitter": 0.04}},
 }
 LEVER_METHODS = ("strong_few", "joint", "joint_self_training")
 BASE_METHODS = ("strong_full", "strong_few", "weak_only", "joint", "joint_paper", "joint_self_training")
