@@ -135,3 +135,21 @@ def test_table1():
     assert _labels(s) == Counter({1: 20, 2: 20}) and _labels(t) == Counter({0: 10, 1: 10, 2: 10})
     with pytest.raises(ValueError, match="normal"):
         split_table1(make({1: 50, 2: 50}))
+
+
+def test_images_without_boxes_go_to_the_weak_set_only():
+    """A site's folder: a few images with masks, the rest with an image label only. Strong and test images need
+    boxes; the unboxed images' patients train as weak images; a validation set held out of them must be boxed."""
+    from wsbus.data import hold_out, make_phantom, split
+
+    samples = make_phantom(90, seed=3, size=32)
+    site = [s if int(s.id[-5:]) % 2 == 0 else s.as_weak() for s in samples]
+    parts = split(site, n_strong=6, n_test=8, seed=0)
+    assert all(s.is_strong for s in parts.strong + parts.test)
+    unboxed = {s.id for s in site if not s.is_strong and s.image_label > 0}
+    assert unboxed and unboxed <= {s.id for s in parts.weak}
+    kept, val = hold_out(parts.weak, 4, seed=0, boxed_only=True)
+    assert val and all(s.is_strong for s in val)
+    every = split(samples, n_strong=6, n_test=8, seed=0)       # all boxed: the split of before
+    assert [s.id for s in every.test] == [s.id for s in split(list(reversed(samples)), n_strong=6, n_test=8,
+                                                                seed=0).test]

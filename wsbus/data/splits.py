@@ -135,7 +135,8 @@ def split(samples: Sequence[Sample], n_strong: Optional[Counts] = None, *, stron
     """Split samples into strong, weak and test subsets, by patient and stratified by image label.
 
     The test set is drawn first from all samples, then the strong set from the remaining training pool, and the
-    weak set is the rest of the pool (or ``n_weak`` of it). Counts are images; whole patients are moved, so a count
+    weak set is the rest of the pool (or ``n_weak`` of it). Samples without boxes (weak samples, e.g. a site's
+    image-labelled scans) are never drawn into the test or strong sets: their patients go to the weak set. Counts are images; whole patients are moved, so a count
     can be missed by less than one patient's images when no combination fits exactly.
 
     Parameters
@@ -171,16 +172,21 @@ def split(samples: Sequence[Sample], n_strong: Optional[Counts] = None, *, stron
         raise ValueError("give n_strong (an int or a class -> count mapping) or strong_fraction")
     rng = np.random.default_rng(seed)
     groups = _groups(samples, by)
+    # Images without boxes (a site's image-labelled scans) can be neither strong nor test images: their patients
+    # go to the weak set. With every image boxed this changes nothing.
+    boxed = [g for g in groups if all(samples[i].is_strong for i in g.members)]
     if n_test is None and test_fraction is None:
         test_fraction = 0.2
-    test_targets = _targets(n_test, test_fraction, groups, samples, stratify, "test")
-    test = _take(groups, test_targets, rng) if test_targets is not None else []
+    test_targets = _targets(n_test, test_fraction, boxed, samples, stratify, "test")
+    test = _take(boxed, test_targets, rng) if test_targets is not None else []
     taken = {g.key for g in test}
     pool = [g for g in groups if g.key not in taken and (train_normals or g.label != 0)]
     if not train_normals:  # a patient with normal and abnormal images trains on its abnormal images only
         pool = [_Group(g.key, [i for i in g.members if samples[i].image_label != 0], g.label) for g in pool]
-    strong_targets = _targets(n_strong, strong_fraction, pool, samples, stratify, "strong")
-    strong = _take(pool, strong_targets, rng)
+    boxed_keys = {g.key for g in boxed}
+    strong_pool = [g for g in pool if g.key in boxed_keys]
+    strong_targets = _targets(n_strong, strong_fraction, strong_pool, samples, stratify, "strong")
+    strong = _take(strong_pool, strong_targets, rng)
     taken = {g.key for g in strong}
     rest = [g for g in pool if g.key not in taken]
     weak_targets = _targets(n_weak, None, rest, samples, stratify, "weak")
@@ -193,9 +199,10 @@ def split(samples: Sequence[Sample], n_strong: Optional[Counts] = None, *, stron
 
 
 def hold_out(samples: Sequence[Sample], n: Counts, *, seed: int = 0, by: str = "patient",
-             stratify: bool = True) -> tuple:
+             stratify: bool = True, boxed_only: bool = False) -> tuple:
     """Set ``n`` images aside, whole patients at a time and stratified by image label, e.g. a validation set
-    carved from the training patients: ``weak, val = hold_out(parts.weak, 250, seed=0)``.
+    carved from the training patients: ``weak, val = hold_out(parts.weak, 250, seed=0)``. ``boxed_only``: only
+    patients whose images all have boxes are set aside (a validation set must be scorable).
 
     Returns ``(kept, held_out)``, each in input order; the samples (hidden boxes included) are unchanged.
     """
@@ -203,6 +210,8 @@ def hold_out(samples: Sequence[Sample], n: Counts, *, seed: int = 0, by: str = "
     if not samples:
         raise ValueError("cannot hold out images of an empty list of samples")
     groups = _groups(samples, by)
+    if boxed_only:
+        groups = [g for g in groups if all(samples[i].is_strong for i in g.members)]
     targets = _targets(n, None, groups, samples, stratify, "held-out")
     chosen = {i for g in _take(groups, targets, np.random.default_rng([seed, 0x5EED])) for i in g.members}
     return ([s for i, s in enumerate(samples) if i not in chosen], [s for i, s in enumerate(samples) if i in chosen])

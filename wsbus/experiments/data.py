@@ -148,7 +148,7 @@ def prepare_data(source: str, recipe: Recipe, seed: int = 0, samples: Optional[S
     _, n_val = recipe.held_out_sizes(len(samples), len(parts.strong) + len(parts.weak))
     if n_val:
         try:
-            weak, val = hold_out(weak, n_val, seed=seed)
+            weak, val = hold_out(weak, n_val, seed=seed, boxed_only=True)
         except ValueError as exc:
             raise ValueError(f"cannot hold out n_val={n_val} validation images from the {len(weak)} weak "
                              f"training images of {source!r}: {exc}") from None
@@ -197,7 +197,7 @@ def prepare_cross_site(source: str, target: str, recipe: Recipe, seed: int = 0, 
                          f"n_target_strong={n_target_strong}): {exc}") from None
     pool = list(parts.strong) + list(parts.weak)
     _, n_val = recipe.held_out_sizes(len(tgt), len(pool))
-    weak, val = (hold_out(pool, n_val, seed=seed) if n_val else (pool, []))
+    weak, val = (hold_out(pool, n_val, seed=seed, boxed_only=True) if n_val else (pool, []))
     in_weak = {s.id for s in weak}
     target_strong = [s for s in parts.strong if s.id in in_weak]
     strong = boxed if n_source_strong is None else hold_out(boxed, int(n_source_strong), seed=seed)[1]
