@@ -174,7 +174,7 @@ def train_method(method: str, data: ExperimentData, recipe: Recipe, out_dir: Opt
         backbone alone (label-free pretraining).
     steps : train this many steps instead of the recipe's.
     resume : continue from ``out_dir/last.pt`` when it exists (refused, changing no file, when it belongs to
-        another run).
+        another run); nothing to resume without ``out_dir``.
     before_fit : called with the Trainer after any resume check and before training (``wsbus train`` writes its
         ``config.json`` there, so a refused resume leaves every file as it was).
     model_overrides : detector options that do not change the parameters (e.g. ``pretrained``).
@@ -199,7 +199,7 @@ def train_method(method: str, data: ExperimentData, recipe: Recipe, out_dir: Opt
     trainer = method_trainer(method, data, recipe, model, seed=seed, device=device, out_dir=out_dir,
                              warm_start=warm_start if init is None else None, steps=steps, started=init is not None,
                              **trainer_options)
-    if resume:
+    if resume and out_dir is not None:
         trainer.resume()
     if before_fit is not None:
         before_fit(trainer)
