@@ -218,7 +218,7 @@ class DetectorConfig:
 
 
 # Per-backbone defaults (only what differs from the reference). ``tiny`` is sized for 128 px images on a CPU (its
-# canvas, ``max_size``, is 128 px square: the phantom's side, so a phantom image is never padded):
+# canvas, ``max_size``, is 128 px square: the phantom's side, which a phantom image fills):
 # proposal and RoI counts scaled down with the image area (128 px vs 600x1000 px), because on a CPU the RPN's NMS
 # and RoIAlign's backward dominate a step and both grow with these counts.
 _PRESET_FIELDS: dict = {
