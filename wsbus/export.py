@@ -50,7 +50,7 @@ from .checkpoint import atomic_replace
 from .data import make_phantom
 from .data.images import list_images, read_image
 from .inference import input_size, load_detector, model_settings
-from .inference.writer import make_output_folder
+from .data.formats import make_output_folder
 from .models.rpn import anchors_inside
 from .models.transform import CanvasRCNNTransform
 

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .formats import CLASSES, CLASS_TO_INDEX, DataError, Sample
+from .formats import CLASSES, CLASS_TO_INDEX, DataError, Sample, make_output_folder
 from .images import read_image
 
 __all__ = ["COCO_CATEGORIES", "ANNOTATIONS_FILE", "IMAGES_FOLDER", "load_coco", "to_coco", "write_coco",
@@ -330,17 +330,6 @@ def to_coco(samples: Sequence[Sample], *, file_names: Optional[Sequence[str]] = 
     return {"images": images, "annotations": annotations, "categories": [dict(c) for c in COCO_CATEGORIES]}
 
 
-def _output_folder(out_dir: Path) -> None:
-    """Create ``out_dir``, or a one-line DataError naming what is in the way."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), out_dir)
-        raise DataError(f"{out_dir}: cannot create the output folder: {blocker} is a file, not a folder") from None
-    except PermissionError:
-        raise DataError(f"{out_dir}: cannot create the output folder: permission denied") from None
-
-
 def write_coco(samples: Sequence[Sample], out_dir: PathLike, *, overwrite: bool = False) -> Path:
     """Export samples as a COCO folder: ``out_dir/images/<file_name>`` (PNG) and ``out_dir/annotations.json``.
 
@@ -358,7 +347,7 @@ def write_coco(samples: Sequence[Sample], out_dir: PathLike, *, overwrite: bool 
     coco = to_coco(samples)
     out_dir = Path(out_dir)
     folder = out_dir / IMAGES_FOLDER
-    _output_folder(out_dir)
+    make_output_folder(out_dir)
     used = [n for n, used in ((ANNOTATIONS_FILE, (out_dir / ANNOTATIONS_FILE).exists()),
                               (f"{IMAGES_FOLDER}/", folder.is_dir() and any(folder.iterdir()))) if used]
     if used and not overwrite:

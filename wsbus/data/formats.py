@@ -6,8 +6,11 @@ Classes everywhere: 0 = background / normal, 1 = benign, 2 = malignant.
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from pathlib import Path
+from typing import Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -115,3 +118,17 @@ class Sample:
     def as_weak(self) -> "Sample":
         """The same image with its boxes hidden (only ``image_label`` is kept)."""
         return Sample(self.image, None, None, self.image_label, self.id, self.patient, dict(self.meta))
+
+
+def make_output_folder(path: Union[str, "os.PathLike[str]"]) -> Path:
+    """Create the folder ``path`` (and its parents), or raise :class:`~wsbus.data.DataError` in one line naming
+    what is in the way (a file where a folder must go, no permission)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise DataError(f"{path}: cannot create the output folder: {blocker} is a file, not a folder") from None
+    except PermissionError:
+        raise DataError(f"{path}: cannot create the output folder: permission denied") from None
+    return path

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from ..checkpoint import atomic_write, atomic_write_json, atomic_write_text
-from ..data.formats import CLASSES, DataError
+from ..data.formats import CLASSES, DataError, make_output_folder
 from ..data.images import ImageFile
 from .drawing import draw_detections
 from .prediction import Prediction
@@ -32,20 +32,6 @@ OVERLAYS = "overlays"
 #: Settings that do not change the results: a run may be resumed with other values of these.
 RUN_ONLY_SETTINGS = ("checkpoint", "device", "batch_size", "workers")
 Key = Tuple[str, Optional[str], Optional[int]]
-
-
-def make_output_folder(path: Union[str, "os.PathLike[str]"]) -> Path:
-    """Create the folder ``path`` (and its parents), or raise :class:`~wsbus.data.DataError` in one line naming
-    what is in the way (a file where a folder must go, no permission)."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
-        raise DataError(f"{path}: cannot create the output folder: {blocker} is a file, not a folder") from None
-    except PermissionError:
-        raise DataError(f"{path}: cannot create the output folder: permission denied") from None
-    return path
 
 
 def _overlay_file(name: str) -> str:
