@@ -12,7 +12,7 @@ image with its box, one torch thread, experiment seed 0, and writes the weights 
 optimiser state) with a card: the training data and its citation, the recipe, the command, the code that ran
 (provenance), the SHA-256 of the file and of the weights, and the accuracy the same recipe reached on held-out
 patients in the folds study (``docs/results/busbra_folds/summary.json``: strong_full on each test fold), never on its
-own training images. ``--check`` retrains into a scratch folder and compares the weights bit for bit with the
+own training images; and ``docs/models.md``, the same card for people. ``--check`` retrains into a scratch folder and compares the weights bit for bit with the
 shipped ones (the same CPU kind and library versions are needed for bit-for-bit equality).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from wsbus.checkpoint import atomic_save, atomic_write_json  # noqa: E402
+from wsbus.checkpoint import atomic_save, atomic_write_json, atomic_write_text  # noqa: E402
 from wsbus.experiments import REAL, ExperimentData, pretrained_backbone, train_method  # noqa: E402
 from wsbus.experiments.data import load_samples  # noqa: E402
 from wsbus.models.zoo import WEIGHTS_DIR, file_sha256, weights_sha256  # noqa: E402
@@ -55,6 +55,66 @@ def held_out_accuracy() -> dict:
         values = [v[key] for v in out["per_fold"].values()]
         out[key] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
     return out
+
+
+def model_card_markdown(card: dict) -> str:
+    """docs/models.md: the card for people, written from the JSON card (so the two never disagree)."""
+    td, acc, inp = card["training_data"], card["held_out_accuracy"], card["input"]
+    prov = card["provenance"]
+    git = (prov.get("git") or {}).get("commit", "unknown")
+    lines = [
+        "# Model card: `busbra`, the detector shipped with wsbus", "",
+        card["summary"], "",
+        "Load it with `wsbus.models.pretrained(\"busbra\")`, or `--model busbra` wherever a command takes "
+        "`--checkpoint` or `--init` (`predict`, `evaluate`, `export`, `self-train`, `train`). The weights are in the "
+        "package (`wsbus/models/weights/busbra.pt`, "
+        f"{card['size_mb']:.1f} MB); nothing is downloaded. Every load checks the file's SHA-256 against "
+        "`busbra.json`, the machine-readable version of this card.", "",
+        "## Training data", "",
+        f"BUS-BRA: all {td['images']} images of {td['patients']} patients ({td['benign']} benign, {td['malignant']} "
+        f"malignant; no normal images), from {len(td['scanners'])} scanners: {', '.join(td['scanners'])}. Every image "
+        "was used with its box (from the lesion mask); none was held out, so its accuracy below comes from the same "
+        "recipe on held-out patients, never from its own training images.", "",
+        f"Citation (required by the data set's licence: {td['licence']}): {td['citation']}.", "",
+        "## How it was made", "",
+        f"Method `{card['method']}` (every box) with the `REAL` recipe of `wsbus.experiments`, {card['steps']} steps, "
+        f"one torch thread, experiment seed 0; the recipe's settings are in `busbra.json` (`recipe`). Command: "
+        f"`{card['command']}` (add `--check` to retrain and compare with the shipped weights bit for bit; this "
+        f"needs the same CPU kind and library versions). Made by wsbus {prov['wsbus']} (commit {git[:10]}), torch "
+        f"{prov['torch']}, torchvision {prov['torchvision']}.", "",
+        "## Input", "",
+        f"One grayscale B-mode image of any size ({inp['expects']}). It is resized so its short side is "
+        f"{inp['min_size']} px (its long side at most {inp['canvas']} px) and padded to a {inp['canvas']} px square; "
+        "boxes come back in the image's own pixels. Classes: 1 benign, 2 malignant.", "",
+        "## Accuracy on held-out patients", "",
+    ]
+    if "per_fold" in acc:
+        lines += [acc["protocol"] + ":", "",
+                  "| test fold | CorLoc [%] | 95 % CI [%] | AP50 [%] | FROC CPM [%] | malignancy AUC |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for k, v in acc["per_fold"].items():
+            lines.append(f"| {k} | {100 * v['corloc']:.1f} | {100 * v['ci'][0]:.1f}–{100 * v['ci'][1]:.1f} | "
+                         f"{100 * v['ap50']:.1f} | {100 * v['froc_cpm']:.1f} | {v['auc']:.3f} |")
+        lines += ["", f"Mean ± sd over the folds: CorLoc {100 * acc['corloc']['mean']:.1f} ± "
+                      f"{100 * acc['corloc']['sd']:.1f} %, AP50 {100 * acc['ap50']['mean']:.1f} ± "
+                      f"{100 * acc['ap50']['sd']:.1f} %, FROC CPM {100 * acc['froc_cpm']['mean']:.1f} ± "
+                      f"{100 * acc['froc_cpm']['sd']:.1f} % (CorLoc: a mass found when a detection of its class "
+                      "scoring at least 0.5 overlaps its box with IoU above 0.5).", ""]
+    else:
+        lines += [acc.get("note", "not measured"), ""]
+    lines += [
+        "## Intended use", "", card["intended_use"] + ".", "",
+        "## Known limits", "",
+        "- Trained on one public data set of one country's hospitals; another scanner, population or acquisition "
+        "protocol lowers its accuracy (chapter 14 measures this on a simulated scanner; "
+        "`docs/results/busbra_cross_site/` between BUS-BRA's scanners). Measure it on your own annotated scans "
+        "before relying on it, and fine-tune with your site's labels (`wsbus train --model busbra`).",
+        "- BUS-BRA has no normal scans: the detector was never shown an image without a mass, so its false positives "
+        "on normal images are unmeasured.",
+        "- One mass per image in its training data; several masses in one image are untested.",
+        "- A tiny CNN trained from scratch at a small input size on a CPU: far smaller than the paper's VGG16.",
+        "- It is a research tool. It has not been validated clinically and must not be used for diagnosis.", ""]
+    return "\n".join(lines)
 
 
 def train(data_dir: str, runs: Path, threads: int):
@@ -112,7 +172,9 @@ def main() -> int:
         "intended_use": "research on breast-ultrasound detection; a starting point for fine-tuning on a site's own "
                         "scans; NOT for diagnosis",
     }
+    card["size_mb"] = path.stat().st_size / 1e6
     atomic_write_json(card, WEIGHTS_DIR / "busbra.json")
+    atomic_write_text(model_card_markdown(card), REPO / "docs" / "models.md")
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {card['sha256'][:12]}...) and its card")
     return 0
 
