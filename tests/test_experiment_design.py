@@ -200,6 +200,15 @@ def test_the_shipped_busbra_detector_matches_its_card():
     assert card["training_data"]["images"] == 1875 and card["method"] == "strong_full"
     assert model.config["backbone"] == card["recipe"]["backbone"]
     assert card["held_out_accuracy"]["per_fold"] and "NOT for diagnosis" in card["intended_use"]
+    # docs/models.md is the card for people, written from the JSON by the same command
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_shipped_model", root / "scripts" / "make_shipped_model.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert (root / "docs" / "models.md").read_text() == script.model_card_markdown(card)
 
 
 def test_run_experiment_quick_records_the_resolved_settings(tmp_path):
