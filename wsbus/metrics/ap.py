@@ -116,6 +116,8 @@ def coco_ap(detections: Sequence[Mapping[str, Any]], ground_truth: Sequence[Targ
         ``{"ap50": {"benign", "malignant", "mAP"}, "ap": {"benign", "malignant", "mAP"}}``; a class without
         ground-truth boxes has AP ``nan``; ``mAP`` is the mean over the classes that have them (``nan`` if none).
         With both classes present, ``mAP`` is ``COCOeval``'s ``stats[1]`` (AP50) and ``stats[0]`` (AP).
+
+    Taught in ``book/08_evaluation.md``.
     """
     max_detections = _check_max_detections(max_detections)
     preds, truths = parse_pair(detections, ground_truth)

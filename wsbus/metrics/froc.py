@@ -284,6 +284,8 @@ class CPMResult:
         The classes counted (default both: 1 benign, 2 malignant).
     iou_thresh : float
         A hit needs IoU > ``iou_thresh``.
+
+    Taught in ``book/08_evaluation.md``.
     """
 
     thresholds: np.ndarray
@@ -423,6 +425,8 @@ def froc_cpm(detections: Sequence[Mapping[str, Any]], ground_truth: Sequence[Tar
     -------
     CPMResult
         ``.cpm``, ``.sensitivity_at_rates``, the curve and the counts.
+
+    Taught in ``book/08_evaluation.md``.
     """
     iou_thresh = check_iou_thresh(iou_thresh)
     cls = tuple(sorted({int(c) for c in classes}))

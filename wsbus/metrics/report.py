@@ -152,6 +152,8 @@ class DetectionReport:
         The per-image table (:meth:`rows`, :meth:`write_csv`).
     settings : dict
         ``iou_thresh``, ``score_thresh``, ``voc_plus_one``, ``n_boot``, ``level``, ``seed``.
+
+    Taught in ``book/08_evaluation.md``.
     """
 
     corloc: CorLocResult

@@ -23,6 +23,8 @@ Example::
     init_backbone(model, result.path)
 
 Command line: ``wsbus pretrain --data SOURCE --out FILE [--method ...] [--exclude IDS_FILE]``.
+
+Taught in ``book/10_autoencoder_pretraining.md``.
 """
 from .config import DEFAULT_VIEWS, METHODS, PretrainConfig
 from .files import (BACKBONE_FILE_KIND, STATE_FILE_KIND, exclude_images, image_record, init_backbone, load_backbone,

@@ -48,6 +48,8 @@ class PretrainConfig:
     bottleneck : channels of the autoencoder's code (at the backbone's stride).
     hidden_dim, proj_dim : width and output of the projection (and BYOL's prediction) MLPs.
     image_mean, image_std : the detector's grayscale normalisation (default: the from-scratch statistics).
+
+    Taught in ``book/10_autoencoder_pretraining.md``.
     """
 
     method: str = "simclr"

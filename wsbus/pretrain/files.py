@@ -155,6 +155,8 @@ def init_backbone(model: nn.Module, path: PathLike) -> Dict[str, Any]:
     Raises
     ------
     CheckpointError
+
+    Taught in ``book/10_autoencoder_pretraining.md``.
     """
     state, config = load_backbone(path)
     mine = dict(getattr(model, "config", None) or {})

@@ -46,6 +46,8 @@ def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float = 0.2) -> Tensor:
               \frac{\exp(s_{i\,j(i)} / \tau)}{\sum_{k \ne i} \exp(s_{ik} / \tau)} .
 
     Computed in float32 whatever the inputs' dtype.
+
+    Taught in ``book/10_autoencoder_pretraining.md``.
     """
     if z_a.shape != z_b.shape or z_a.ndim != 2:
         raise ValueError(f"nt_xent expects two [B, D] tensors of one shape, got {tuple(z_a.shape)} and "

@@ -29,6 +29,8 @@ def pooled_features(backbone: nn.Module, samples: Sequence[Sample], *, size: int
 
     ``region="image"`` pools the whole map; ``region="box"`` pools a 7x7 RoIAlign of the first box (what the
     detector's box head would see of the mass; every sample must have one).
+
+    Taught in ``book/10_autoencoder_pretraining.md``.
     """
     if region not in ("image", "box"):
         raise ValueError(f"region must be 'image' or 'box', got {region!r}")
@@ -61,7 +63,10 @@ def _standardise(train_x: Tensor, test_x: Tensor) -> Tuple[Tensor, Tensor]:
 
 def knn_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, k: int = 5) -> float:
     """Accuracy of a ``k``-nearest-neighbour vote (Euclidean distance between features standardised with the
-    training statistics; a tie goes to the class whose neighbours are closer in sum)."""
+    training statistics; a tie goes to the class whose neighbours are closer in sum).
+
+    Taught in ``book/10_autoencoder_pretraining.md``.
+    """
     if not 1 <= k <= len(train_x):
         raise ValueError(f"k must lie in 1..{len(train_x)}, got {k}")
     a, b = _standardise(train_x.float(), test_x.float())
@@ -75,7 +80,10 @@ def knn_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
 
 def linear_probe_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
                           l2: float = 1e-2, iterations: int = 200) -> float:
-    """Accuracy of an L2-regularised multinomial logistic regression on standardised features (L-BFGS)."""
+    """Accuracy of an L2-regularised multinomial logistic regression on standardised features (L-BFGS).
+
+    Taught in ``book/10_autoencoder_pretraining.md``.
+    """
     a, b = _standardise(train_x.float(), test_x.float())
     classes, y = torch.unique(train_y, return_inverse=True)
     linear = nn.Linear(a.shape[1], len(classes))

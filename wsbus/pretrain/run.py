@@ -48,6 +48,8 @@ class PretrainResult:
     step : steps trained.
     cached : True when the file was already there, made by the same settings and images, and nothing was trained.
     resumed_from : the step an interrupted run continued from (0: from scratch).
+
+    Taught in ``book/10_autoencoder_pretraining.md``.
     """
 
     path: Path
@@ -61,7 +63,10 @@ class PretrainResult:
 
 
 def build_pretrain_backbone(config: PretrainConfig) -> nn.Module:
-    """The backbone a config pretrains, freshly initialised (no weights frozen)."""
+    """The backbone a config pretrains, freshly initialised (no weights frozen).
+
+    Taught in ``book/10_autoencoder_pretraining.md``.
+    """
     return build_backbone(config.backbone, pretrained=False, frozen_stages=0, norm=config.norm)
 
 
@@ -239,6 +244,8 @@ def pretrain_backbone(samples: Sequence[Sample], out: PathLike, *, config: Optio
     Returns
     -------
     PretrainResult
+
+    Taught in ``book/10_autoencoder_pretraining.md``.
     """
     if config is not None and settings:
         raise TypeError(f"pass either config or settings, not both (got {sorted(settings)})")
