@@ -108,7 +108,9 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", choices=_RECIPES, default=None,
                    help="settings preset: phantom, real (real scans on a CPU) or paper (VGG16, 60k steps, the "
                         "paper's MoI map); default phantom for the phantom, real otherwise")
-    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the recipe's)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="training steps (default: the recipe's; in `train`, the trained method's only: a warm start "
+                        "trains the recipe's steps, as in `experiment`)")
     p.add_argument("--backbone", default=None, help="vgg16 (the paper), resnet18, resnet50 or tiny "
                                                     "(default: the recipe's)")
     p.add_argument("--size", type=_positive_int, default=None,
