@@ -7,7 +7,8 @@ Usage::
     python scripts/busbra_levers.py --data ../shared/data/BUSBRA                    # every lever, fold 1
     python scripts/busbra_levers.py --data ../shared/data/BUSBRA --levers base simclr --jobs 2
 
-Each lever is the ``REAL`` recipe with one change (:data:`LEVERS`). It is trained on the training patients of
+Each lever is the ``REAL`` recipe without the pretraining it adopted from this study (``BASE``) with one change
+(:data:`LEVERS`). It is trained on the training patients of
 BUS-BRA's fold ``--fold`` (the authors' 5-fold partition; that fold's test images are never loaded into any run's
 evaluation) and scored on the validation images carved from those training patients: strong_few, joint (ours),
 joint + self-training (the recipe's mean teacher), and for the ``base`` lever also strong_full, weak_only and
@@ -30,7 +31,9 @@ from wsbus.experiments import REAL, prepare_data, run_experiment  # noqa: E402
 from wsbus.experiments.data import load_samples  # noqa: E402
 
 PRETRAIN = {"steps": 1500, "amp": True}
-#: Each lever: the recipe fields it changes from REAL.
+#: The recipe every lever changes one field of: REAL as it was before this study adopted a lever (no pretraining).
+BASE = REAL.replace(pretrain={})
+#: Each lever: the recipe fields it changes from BASE.
 LEVERS = {
     "base": {},
     "simclr": {"pretrain": {"method": "simclr", **PRETRAIN}},
@@ -38,12 +41,12 @@ LEVERS = {
     "autoencoder": {"pretrain": {"method": "autoencoder", **PRETRAIN}},
     "mae": {"pretrain": {"method": "mae", **PRETRAIN}},
     "size224": {"size": 224},
-    "wide": {"detector": {**REAL.detector, "width": 2.0}},
-    "anchors_fixed": {"detector": {**REAL.detector, "anchor_sizes": (32, 64, 128)}},
+    "wide": {"detector": {**BASE.detector, "width": 2.0}},
+    "anchors_fixed": {"detector": {**BASE.detector, "anchor_sizes": (32, 64, 128)}},
     "weak4": {"batch_weak": 4},
-    "mt_augment": {"mean_teacher": {**REAL.mean_teacher, "augment": True}},
-    "mt_balance": {"mean_teacher": {**REAL.mean_teacher, "balance_classes": True}},
-    "mt_jitter": {"mean_teacher": {**REAL.mean_teacher, "box_jitter": 0.04}},
+    "mt_augment": {"mean_teacher": {**BASE.mean_teacher, "augment": True}},
+    "mt_balance": {"mean_teacher": {**BASE.mean_teacher, "balance_classes": True}},
+    "mt_jitter": {"mean_teacher": {**BASE.mean_teacher, "box_jitter": 0.04}},
 }
 LEVER_METHODS = ("strong_few", "joint", "joint_self_training")
 #: Levers that change the detector's cost several-fold are measured first where their effect shows first (the
@@ -55,7 +58,7 @@ BASE_METHODS = ("strong_full", "strong_few", "weak_only", "joint", "joint_paper"
 def lever_recipe(name: str, n_strong: int):
     if name not in LEVERS:
         raise SystemExit(f"unknown lever {name!r}; levers: {', '.join(LEVERS)}")
-    return REAL.replace(n_strong=n_strong, **LEVERS[name])
+    return BASE.replace(n_strong=n_strong, **LEVERS[name])
 
 
 def table(results: dict) -> str:
