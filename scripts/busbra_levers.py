@@ -47,11 +47,21 @@ LEVERS = {
     "mt_augment": {"mean_teacher": {**BASE.mean_teacher, "augment": True}},
     "mt_balance": {"mean_teacher": {**BASE.mean_teacher, "balance_classes": True}},
     "mt_jitter": {"mean_teacher": {**BASE.mean_teacher, "box_jitter": 0.04}},
+    # Our joint run, one of our changes undone at a time (towards the paper's joint, `joint_paper`):
+    "no_warm_start": {"joint_warm_start": False, "epochs": {"strong_full": 15.0, "joint_self_training": 2.4},
+                      "joint_steps": 3000 + 1469},        # from the shared initial weights, the same total steps
+    "no_teacher": {"moi_teacher": {}},                     # the MoI chosen by the head being trained
+    "no_gate": {"moi_teacher": {**BASE.moi_teacher, "min_confidence": 0.0}},
+    "paper_rules": {"moi_rules": "paper"},                 # most malignant for both labels
+    "gradual_alpha": {"alpha": "gradual", "alpha_stretch": 1.0},
+    "constant_lr": {"joint_trainer": {}},                  # Adam at a constant 5e-4
 }
 LEVER_METHODS = ("strong_few", "joint", "joint_self_training")
 #: Levers that change the detector's cost several-fold are measured first where their effect shows first (the
 #: detector trained on the boxes alone); within the 2-core budget they go further only if that pays off.
-FIRST_METHODS = {"size224": ("strong_few",), "wide": ("strong_few",)}
+FIRST_METHODS = {"size224": ("strong_few",), "wide": ("strong_few",),
+                 **{k: ("strong_few", "joint") for k in ("no_warm_start", "no_teacher", "no_gate", "paper_rules",
+                                                         "gradual_alpha", "constant_lr")}}
 BASE_METHODS = ("strong_full", "strong_few", "weak_only", "joint", "joint_paper", "joint_self_training")
 
 
