@@ -22,7 +22,7 @@ BOOK = REPO / "book"
 CHAPTER_NAMES = [
     "01_introduction", "02_data", "03_faster_rcnn", "04_rpn_loss", "05_mil_moi", "06_joint_training",
     "07_self_training", "08_evaluation", "09_real_data", "10_autoencoder_pretraining", "11_cnn_diagnosis",
-    "12_metric_learning", "13_transfer_domain_shift",
+    "12_metric_learning", "13_transfer_domain_shift", "14_your_own_scans",
 ]
 COLAB_LINE = '!pip install "wsbus[book] @ git+https://github.com/wsbus/wsbus"'
 

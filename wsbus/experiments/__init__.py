@@ -16,7 +16,7 @@ from .demo import run_demo
 from .recipe import (PAPER, PAPER_JOINT, PHANTOM, PHANTOM_QUICK, QUICK_RECIPES, REAL, REAL_QUICK, RECIPES, Recipe,
                      mil_class_weights, recipe_for)
 from .methods import (CROSS_SITE_METHODS, METHODS, TRAINED_METHODS, TrainedMethod, build_method_model, initial_weights, method_sets,
-                      method_trainer, mil_warning, train_method, warm_start_of)
+                      method_trainer, mil_warning, pretrained_backbone, train_method, warm_start_of)
 from .parallel import method_dependencies, parallel_plan
 from .runner import (SUPERVISION, Experiment, check_cross_site, check_finding, default_methods, describe_settings,
                      run_experiment, run_experiments, run_folds, summarize_experiments, supervision_of)
@@ -26,7 +26,7 @@ __all__ = ["Recipe", "PHANTOM", "PHANTOM_QUICK", "REAL", "REAL_QUICK", "PAPER", 
            "QUICK_RECIPES", "recipe_for", "mil_class_weights", "ExperimentData", "prepare_data", "experiment_seeds",
            "Experiment", "METHODS", "CROSS_SITE_METHODS", "SUPERVISION", "check_cross_site", "default_methods",
            "prepare_cross_site", "display_source", "supervision_of", "TRAINED_METHODS", "TrainedMethod",
-           "train_method", "method_sets", "method_trainer", "build_method_model", "warm_start_of", "mil_warning",
+           "train_method", "pretrained_backbone", "method_sets", "method_trainer", "build_method_model", "warm_start_of", "mil_warning",
            "TRAIN_MODES", "TrainReport", "initial_weights", "method_of_mode", "train_run", "check_finding",
            "describe_settings", "run_experiment", "run_experiments", "run_folds", "summarize_experiments",
            "method_dependencies", "parallel_plan", "run_demo", "AblationVariant", "AblationResult",
