@@ -83,7 +83,7 @@ def test_two_gloo_ranks_agree_and_match_one_process(tmp_path, mode, mixing):
 @pytest.mark.slow
 def test_torchrun_module_entry_point_trains_the_tiny_detector(tmp_path):
     out = tmp_path / "cli"
-    proc = torchrun(["-m", "wsbus", "train", "--data", "phantom:24", "--mode", "joint", "--steps", "3", "--out", str(out),
+    proc = torchrun(["-m", "wsbus", "train", "--data", "phantom:60", "--mode", "joint", "--steps", "3", "--out", str(out),
                      "--checkpoint-every", "2", "--batch-strong", "1", "--batch-weak", "2", "--no-progress",
                      "--no-tensorboard", "--device", "cpu"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

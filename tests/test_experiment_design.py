@@ -215,3 +215,16 @@ def test_run_experiment_quick_records_the_resolved_settings(tmp_path):
     res = run_experiment("phantom", tmp_path, recipe=PHANTOM_QUICK, methods=["strong_few"], progress=False,
                          verbose=False)
     assert res["config"]["max_size"] == PHANTOM_QUICK.size and res["data"]["design"] == "split"
+
+
+# ------------------------------------------------------------------------------------------------ small phantoms
+def test_a_smaller_phantom_scales_the_recipes_counts():
+    from wsbus.experiments import PHANTOM
+
+    small = PHANTOM.for_phantom_images(56)                       # a tenth of the recipe's 560 images
+    assert small.n_test == {0: 3, 1: 6, 2: 6} and small.phantom_images == 56
+    assert small.strong_fraction == PHANTOM.strong_fraction      # fractions need no change
+    assert PHANTOM.for_phantom_images(560) is PHANTOM and PHANTOM.for_phantom_images(900) is PHANTOM
+    assert PHANTOM.replace(n_test=2, n_val=0).for_phantom_images(10).n_test == 1   # never below one image
+    data = prepare_data("phantom:60", PHANTOM.replace(size=48))
+    assert len(data.test) == 15 and data.recipe.n_test == {0: 3, 1: 6, 2: 6}

@@ -178,7 +178,7 @@ def wsbus(*args, timeout=300):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluate") / "run"
-    proc = wsbus("train", "--data", "phantom:30", "--mode", "joint", "--steps", "2", "--no-progress",
+    proc = wsbus("train", "--data", "phantom:60", "--mode", "joint", "--steps", "2", "--no-progress",
                  "--no-tensorboard", "--device", "cpu", "--out", out)
     assert proc.returncode == 0, proc.stderr
     return out / "last.pt"

@@ -34,9 +34,11 @@ def test_a_joint_training_step_on_real_scans(subset):
     torch.set_num_threads(1)
     strong = [s for s in subset[:60]][:4]
     weak = [s.as_weak() for s in subset[-6:]]
+    recipe = REAL.resolve(strong, weak)  # the canvas and anchors of REAL are "auto": measured from the images
     torch.manual_seed(0)
-    model = build_detector(**REAL.detector_options(strong + weak))
-    tr = Trainer(model, strong, weak, mode="joint", steps=2, progress=False, tensorboard=False, **REAL.trainer_options())
+    model = build_detector(**recipe.detector_options(strong + weak))
+    tr = Trainer(model, strong, weak, mode="joint", steps=2, progress=False, tensorboard=False,
+                 **recipe.trainer_options())
     history = tr.fit()
     assert len(history) == 2 and all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in history)
     assert all(r["batch"] == "strong+weak" and r["loss_mil"] > 0 for r in history)
@@ -47,7 +49,7 @@ def test_the_quick_experiment_on_a_real_subset(subset, tmp_path):
     results = run_experiment(f"busbra:{ROOT}", tmp_path / "x", recipe=REAL_QUICK, samples=subset, progress=False,
                              verbose=False)
     assert [m["name"] for m in results["methods"]] == ["strong_full", "strong_few", "weak_only", "joint",
-                                                      "joint_self_training"]
+                                                      "joint_paper", "joint_self_training"]
     assert results["data"]["n_strong"] > 0 and results["data"]["n_test"] > 0
     assert all(0.0 <= m["corloc"]["overall"] <= 1.0 for m in results["methods"])
     assert "sensitivity" in results["methods"][0]["froc"]

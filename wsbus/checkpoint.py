@@ -32,7 +32,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable, of another version, or not what the run expects."""
+    """A checkpoint file is missing, unreadable, of another version, or not what the run expects.
+
+    Taught in ``book/10_autoencoder_pretraining.md``."""
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -63,6 +63,8 @@ class MoITeacher(EMATeacher):
         (one minus its probability of normal tissue, which does not depend on the benign/malignant call).
     regress : the mass of interest is the teacher's regressed box for the image's class around the chosen proposal
         (the box its head would output), instead of the proposal itself.
+
+    Taught in ``book/06_joint_training.md``.
     """
 
     def __init__(self, decay: float = 0.999, model: Optional[nn.Module] = None, *, min_confidence: float = 0.0,

@@ -275,6 +275,8 @@ def read_image(path: PathLike, frame: Optional[int] = None) -> np.ndarray:
     ``255 / (2**bits - 1)`` then luminance. Every other file goes through :func:`wsbus.data.read_gray`. Raises
     :class:`DataError` naming the file when it is missing, not an image, corrupt, or (``frame``) not a
     multi-frame DICOM.
+
+    Taught in ``book/14_your_own_scans.md``.
     """
     path = Path(path)
     if is_dicom(path):

@@ -112,7 +112,8 @@ def prepare_data(source: str, recipe: Recipe, seed: int = 0, samples: Optional[S
                  folds: Union[str, "os.PathLike[str]", Folds, None] = None,
                  fold: Optional[int] = None) -> ExperimentData:
     """Load ``source`` (a ``--data`` spec; the phantom is drawn with the recipe's size and knobs and the seed) and
-    split it by patient: the test images first (``n_test`` / ``test_fraction`` of the recipe, or fold ``fold`` of a
+    split it by patient (a smaller ``phantom:N`` than the recipe's scales its counts,
+    :meth:`Recipe.for_phantom_images`): the test images first (``n_test`` / ``test_fraction`` of the recipe, or fold ``fold`` of a
     folds file), then the boxed images from the training pool, then the validation images held out from the rest
     (``n_val`` / ``val_fraction``), which stays weak. The recipe is then resolved for the split
     (:meth:`Recipe.resolve`: canvas, anchors, steps) and kept as ``data.recipe``. Already loaded ``samples`` skip
@@ -122,6 +123,8 @@ def prepare_data(source: str, recipe: Recipe, seed: int = 0, samples: Optional[S
     images are asked for than it has, or when the split leaves no weak image.
     """
     samples = list(samples if samples is not None else load_samples(source, recipe, seed))
+    if parse_source(source).kind == "phantom":
+        recipe = recipe.for_phantom_images(len(samples))
     have = {c: sum(s.image_label == c for s in samples) for c in (1, 2)}
     missing = [name for c, name in ((1, "benign"), (2, "malignant")) if have[c] == 0]
     if missing:

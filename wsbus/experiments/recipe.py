@@ -277,6 +277,23 @@ class Recipe:
                 and not self.joint_trainer and self.alpha == "gradual" and self.alpha_stretch == 1.0
                 and self.mixing == "combined")
 
+    def for_phantom_images(self, n_images: int) -> "Recipe":
+        """The recipe for a phantom of ``n_images`` images (``phantom:N``): its image counts (``n_test``,
+        ``n_val``, ``n_strong``) were chosen for ``phantom_images`` images, so a smaller draw scales each count by
+        ``n_images / phantom_images`` (rounded, at least 1 where the recipe asks for any); fractions need no
+        change, and a draw at least as large keeps the counts."""
+        if n_images >= self.phantom_images:
+            return self
+        factor = n_images / self.phantom_images
+
+        def scale(count: Any) -> Any:
+            if isinstance(count, Mapping):
+                return {k: scale(v) for k, v in count.items()}
+            return count if count is None else (max(1, round(count * factor)) if count else 0)
+
+        return self.replace(phantom_images=int(n_images), n_test=scale(self.n_test), n_val=scale(self.n_val),
+                            n_strong=scale(self.n_strong))
+
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with ``changes`` (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)

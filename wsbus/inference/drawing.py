@@ -25,6 +25,8 @@ def draw_detections(image: Union[np.ndarray, torch.Tensor], boxes: Any, labels: 
 
     ``image`` is ``uint8`` ``H x W``, ``H x W x 3`` or ``[C, H, W]``; boxes ``[D, 4]`` pixel edges (the outline is
     drawn on the outermost pixels inside each box).
+
+    Taught in ``book/14_your_own_scans.md``.
     """
     from torchvision.utils import draw_bounding_boxes
 

@@ -67,6 +67,8 @@ class FROCResult:
 
     The raw counts allow other normalisations, e.g. false positives per image over the whole test set:
     ``(r.false_positives["benign"] + r.false_positives["malignant"]) / r.n_images["total"]``.
+
+    Taught in ``book/09_real_data.md``.
     """
 
     thresholds: np.ndarray
@@ -343,6 +345,8 @@ def interpolate_froc(fp_per_image: np.ndarray, sensitivity: np.ndarray, fp_rates
         The curve, thresholds from high to low: both non-decreasing, ``fp_per_image[0] == 0``.
     fp_rates : sequence of float
         Finite, non-negative rates.
+
+    Taught in ``book/08_evaluation.md``.
     """
     rates = _check_rates(fp_rates)
     fp, sens = np.asarray(fp_per_image, dtype=np.float64), np.asarray(sensitivity, dtype=np.float64)

@@ -50,6 +50,8 @@ class ImageOutcome:
     hit : CorLoc's outcome for this class (``iou > iou_thresh``); ``None`` for a normal image.
     false_positives : counted benign or malignant detections in the image whose IoU with every ground-truth box of
         their own class is <= ``iou_thresh`` (the same number on both rows of a mixed image).
+
+    Taught in ``book/08_evaluation.md``.
     """
 
     index: int

@@ -54,7 +54,9 @@ def available_models() -> List[str]:
 
 
 def model_card(name: str) -> Dict[str, Any]:
-    """The card (``NAME.json``) of a shipped detector; ``ValueError`` naming the choices for an unknown name."""
+    """The card (``NAME.json``) of a shipped detector; ``ValueError`` naming the choices for an unknown name.
+
+    Taught in ``book/14_your_own_scans.md``."""
     card = WEIGHTS_DIR / f"{name}.json"
     if not card.is_file():
         known = available_models()
@@ -64,7 +66,9 @@ def model_card(name: str) -> Dict[str, Any]:
 
 def pretrained_path(name: str) -> Path:
     """The weights file of a shipped detector, after checking its SHA-256 against its card (a damaged or replaced
-    file is refused in one line)."""
+    file is refused in one line).
+
+    Taught in ``book/14_your_own_scans.md``."""
     card = model_card(name)
     path = WEIGHTS_DIR / card["file"]
     if not path.is_file():
@@ -78,7 +82,9 @@ def pretrained_path(name: str) -> Path:
 
 def pretrained(name: str = "busbra", device: Union[str, torch.device] = "cpu") -> WeakSemiFasterRCNN:
     """A shipped detector, ready to use (eval mode, on ``device``): ``model = pretrained("busbra")``. Its card
-    (:func:`model_card`) says what it was trained on and how well it localises on held-out patients."""
+    (:func:`model_card`) says what it was trained on and how well it localises on held-out patients.
+
+    Taught in ``book/14_your_own_scans.md``."""
     path = pretrained_path(name)
     state = load_checkpoint(path, map_location="cpu", require=("model", "config"))
     config = DetectorConfig.from_dict({**state["config"]["model"], "pretrained": False})

@@ -117,7 +117,9 @@ class Objective(nn.Module):
 
 
 class SimCLR(Objective):
-    """Two views, pooled features, an MLP projection, :func:`nt_xent`."""
+    """Two views, pooled features, an MLP projection, :func:`nt_xent`.
+
+    Taught in ``book/10_autoencoder_pretraining.md``."""
 
     n_views = 2
 
@@ -132,7 +134,9 @@ class SimCLR(Objective):
 
 
 class BYOL(Objective):
-    """Online backbone + projection + prediction against an EMA target backbone + projection, both directions."""
+    """Online backbone + projection + prediction against an EMA target backbone + projection, both directions.
+
+    Taught in ``book/10_autoencoder_pretraining.md``."""
 
     n_views = 2
 
