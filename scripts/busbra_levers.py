@@ -73,8 +73,8 @@ def lever_recipe(name: str, n_strong: int):
 
 def table(results: dict) -> str:
     base = {m["name"]: m for m in results["base"]["methods"]}
-    header = ["lever", "strong_few [%]", "joint [%]", "joint + MT [%]", "AP50 joint + MT [%]", "CPM joint + MT [%]",
-              "joint + MT - base [points]", "p (McNemar)"]
+    header = ["lever", "strong_few [%]", "joint [%]", "joint - base [points] (p)", "joint + MT [%]",
+              "AP50 joint + MT [%]", "CPM joint + MT [%]", "joint + MT - base [points]", "p (McNemar)"]
     body = []
     for name, r in results.items():
         by = {m["name"]: m for m in r["methods"]}
@@ -85,6 +85,11 @@ def table(results: dict) -> str:
                 return "-"
             v = m[key]["overall"] if key == "corloc" else (m[key]["mAP"] if key == "ap50" else m[key])
             return f"{100 * v:.1f}" if v is not None else "-"
+        j, j0 = by.get("joint"), base.get("joint")
+        joint_diff = ""
+        if name != "base" and j and j0:
+            joint_diff = (f"{100 * (j['corloc']['overall'] - j0['corloc']['overall']):+.1f} "
+                          f"({mcnemar_exact(j['per_image'], j0['per_image'])[2]:.2g})")
         st, st0 = by.get("joint_self_training"), base.get("joint_self_training")
         if name != "base" and st and st0:
             _, _, p = mcnemar_exact(st["per_image"], st0["per_image"])
@@ -92,9 +97,9 @@ def table(results: dict) -> str:
             pv = f"{p:.3g}"
         else:
             diff, pv = "", ""
-        body.append([name, pct("strong_few"), pct("joint"), pct("joint_self_training"),
+        body.append([name, pct("strong_few"), pct("joint"), joint_diff, pct("joint_self_training"),
                      pct("joint_self_training", "ap50"), pct("joint_self_training", "froc_cpm"), diff, pv])
-    return render_table(header, body, ["l"] + ["r"] * 7)
+    return render_table(header, body, ["l"] + ["r"] * 8)
 
 
 def main() -> int:
@@ -132,8 +137,8 @@ def main() -> int:
         atomic_write_text(f"# BUS-BRA levers, fold {args.fold}'s validation split, {args.n_strong} boxed images\n\n"
                           + text + "\n\nCorLoc / AP50 / FROC CPM on the validation images carved from fold "
                           f"{args.fold}'s training patients (the test fold is never scored here); joint + MT: joint "
-                          "(ours) then self-training with the mean teacher (ours); p: McNemar's exact test of "
-                          "joint + MT against the base recipe on the same images.\n", out / f"levers_{args.n_strong}.md")
+                          "(ours) then self-training with the mean teacher (ours); p: McNemar's exact test "
+                          "against the base recipe's run of the same method on the same images.\n", out / f"levers_{args.n_strong}.md")
         print(text)
     atomic_write_json({"fold": args.fold, "n_strong": args.n_strong, "levers": results},
                       out / f"levers_{args.n_strong}.json")
