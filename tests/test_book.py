@@ -184,8 +184,10 @@ def test_toc_parts():
     assert toc["root"] == "book/01_introduction"
     parts = {part["caption"]: [c["file"] for c in part["chapters"]] for part in toc["parts"]}
     assert parts["The method"] == [f"book/{n}" for n in CHAPTER_NAMES[1:9]]
-    companions = [f"book/{n}" for n in CHAPTER_NAMES[9:] if n in CHAPTERS]
+    companions = [f"book/{n}" for n in CHAPTER_NAMES[9:13] if n in CHAPTERS]
     assert parts.get("Companion chapters", []) == companions
+    practice = [f"book/{n}" for n in CHAPTER_NAMES[13:] if n in CHAPTERS]
+    assert parts.get("In practice", []) == practice
     # The titles carry the files' numbers ("# 6. Joint training"); automatic numbers would start at 02_data.
     assert not any(part.get("numbered") for part in toc["parts"]), "no automatic chapter numbers"
 

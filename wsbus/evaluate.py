@@ -21,40 +21,7 @@ The implementation lives in :mod:`wsbus.metrics` (one module per job); these are
 
 Taught in ``book/08_evaluation.md``.
 """
-from .metrics.ap import COCO_IOU_THRESHOLDS, COCO_RECALL_THRESHOLDS, MAX_DETECTIONS, average_precision, coco_ap
-from .metrics.corloc import CORLOC_IOU_THRESH, CORLOC_SCORE_THRESH, CorLocResult, corloc
-from .metrics.froc import (FROC_FP_RATES, REFERENCE_FROC_THRESHOLDS, CPMResult, FROCResult, froc, froc_cpm,
-                           interpolate_froc)
-from .metrics.image_level import false_positives_per_normal_image, image_auc, image_scores, sensitivity_specificity
-from .metrics.inputs import MASS_CLASSES, check_iou_thresh, check_score_thresh
-from .metrics.report import CSV_COLUMNS, DetectionReport, ImageOutcome, evaluate_detections
-from .metrics.stats import (
-    PairedTestResult,
-    bootstrap_ci,
-    bootstrap_means,
-    mcnemar_exact,
-    paired_test,
-    percentile_interval,
-)
-from .metrics.tables import (
-    MethodResult,
-    add_p_values,
-    format_ci,
-    format_p_value,
-    format_percent,
-    render_table,
-    results_table,
-    to_json_methods,
-)
+from . import metrics
+from .metrics import *  # noqa: F401,F403  (the public names of wsbus.metrics, listed in its __all__)
 
-__all__ = [
-    "MASS_CLASSES", "check_iou_thresh", "check_score_thresh",
-    "CORLOC_SCORE_THRESH", "CORLOC_IOU_THRESH", "CorLocResult", "corloc",
-    "COCO_IOU_THRESHOLDS", "COCO_RECALL_THRESHOLDS", "MAX_DETECTIONS", "coco_ap", "average_precision",
-    "FROC_FP_RATES", "REFERENCE_FROC_THRESHOLDS", "FROCResult", "froc", "CPMResult", "froc_cpm", "interpolate_froc",
-    "image_scores", "image_auc", "sensitivity_specificity", "false_positives_per_normal_image",
-    "CSV_COLUMNS", "DetectionReport", "ImageOutcome", "evaluate_detections",
-    "PairedTestResult", "bootstrap_ci", "bootstrap_means", "mcnemar_exact", "paired_test", "percentile_interval",
-    "MethodResult", "add_p_values", "format_ci", "format_p_value", "format_percent", "render_table", "results_table",
-    "to_json_methods",
-]
+__all__ = list(metrics.__all__)
