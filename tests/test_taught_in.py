@@ -23,7 +23,8 @@ def _public(tree: ast.Module):
     names = None
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
-            names = {e.value for e in node.value.elts}
+            if isinstance(node.value, (ast.List, ast.Tuple)):  # a literal list; a re-export module builds its own
+                names = {e.value for e in node.value.elts}
     return names
 
 
