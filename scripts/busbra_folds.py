@@ -114,8 +114,10 @@ def froc_figure(folds: list, out: Path) -> None:
     for ax, f in zip(axes[:, 0], folds):
         for m in f["methods"]:
             fr = m.get("froc") or {}
-            if fr.get("fp_per_image"):
-                ax.plot(fr["fp_per_image"], fr["sensitivity"], label=LABEL[m["name"]], lw=1.2)
+            if fr.get("fp_per_image"):  # the reference code's FROC, both classes together ("overall")
+                x = np.array([np.nan if v is None else v for v in fr["fp_per_image"]["overall"]], float)
+                y = np.array([np.nan if v is None else v for v in fr["sensitivity"]["overall"]], float)
+                ax.plot(x, y, label=LABEL[m["name"]], lw=1.2)
         ax.set_xscale("log")
         ax.set_xlim(1 / 8, 8)
         ax.set_ylim(0, 1)
@@ -179,8 +181,10 @@ def main() -> int:
     if 10 in args.boxes:
         parts.append("joint runs against strong_few, CorLoc points (McNemar's exact p), 10 boxed images\n\n"
                      + difference_table(folds, runs, 10) + "\n")
+    cpu_min = ", ".join(f"fold {k} {v / 60:.0f}" for k, v in budget["method_cpu_s"].items())
     parts.append(f"Compute: each fold's experiments ran with {args.jobs} processes of {args.threads} torch thread(s) "
-                 f"on a 2-core CPU; wall seconds per fold (50 boxes): {budget['wall_s']}.\n")
+                 f"on a 2-core CPU shared with other work; CPU minutes of the six methods (label-free pretraining "
+                 f"not included): {cpu_min}.\n")
     atomic_write_text("\n".join(parts), out / "summary.md")
     print("\n".join(parts))
     return 0

@@ -329,9 +329,12 @@ class Experiment:
         t0, c0 = time.perf_counter(), time.process_time()
         self.out.mkdir(parents=True, exist_ok=True)
         todo = [m for m in self.methods if not self.load_finished(m)]
-        if todo and self.recipe.pretrain:  # before any method (and any process): they all start from it
-            self.backbone = pretrained_backbone(self.data, self.recipe, self.seed, self.out / "pretrain" /
-                                                "backbone.pt", device=self.device, progress=self.progress)
+        cached = self.out / "pretrain" / "backbone.pt"
+        if self.recipe.pretrain and (todo or cached.is_file()):
+            # before any method (and any process): they all start from it; with every result stored, it is read
+            # back (checked against the split) so that results.json still says what the pretraining did
+            self.backbone = pretrained_backbone(self.data, self.recipe, self.seed, cached, device=self.device,
+                                                progress=self.progress)
         if int(jobs) > 1 and len(todo) > 1:
             self._run_parallel(todo, int(jobs), threads)
         else:
