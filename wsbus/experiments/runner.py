@@ -433,7 +433,9 @@ class Experiment:
             return None
         f = load_pretrained(self.backbone)
         losses = [h["loss"] for h in f.get("history") or []]
-        return {"file": str(self.backbone), "config": dict(f["config"]), "n_images": f["images"]["n"],
+        file = Path(self.backbone)
+        file = file.relative_to(self.out) if file.is_relative_to(self.out) else Path(file.name)  # no local paths
+        return {"file": str(file), "config": dict(f["config"]), "n_images": f["images"]["n"],
                 "ids_sha256": f["images"]["ids_sha256"], "steps": f.get("step"),
                 "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                 "saw_test_or_val": bool(set(f["images"].get("ids") or []) & {s.id for s in self.data.test +
