@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from wsbus.checkpoint import atomic_save, atomic_write_json, atomic_write_text  # noqa: E402
+from wsbus.checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint  # noqa: E402
 from wsbus.experiments import REAL, ExperimentData, pretrained_backbone, train_method  # noqa: E402
 from wsbus.experiments.data import load_samples  # noqa: E402
 from wsbus.models.zoo import WEIGHTS_DIR, file_sha256, weights_sha256  # noqa: E402
@@ -150,7 +150,9 @@ def main() -> int:
     path = WEIGHTS_DIR / "busbra.pt"
     config = {"model": run.model.config, "metadata": {"data": "busbra:BUSBRA", "method": "strong_full",
                                                       "split_ids": None}}
-    atomic_save({"model": state, "config": config, "step": run.trainer.step, "provenance": provenance("cpu")}, path)
+    # the code that trained the weights (the run's checkpoint says; a rerun that only rewrites the card keeps it)
+    made_by = load_checkpoint(runs / "strong_full" / "last.pt").get("provenance") or provenance("cpu")
+    atomic_save({"model": state, "config": config, "step": run.trainer.step, "provenance": made_by}, path)
     patients = {s.patient for s in data.samples}
     devices = sorted({s.meta.get("device", "?") for s in data.samples})
     card = {
@@ -167,7 +169,7 @@ def main() -> int:
                   "expects": "a grayscale B-mode image (PNG/JPEG/TIFF 8 or 16 bit, or DICOM), any size"},
         "classes": {"1": "benign", "2": "malignant"},
         "command": "python scripts/make_shipped_model.py --data BUSBRA",
-        "provenance": provenance("cpu"), "torch_threads": args.threads,
+        "provenance": made_by, "torch_threads": args.threads,
         "held_out_accuracy": held_out_accuracy(),
         "intended_use": "research on breast-ultrasound detection; a starting point for fine-tuning on a site's own "
                         "scans; NOT for diagnosis",
