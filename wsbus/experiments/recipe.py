@@ -352,7 +352,7 @@ PHANTOM_QUICK = Recipe(phantom_images=70, size=64, n_test={0: 4, 1: 8, 2: 8}, st
 #: from the data; the all-boxes reference trained for 15 epochs of its boxed images, the joint run and the
 #: self-training for 2.4 epochs of the weak images; the joint training ours, measured best on BUS-BRA's validation
 #: split (docs/decisions.md): a warm start from strong_few, a frozen teacher choosing the MoI and its regressed box
-#: (its confidence gate open: closing it at 0.98 cost 8.8 CorLoc points on fold 1's validation split, McNemar
+#: (its confidence gate open: closing it at 0.98 cost 8.9 CorLoc points on fold 1's validation split, McNemar
 #: p = 9e-5), the most abnormal region for both labels among 30 proposals, a constant alpha and a cosine learning
 #: rate; self-training with the mean teacher keeping the MIL loss; every method starting from a backbone pretrained
 #: without labels (an autoencoder, 1,500 steps) on the split's training images (docs/results/busbra_levers/).
