@@ -45,10 +45,14 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reuse-results", action="store_true")
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help="a subset of the methods (default all: source_only, joint, joint_self_training, target_few, "
+                         "target_full)")
     args = ap.parse_args()
     runs = Path(args.runs) / args.evaluate_on
     result = run_experiment(SOURCE.format(data=args.data), runs, target=TARGET.format(data=args.data), recipe=REAL,
                             n_target_strong=args.n_target_strong, evaluate_on=args.evaluate_on, progress=False,
+                            methods=args.methods,
                             jobs=args.jobs, threads=args.threads, reuse_results=args.reuse_results)
     out = Path(args.out) / args.evaluate_on
     out.mkdir(parents=True, exist_ok=True)
