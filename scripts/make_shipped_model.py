@@ -83,7 +83,7 @@ def model_card_markdown(card: dict) -> str:
         f"needs the same CPU kind and library versions). Made by wsbus {prov['wsbus']} (commit {git[:10]}), torch "
         f"{prov['torch']}, torchvision {prov['torchvision']}.", "",
         "## Input", "",
-        f"One grayscale B-mode image of any size ({inp['expects']}). It is resized so its short side is "
+        f"Expects {inp['expects']}. It is resized so its short side is "
         f"{inp['min_size']} px (its long side at most {inp['canvas']} px) and padded to a {inp['canvas']} px square; "
         "boxes come back in the image's own pixels. Classes: 1 benign, 2 malignant.", "",
         "## Accuracy on held-out patients", "",
