@@ -67,8 +67,6 @@ class FROCResult:
 
     The raw counts allow other normalisations, e.g. false positives per image over the whole test set:
     ``(r.false_positives["benign"] + r.false_positives["malignant"]) / r.n_images["total"]``.
-
-    Taught in ``book/09_real_data.md``.
     """
 
     thresholds: np.ndarray
