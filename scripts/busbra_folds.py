@@ -120,6 +120,8 @@ def froc_figure(folds: list, out: Path) -> None:
                 ax.plot(x, y, label=LABEL[m["name"]], lw=1.2)
         ax.set_xscale("log")
         ax.set_xlim(1 / 8, 8)
+        ax.set_xticks([1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8], ["1/8", "1/4", "1/2", "1", "2", "4", "8"])
+        ax.minorticks_off()
         ax.set_ylim(0, 1)
         ax.set_ylabel("sensitivity", fontsize=8)
         ax.set_title(f"test fold {f['fold']} (50 boxed images)", fontsize=9)
