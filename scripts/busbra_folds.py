@@ -232,7 +232,7 @@ def main() -> int:
     if 10 in args.boxes:
         parts.append("joint runs against strong_few, CorLoc points (McNemar's exact p), 10 boxed images\n\n"
                      + difference_table(folds, runs, 10) + "\n")
-    parts.append("Goals (issue 22): self-training with few boxes against all boxes, CorLoc\n\n"
+    parts.append("Goals: self-training with few boxes against all boxes, CorLoc\n\n"
                  + goals_table(folds, runs, 10 in args.boxes) + "\n")
     cpu_min = ", ".join(f"fold {k} {v / 60:.0f}" for k, v in budget["method_cpu_s"].items())
     cpu_10 = ", ".join(f"fold {k} {v / 60:.0f}" for k, v in budget["method_cpu_s_10"].items() if v)
