@@ -11,15 +11,16 @@ Usage::
 For each test fold K of BUS-BRA's ``5-fold-cv.csv`` (patient-level), ``wsbus experiment`` with the ``REAL`` recipe
 trains on the other folds' patients, with 50 boxed images (every method: strong_full, strong_few, weak_only, joint
 (ours), joint_paper (the paper's), joint_self_training (ours)) and with 10 boxed images (strong_few, joint,
-joint_self_training; ``--methods-10`` adds joint_paper), each scored once on fold K. Validation images are carved from the training
-patients and never used here (they were used to choose the recipe: ``docs/results/busbra_levers/``). One more
-experiment, on the GE Logiq 5 images alone (one scanner, 809 images, a random patient split), checks the finding on
+joint_self_training; ``--methods-10`` adds joint_paper), each scored once on fold K. Validation images are carved
+from the training patients and never used here (they were used to choose the recipe:
+``docs/results/busbra_levers/``). One more experiment, on the GE Logiq 5 images alone (one scanner, 809 images, a random patient split), checks the finding on
 a data set of another size and scanner. Training goes to ``--runs`` (resumable: run the same command again after an
 interruption); ``--out`` receives:
 
 ``summary.json``  ``{"folds": [results.json of fold K with "fold": K and "methods_10": the 10-box methods]}``
                   (each method with ``per_image``: 1 where a test mass was found, in the test set's order),
-                  plus ``"budget"`` (the methods' CPU seconds per fold) and ``"logiq5"`` (the scanner subset's results.json)
+                  plus ``"budget"`` (the methods' CPU seconds per fold) and ``"logiq5"`` (the scanner subset's
+                  results.json)
 ``summary.md``    per fold and mean +- sd: CorLoc, AP50, FROC CPM and malignancy AUC of every method, the joint
                   runs' differences from strong_few with McNemar's p, the 10-box CorLoc beside strong_full,
                   the few-box goals (mean teacher against strong_full), and the compute budget
@@ -73,6 +74,11 @@ def _per_image(runs: Path, fold: int, boxes: int, method: str) -> np.ndarray:
     return load_checkpoint(path, require=("per_image",))["per_image"].numpy()
 
 
+def _method(fold: dict, name: str, key: str = "methods") -> dict:
+    """The entry of method ``name`` in a fold's ``key`` list (``methods`` or ``methods_10``)."""
+    return next(m for m in fold[key] if m["name"] == name)
+
+
 def _cell(values):
     return f"{100 * statistics.fmean(values):.1f} +- {100 * statistics.stdev(values):.1f}" if len(values) > 1 \
         else f"{100 * values[0]:.1f}"
@@ -84,7 +90,7 @@ def summary_table(folds: list, key: str, methods_key: str, names) -> str:
     for name in names:
         vals = []
         for f in folds:
-            m = next(x for x in f[methods_key] if x["name"] == name)
+            m = _method(f, name, methods_key)
             v = m["corloc"]["overall"] if key == "corloc" else (m[key]["mAP"] if key in ("ap50", "ap") else m[key])
             vals.append(float(v))
         body.append([LABEL[name]] + [f"{100 * v:.1f}" for v in vals] + [_cell(vals)])
@@ -94,13 +100,12 @@ def summary_table(folds: list, key: str, methods_key: str, names) -> str:
 def ci_table(folds: list, names) -> str:
     """CorLoc's 95 % bootstrap interval (over the test images) of each method on each fold, in whole percent."""
     header = ["method"] + [f"fold {f['fold']}" for f in folds]
-    body = [[LABEL[name]] + ["{:.0f}-{:.0f}".format(*(100 * x for x in next(m for m in f["methods"]
-                                                                          if m["name"] == name)["ci"]))
-                             for f in folds] for name in names]
+    body = [[LABEL[name]] + ["{:.0f}-{:.0f}".format(*(100 * x for x in _method(f, name)["ci"])) for f in folds]
+            for name in names]
     return render_table(header, body, ["l"] + ["r"] * len(folds))
 
 
-def difference_table(folds: list, runs: Path, boxes: int) -> str:
+def difference_table(folds: list, boxes: int) -> str:
     methods_key = "methods" if boxes == 50 else "methods_10"
     header = ["difference from strong_few"] + [f"fold {f['fold']}" for f in folds] + ["mean"]
     body = []
@@ -111,30 +116,27 @@ def difference_table(folds: list, runs: Path, boxes: int) -> str:
         for f in folds:
             by = {m["name"]: m for m in f[methods_key]}
             d = by[name]["corloc"]["overall"] - by["strong_few"]["corloc"]["overall"]
-            p = mcnemar_exact(_per_image(runs, f["fold"], boxes, name), _per_image(runs, f["fold"], boxes,
-                                                                                 "strong_few"))[2]
+            p = mcnemar_exact(by[name]["per_image"], by["strong_few"]["per_image"])[2]
             cells.append(f"{100 * d:+.1f} (p {p:.2g})")
             diffs.append(d)
         body.append([LABEL[name]] + cells + [f"{100 * statistics.fmean(diffs):+.1f}"])
     return render_table(header, body, ["l"] + ["r"] * (len(folds) + 1))
 
 
-def goals_table(folds: list, runs: Path, ten: bool) -> str:
+def goals_table(folds: list, ten: bool) -> str:
     """Issue 22's goals per fold: the mean teacher (50 boxes) minus strong_full with McNemar's p, and the 10-box
     mean teacher as a fraction of strong_full."""
     header = ["goal"] + [f"fold {f['fold']}" for f in folds] + ["mean"]
-    full = [next(m for m in f["methods"] if m["name"] == "strong_full")["corloc"]["overall"] for f in folds]
-    mt = [next(m for m in f["methods"] if m["name"] == "joint_self_training")["corloc"]["overall"] for f in folds]
+    full = [_method(f, "strong_full")["corloc"]["overall"] for f in folds]
+    mt = [_method(f, "joint_self_training")["corloc"]["overall"] for f in folds]
     cells = []
     for f, a, b in zip(folds, mt, full):
-        p = mcnemar_exact(_per_image(runs, f["fold"], 50, "joint_self_training"),
-                          _per_image(runs, f["fold"], 50, "strong_full"))[2]
+        p = mcnemar_exact(_method(f, "joint_self_training")["per_image"], _method(f, "strong_full")["per_image"])[2]
         cells.append(f"{100 * (a - b):+.1f} (p {p:.2g})")
     body = [["50 boxes + MT minus strong_full, points"] + cells
             + [f"{100 * statistics.fmean(mt) - 100 * statistics.fmean(full):+.1f}"]]
     if ten:
-        mt10 = [next(m for m in f["methods_10"] if m["name"] == "joint_self_training")["corloc"]["overall"]
-                for f in folds]
+        mt10 = [_method(f, "joint_self_training", "methods_10")["corloc"]["overall"] for f in folds]
         body.append(["10 boxes + MT / strong_full"] + [f"{a / b:.2f}" for a, b in zip(mt10, full)]
                     + [f"{statistics.fmean(mt10) / statistics.fmean(full):.2f}"])
     return render_table(header, body, ["l"] + ["r"] * (len(folds) + 1))
@@ -228,12 +230,12 @@ def main() -> int:
         parts.append(f"{title}\n\n" + table + "\n")
     parts.append("CorLoc's 95 % bootstrap interval [%], 50 boxed images\n\n" + ci_table(folds, METHODS_50) + "\n")
     parts.append("joint runs against strong_few, CorLoc points (McNemar's exact p), 50 boxed images\n\n"
-                 + difference_table(folds, runs, 50) + "\n")
+                 + difference_table(folds, 50) + "\n")
     if 10 in args.boxes:
         parts.append("joint runs against strong_few, CorLoc points (McNemar's exact p), 10 boxed images\n\n"
-                     + difference_table(folds, runs, 10) + "\n")
+                     + difference_table(folds, 10) + "\n")
     parts.append("Goals: self-training with few boxes against all boxes, CorLoc\n\n"
-                 + goals_table(folds, runs, 10 in args.boxes) + "\n")
+                 + goals_table(folds, 10 in args.boxes) + "\n")
     cpu_min = ", ".join(f"fold {k} {v / 60:.0f}" for k, v in budget["method_cpu_s"].items())
     cpu_10 = ", ".join(f"fold {k} {v / 60:.0f}" for k, v in budget["method_cpu_s_10"].items() if v)
     parts.append(f"Compute: every method trained in a process of {args.threads} torch thread(s) on a 2-core CPU shared "
