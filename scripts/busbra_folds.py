@@ -13,7 +13,8 @@ trains on the other folds' patients, with 50 boxed images (every method: strong_
 (ours), joint_paper (the paper's), joint_self_training (ours)) and with 10 boxed images (strong_few, joint,
 joint_self_training; ``--methods-10`` adds joint_paper), each scored once on fold K. Validation images are carved
 from the training patients and never used here (they were used to choose the recipe:
-``docs/results/busbra_levers/``). One more experiment, on the GE Logiq 5 images alone (one scanner, 809 images, a random patient split), checks the finding on
+``docs/results/busbra_levers/``). One more experiment, on the GE Logiq 5 images alone (one scanner, 809 images,
+a random patient split), checks the finding on
 a data set of another size and scanner. Training goes to ``--runs`` (resumable: run the same command again after an
 interruption); ``--out`` receives:
 
