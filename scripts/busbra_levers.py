@@ -56,7 +56,14 @@ LEVERS = {
     "paper_rules": {"moi_rules": "paper"},                 # most malignant for both labels
     "gradual_alpha": {"alpha": "gradual", "alpha_stretch": 1.0},
     "constant_lr": {"joint_trainer": {}},                  # Adam at a constant 5e-4
+    # The recipe as adopted (REAL: the autoencoder and the open gate), then one self-training lever on top of it:
+    "real": {"pretrain": REAL.pretrain, "moi_teacher": REAL.moi_teacher},
+    "real_mt_balance": {"pretrain": REAL.pretrain, "moi_teacher": REAL.moi_teacher,
+                        "mean_teacher": {**REAL.mean_teacher, "balance_classes": True}},
 }
+#: The lever each lever is compared with (``base`` unless named here) and whose finished runs it reuses where the
+#: recipe, as a method reads it, is the same (the pretrained backbone too, when the pretraining is the same).
+REFERENCE = {"real": "autoencoder", "real_mt_balance": "real"}
 LEVER_METHODS = ("strong_few", "joint", "joint_self_training")
 #: Levers that change the detector's cost several-fold are measured first where their effect shows first (the
 #: detector trained on the boxes alone); within the 2-core budget they go further only if that pays off.
@@ -73,11 +80,12 @@ def lever_recipe(name: str, n_strong: int):
 
 
 def table(results: dict) -> str:
-    base = {m["name"]: m for m in results["base"]["methods"]}
-    header = ["lever", "strong_few", "joint", "joint vs base", "joint + MT", "joint + MT vs base", "AP50", "CPM"]
+    header = ["lever", "strong_few", "joint", "joint vs ref.", "joint + MT", "joint + MT vs ref.", "AP50", "CPM"]
     body = []
     for name, r in results.items():
         by = {m["name"]: m for m in r["methods"]}
+        ref = REFERENCE.get(name, "base")
+        base = {m["name"]: m for m in results[ref]["methods"]} if ref in results else {}
 
         def pct(method, key="corloc"):
             m = by.get(method)
@@ -147,21 +155,26 @@ def main() -> int:
 
 
 def share_base_runs(source: str, samples, name: str, args, folder: Path) -> None:
-    """Link the base lever's finished runs of the methods this lever trains exactly as the base does (the recipe
-    as that method reads it, ``Recipe.used_by``, is the same), so a lever that only changes the self-training
-    retrains only the self-training."""
-    base = prepare_data(source, lever_recipe("base", args.n_strong), 0, samples=samples, fold=args.fold)
+    """Link the finished runs of the lever's reference (:data:`REFERENCE`, ``base`` by default) for the methods this
+    lever trains exactly as the reference does (the recipe as that method reads it, ``Recipe.used_by``, is the
+    same), and the reference's pretrained backbone, so a lever that only changes the self-training retrains only
+    the self-training. The runner still checks every reused run against this lever's split."""
+    ref = REFERENCE.get(name, "base")
+    theirs = prepare_data(source, lever_recipe(ref, args.n_strong), 0, samples=samples, fold=args.fold)
     mine = prepare_data(source, lever_recipe(name, args.n_strong), 0, samples=samples, fold=args.fold)
-    if [s.id for s in base.val] != [s.id for s in mine.val] or mine.recipe.pretrain != base.recipe.pretrain:
+    if [s.id for s in theirs.val] != [s.id for s in mine.val] or mine.recipe.pretrain != theirs.recipe.pretrain:
         return
+    root = Path(args.runs) / f"boxes{args.n_strong}" / ref
+    links = [(root / "pretrain", folder / "pretrain")] if mine.recipe.pretrain else []
     for method in LEVER_METHODS:
-        src = Path(args.runs) / f"boxes{args.n_strong}" / "base" / "runs" / method
-        dst = folder / "runs" / method
-        if (src / "result.pt").is_file() and not dst.exists() and \
-                mine.recipe.used_by(method) == base.recipe.used_by(method):
+        if mine.recipe.used_by(method) == theirs.recipe.used_by(method):
+            links.append((root / "runs" / method, folder / "runs" / method))
+    for src, dst in links:
+        done = (src / "result.pt").is_file() or (src / "backbone.pt").is_file()
+        if done and not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.symlink_to(src.resolve(), target_is_directory=True)
-            print(f"{name}: {method} is the base's (linked)", flush=True)
+            print(f"{name}: {src.name} is {ref}'s (linked)", flush=True)
 
 
 def _per_image(folder: Path, method: str):
