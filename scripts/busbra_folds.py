@@ -45,7 +45,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from wsbus.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint  # noqa: E402
 from wsbus.evaluate import corloc, mcnemar_exact, render_table  # noqa: E402
@@ -83,27 +82,15 @@ def _per_image(runs: Path, fold: int, boxes: int, method: str) -> np.ndarray:
     return load_checkpoint(path, require=("per_image",))["per_image"].numpy()
 
 
-def _class_free(items) -> list:
-    """Detections or truths with every label set to one class (CorLoc then asks only where the mass is)."""
-    out = []
-    for x in items:
-        boxes = torch.as_tensor(x["boxes"] if isinstance(x, dict) else x.boxes, dtype=torch.float32).reshape(-1, 4)
-        item = {"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64)}
-        if isinstance(x, dict) and "scores" in x:
-            item["scores"] = x["scores"]
-        out.append(item)
-    return out
-
-
 def attach_localisation(source: str, folds: list, runs: Path) -> None:
     """Attach ``located`` to the :data:`LOCATED` methods of every fold: for each IoU level of :data:`IOU_LEVELS`, a
-    string with one character per test image, ``1`` where class-free CorLoc found the mass (a detection scoring
-    >= 0.5, of either class, overlapping it by more than the level). The class-aware CorLoc recomputed from the same
-    stored detections must equal the published ``per_image``, which checks the images' order."""
+    string with one character per test image, ``1`` where class-free CorLoc (``corloc(..., class_free=True)``) found
+    the mass (a detection scoring >= 0.5, of either class, overlapping it by more than the level). The class-aware
+    CorLoc recomputed from the same stored detections must equal the published ``per_image``, which checks the
+    images' order."""
     samples = load_samples(source, REAL, 0)
     for f in folds:
         test = prepare_data(source, REAL, 0, samples=samples, fold=f["fold"]).test
-        truth = _class_free(test)
         for boxes, key in ((50, "methods"), (10, "methods_10")):
             for m in f.get(key, []):
                 if m["name"] not in LOCATED:
@@ -113,8 +100,8 @@ def attach_localisation(source: str, folds: list, runs: Path) -> None:
                 hits = corloc(detections, test).per_image.astype(int).tolist()
                 if hits != list(m["per_image"]):
                     raise SystemExit(f"{path}: its detections do not give its published per-image CorLoc")
-                found = _class_free(detections)
-                m["located"] = {f"{t:g}": "".join("01"[int(x)] for x in corloc(found, truth, iou_thresh=t).per_image)
+                m["located"] = {f"{t:g}": "".join("01"[int(x)] for x in corloc(detections, test, iou_thresh=t,
+                                                                                  class_free=True).per_image)
                                 for t in IOU_LEVELS}
 
 

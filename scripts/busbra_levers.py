@@ -12,9 +12,10 @@ Each lever is the ``REAL`` recipe without the two changes it adopted from this s
 BUS-BRA's fold ``--fold`` (the authors' 5-fold partition; that fold's test images are never loaded into any run's
 evaluation) and scored on the validation images carved from those training patients: strong_few, joint (ours),
 joint + self-training (the recipe's mean teacher), and for the ``base`` lever also strong_full, weak_only and
-joint_paper. Runs go to ``--runs`` (resumable); ``--out`` receives ``levers.json`` (every lever's results, with its
-recipe change and the code that made it) and ``levers.md`` (the table: CorLoc, AP50 and CPM on validation, and each
-lever's difference from ``base`` with McNemar's p on the same validation images).
+joint_paper. Runs go to ``--runs`` (resumable); ``--out`` receives ``levers_N.json`` (every lever's results, with
+its recipe change and the code that made it) and ``levers_N.md`` (the table: CorLoc, AP50 and CPM on validation,
+each lever's difference from its reference (``base``, or :data:`REFERENCE`) with McNemar's p on the same
+validation images, and how tight the boxes are: class-free CorLoc at IoU > 0.7, ``tight``).
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from wsbus.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
-from wsbus.evaluate import mcnemar_exact, render_table  # noqa: E402
+from wsbus.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint  # noqa: E402
+from wsbus.evaluate import corloc, mcnemar_exact, render_table  # noqa: E402
 from wsbus.experiments import REAL, prepare_data, run_experiment  # noqa: E402
 from wsbus.experiments.data import load_samples  # noqa: E402
 
@@ -80,7 +81,8 @@ def lever_recipe(name: str, n_strong: int):
 
 
 def table(results: dict) -> str:
-    header = ["lever", "strong_few", "joint", "joint vs ref.", "joint + MT", "joint + MT vs ref.", "AP50", "CPM"]
+    header = ["lever", "strong_few", "joint", "joint vs ref.", "joint + MT", "joint + MT vs ref.", "AP50", "CPM",
+              "tight: strong_few", "tight: joint + MT"]
     body = []
     for name, r in results.items():
         by = {m["name"]: m for m in r["methods"]}
@@ -104,9 +106,10 @@ def table(results: dict) -> str:
             diff = f"{100 * (st['corloc']['overall'] - st0['corloc']['overall']):+.1f} ({p:.2g})"
         else:
             diff = ""
+        tight = [f"{100 * by[m]['tight']:.1f}" if m in by else "-" for m in ("strong_few", "joint_self_training")]
         body.append([name, pct("strong_few"), pct("joint"), joint_diff, pct("joint_self_training"), diff,
-                     pct("joint_self_training", "ap50"), pct("joint_self_training", "froc_cpm")])
-    return render_table(header, body, ["l"] + ["r"] * 7)
+                     pct("joint_self_training", "ap50"), pct("joint_self_training", "froc_cpm")] + tight)
+    return render_table(header, body, ["l"] + ["r"] * 9)
 
 
 def main() -> int:
@@ -132,8 +135,11 @@ def main() -> int:
         r = run_experiment(source, folder, recipe=lever_recipe(name, args.n_strong), fold=args.fold,
                            evaluate_on="val", methods=methods, progress=False, verbose=False, jobs=args.jobs,
                            threads=args.threads, reuse_results=args.reuse_results, samples=samples)
-        for m in r["methods"]:  # keep the per-image outcomes for the paired tests
-            m["per_image"] = [bool(x) for x in _per_image(Path(args.runs) / f"boxes{args.n_strong}" / name, m["name"])]
+        val = prepare_data(source, lever_recipe(name, args.n_strong), 0, samples=samples, fold=args.fold).val
+        for m in r["methods"]:  # keep the per-image outcomes for the paired tests, and how tight the boxes are
+            stored = _result(Path(args.runs) / f"boxes{args.n_strong}" / name, m["name"])
+            m["per_image"] = [bool(x) for x in stored["per_image"].tolist()]
+            m["tight"] = float(corloc(stored["detections"], val, iou_thresh=0.7, class_free=True).overall)
         results[name] = {"change": LEVERS[name], "methods": r["methods"], "pretrain": r.get("pretrain"),
                          "provenance": r["provenance"], "data": r["data"], "config": r["config"]}
         print(f"{name}: " + ", ".join(f"{m['name']} {100 * m['corloc']['overall']:.1f}" for m in r["methods"]),
@@ -145,8 +151,11 @@ def main() -> int:
                           + text + "\n\nCorLoc [%] of strong_few, joint (ours) and joint + MT, AP50 [%] and FROC CPM "
                           f"[%] of joint + MT, on the validation images carved from fold {args.fold}'s training "
                           "patients (the test fold is never scored here); joint + MT: joint (ours) then "
-                          "self-training with the mean teacher (ours); vs base: CorLoc points over the base "
-                          "recipe's run of the same method, with McNemar's exact p on the same images.\n",
+                          "self-training with the mean teacher (ours); vs ref.: CorLoc points over the reference "
+                          "lever's run of the same method (base; real_mt_balance against real, real against "
+                          "autoencoder), with McNemar's exact p on the same images; tight: class-free CorLoc [%] at "
+                          "IoU > 0.7 (a detection of either class scoring >= 0.5 overlaps the mass by more than "
+                          "0.7).\n",
                           out / f"levers_{args.n_strong}.md")
         print(text)
     atomic_write_json({"fold": args.fold, "n_strong": args.n_strong, "levers": results},
@@ -177,10 +186,8 @@ def share_base_runs(source: str, samples, name: str, args, folder: Path) -> None
             print(f"{name}: {src.name} is {ref}'s (linked)", flush=True)
 
 
-def _per_image(folder: Path, method: str):
-    from wsbus.checkpoint import load_checkpoint
-
-    return load_checkpoint(folder / "runs" / method / "result.pt", require=("per_image",))["per_image"].tolist()
+def _result(folder: Path, method: str) -> dict:
+    return load_checkpoint(folder / "runs" / method / "result.pt", require=("per_image", "detections"))
 
 
 if __name__ == "__main__":

@@ -114,6 +114,31 @@ def test_corloc_mixed_image_needs_every_class():
     assert corloc(swapped, t).malignant == 0.0
 
 
+def test_corloc_class_free_asks_only_where_the_mass_is():
+    d, t = hand_case()
+    r = corloc(d, t, class_free=True)
+    # Image 1 (benign, found as malignant) now counts; the others keep their outcome (score, IoU == 0.5).
+    np.testing.assert_array_equal(r.per_image, [True, True, False, False, True])
+    assert (r.benign, r.malignant) == (1.0, pytest.approx(1 / 3))
+    assert r.class_free and r.as_dict()["class_free"] and "class-free" in repr(r)
+    assert not corloc(d, t).class_free
+    # On a mixed image a detection of either class may find either mass.
+    mixed = [gt([BOX, [50, 50, 70, 70]], [1, 2])]
+    assert corloc([det([BOX, [50, 50, 70, 70]], [2, 2], [0.9, 0.9])], mixed, class_free=True).overall == 1.0
+
+
+def test_corloc_class_free_is_corloc_with_one_class():
+    # Independent computation: relabel every detection and every box as benign and ask ordinary CorLoc.
+    detections, truth = random_case(300, seed=5)
+    one = [{**x, "labels": torch.ones_like(x["labels"])} for x in detections]
+    truth_one = [{**x, "labels": torch.ones_like(x["labels"])} for x in truth]
+    free = corloc(detections, truth, class_free=True)
+    np.testing.assert_array_equal(free.per_image, corloc(one, truth_one).per_image)
+    aware = corloc(detections, truth)
+    assert not (aware.per_image & ~free.per_image).any()      # every CorLoc hit is a class-free hit
+    assert aware.overall < free.overall < 1.0
+
+
 def test_corloc_voc_plus_one_convention():
     # GT pixels 0..9 x 0..9 and a detection 0..4 x 0..9.
     # Continuous: 4*9 / (9*9) = 0.444;  VOC (+1): 5*10 / (10*10) = 0.5.

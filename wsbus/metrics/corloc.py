@@ -42,7 +42,7 @@ class CorLocResult:
         The input indices of those images.
     n_images : dict str -> int
         Number of images behind ``benign``, ``malignant`` and ``overall``.
-    iou_thresh, score_thresh, voc_plus_one :
+    iou_thresh, score_thresh, voc_plus_one, class_free :
         The settings used.
 
     Taught in ``book/08_evaluation.md``.
@@ -59,6 +59,7 @@ class CorLocResult:
     iou_thresh: float
     score_thresh: float
     voc_plus_one: bool
+    class_free: bool = False
 
     def __getitem__(self, key: str) -> float:
         """``result["overall"]``, ``result["benign"]``, ``result["malignant"]``."""
@@ -91,20 +92,20 @@ class CorLocResult:
             return None if math.isnan(x) else float(x)
         return {"overall": f(self.overall), "benign": f(self.benign), "malignant": f(self.malignant),
                 "n_images": dict(self.n_images), "iou_thresh": self.iou_thresh,
-                "score_thresh": self.score_thresh, "voc_plus_one": self.voc_plus_one}
+                "score_thresh": self.score_thresh, "voc_plus_one": self.voc_plus_one, "class_free": self.class_free}
 
     def __repr__(self) -> str:
         def pct(key: str) -> str:
             v = getattr(self, key)
             return f"{key}={'nan' if math.isnan(v) else f'{100 * v:.2f}%'} (n={self.n_images[key]})"
-        conv = ", VOC +1" if self.voc_plus_one else ""
+        conv = (", VOC +1" if self.voc_plus_one else "") + (", class-free" if self.class_free else "")
         return (f"CorLocResult({pct('overall')}, {pct('benign')}, {pct('malignant')}; "
                 f"IoU > {self.iou_thresh:g}, score >= {self.score_thresh:g}{conv})")
 
 
 def corloc(detections: Sequence[Mapping[str, Any]], ground_truth: Sequence[Target],
            iou_thresh: float = CORLOC_IOU_THRESH, score_thresh: float = CORLOC_SCORE_THRESH,
-           voc_plus_one: bool = False) -> CorLocResult:
+           voc_plus_one: bool = False, class_free: bool = False) -> CorLocResult:
     """Correct localisation (CorLoc), the paper's main metric, per class and overall.
 
     For each class c in {1 benign, 2 malignant}: over the test images having a ground-truth box of class c, the
@@ -133,6 +134,10 @@ def corloc(detections: Sequence[Mapping[str, Any]], ground_truth: Sequence[Targe
     voc_plus_one : bool
         Use the reference code's VOC convention, where widths are ``x2 - x1 + 1`` (inclusive pixel indices).
         The default is torchvision's continuous-coordinate ``box_iou``.
+    class_free : bool
+        Ours, a diagnosis, not the paper's metric: a detection of *either* class counts, so the outcome says only
+        whether the mass was found (localisation), not whether its class was named. Every CorLoc hit is a
+        class-free hit; the share of class-free hits that are CorLoc hits is how often a found mass is named right.
 
     Returns
     -------
@@ -155,7 +160,8 @@ def corloc(detections: Sequence[Mapping[str, Any]], ground_truth: Sequence[Targe
         ok_all = True
         for c in present:
             gt = t.boxes[t.labels == c]
-            det = p.boxes[(p.labels == c) & (p.scores >= score_thresh)]
+            keep = p.scores >= score_thresh if class_free else (p.labels == c) & (p.scores >= score_thresh)
+            det = p.boxes[keep]
             ok = det.shape[0] > 0 and bool((pairwise_iou(det, gt, voc_plus_one) > iou_thresh).any())
             outcome[c].append(ok)
             index[c].append(i)
@@ -173,5 +179,6 @@ def corloc(detections: Sequence[Mapping[str, Any]], ground_truth: Sequence[Targe
         per_class={names[c]: np.asarray(outcome[c], dtype=bool) for c in MASS_CLASSES},
         class_image_index={names[c]: np.asarray(index[c], dtype=np.int64) for c in MASS_CLASSES},
         n_images={"overall": len(per_image), **{names[c]: len(outcome[c]) for c in MASS_CLASSES}},
-        iou_thresh=iou_thresh, score_thresh=score_thresh, voc_plus_one=bool(voc_plus_one))
+        iou_thresh=iou_thresh, score_thresh=score_thresh, voc_plus_one=bool(voc_plus_one),
+        class_free=bool(class_free))
 
