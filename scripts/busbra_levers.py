@@ -135,7 +135,8 @@ def main() -> int:
     samples = load_samples(source, REAL, 0)
     results = {}
     for name in args.levers:
-        methods = BASE_METHODS if name == "base" else FIRST_METHODS.get(name, LEVER_METHODS) + EXTRA_METHODS.get(name, ())
+        methods = BASE_METHODS if name == "base" else \
+            FIRST_METHODS.get(name, LEVER_METHODS) + EXTRA_METHODS.get(name, ())
         folder = Path(args.runs) / f"boxes{args.n_strong}" / name
         if name != "base":
             share_base_runs(source, samples, name, args, folder)
@@ -160,10 +161,10 @@ def main() -> int:
                           f"[%] of joint + MT, on the validation images carved from fold {args.fold}'s training "
                           "patients (the test fold is never scored here); joint + MT: joint (ours) then "
                           "self-training with the mean teacher (ours); vs ref.: CorLoc points over the reference "
-                          "lever's run of the same method (base; real_mt_balance and real_mt_long against real, real "
-                          "against autoencoder), with McNemar's exact p on the same images; tight: class-free CorLoc [%] at "
-                          "IoU > 0.7 (a detection of either class scoring >= 0.5 overlaps the mass by more than "
-                          "0.7).\n",
+                          "lever's run of the same method (base; real_mt_balance and real_mt_long against real, "
+                          "real against autoencoder), with McNemar's exact p on the same images; tight: class-free "
+                          "CorLoc [%] at IoU > 0.7 (a detection of either class scoring >= 0.5 overlaps the mass by "
+                          "more than 0.7).\n",
                           out / f"levers_{args.n_strong}.md")
         print(text)
     atomic_write_json({"fold": args.fold, "n_strong": args.n_strong, "levers": results},
