@@ -57,5 +57,15 @@ def test_readme_quotes_the_published_busbra_results():
         for name in ("strong_few", "joint_self_training"):
             assert f"{100 * mean(name, methods='methods_10'):.1f} %" in text, name
     assert f"+{100 * (mean('joint') - mean('strong_few')):.1f} points" in text
+
+    def located(name, level, methods="methods"):
+        """Mean over the folds of a method's class-free CorLoc at an IoU level (``located``: one 0/1 per image)."""
+        hits = [next(m for m in f[methods] if m["name"] == name)["located"][level] for f in folds]
+        return statistics.fmean(h.count("1") / len(h) for h in hits)
+
+    for level in ("0.1", "0.7"):
+        assert f"{100 * located('strong_full', level):.1f} %" in text, level
+        for methods in ("methods", "methods_10"):
+            assert f"{100 * located('joint_self_training', level, methods):.1f} %" in text, (level, methods)
     assert f"folds {', '.join(str(f['fold']) for f in folds)} of 5" in text
     assert "docs/results/busbra_folds/" in text and "python scripts/busbra_folds.py" in text
