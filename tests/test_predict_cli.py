@@ -91,7 +91,9 @@ def _interrupt(checkpoint, tmp_path, signum):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if (out / "overlays").is_dir() and len(list((out / "overlays").iterdir())) >= 3:
+        # An image's overlay is written before its row is recorded (PredictionWriter.add), so 4 overlays on disk
+        # mean at least 3 recorded images, whenever the signal lands (3 on disk once met 2 recorded, under load).
+        if (out / "overlays").is_dir() and len(list((out / "overlays").iterdir())) >= 4:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "predict finished before it could be interrupted: " + proc.stderr.read()
