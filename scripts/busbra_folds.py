@@ -21,7 +21,7 @@ interruption); ``--out`` receives:
 ``summary.json``  ``{"folds": [results.json of fold K with "fold": K and "methods_10": the 10-box methods]}``
                   (each method with ``per_image``: 1 where a test mass was found, in the test set's order;
                   strong_full, strong_few, joint and the mean teacher also with ``located``: per IoU level, a
-                  string with 1 where a detection of either class found the mass, :func:`attach_localisation`),
+                  string with 1 where a detection of either class found the mass, :func:`attach_hits`),
                   plus ``"budget"`` (the methods' CPU seconds per fold) and ``"logiq5"`` (the scanner subset's
                   results.json)
 ``summary.md``    per fold and mean +- sd: CorLoc, AP50, FROC CPM and malignancy AUC of every method, the joint
@@ -64,9 +64,9 @@ LABEL = {"strong_full": "strong_full (all boxes)", "strong_few": "strong_few", "
          "joint_self_training": "joint + mean teacher (ours)"}
 
 
-def run_fold(source: str, fold: int, runs: Path, args) -> dict:
+def run_fold(source: str, fold: int, runs: Path, args, samples) -> dict:
     common = dict(recipe=REAL, fold=fold, progress=False, verbose=False, jobs=args.jobs, threads=args.threads,
-                  reuse_results=args.reuse_results)
+                  reuse_results=args.reuse_results, samples=samples)
     fifty = run_experiment(source, runs / f"fold_{fold}" / "boxes50", methods=METHODS_50, **common)
     if 10 not in args.boxes:
         return {**fifty, "fold": fold}
@@ -76,28 +76,24 @@ def run_fold(source: str, fold: int, runs: Path, args) -> dict:
             "data_10": ten["data"]}
 
 
-def _per_image(runs: Path, fold: int, boxes: int, method: str) -> np.ndarray:
-    path = runs / f"fold_{fold}" / f"boxes{boxes}" / "runs" / method / "result.pt"
-    return load_checkpoint(path, require=("per_image",))["per_image"].numpy()
-
-
-def attach_localisation(source: str, folds: list, runs: Path) -> None:
-    """Attach ``located`` to the :data:`LOCATED` methods of every fold: for each IoU level of :data:`IOU_LEVELS`, a
-    string with one character per test image, ``1`` where class-free CorLoc (``corloc(..., class_free=True)``) found
-    the mass (a detection scoring >= 0.5, of either class, overlapping it by more than the level). The class-aware
-    CorLoc recomputed from the same stored detections must equal the published ``per_image``, which checks the
-    images' order."""
-    samples = load_samples(source, REAL, 0)
+def attach_hits(source: str, folds: list, runs: Path, samples) -> None:
+    """Attach each method's per-image CorLoc hits (``per_image``: 1 where a test mass was found, in the test set's
+    order) and, for the :data:`LOCATED` methods, ``located``: for each IoU level of :data:`IOU_LEVELS`, a string
+    with one character per test image, ``1`` where class-free CorLoc (``corloc(..., class_free=True)``) found the
+    mass (a detection scoring >= 0.5, of either class, overlapping it by more than the level). Each ``result.pt`` is
+    read once; the class-aware CorLoc recomputed from its stored detections must equal its ``per_image``, which
+    checks the images' order."""
     for f in folds:
         test = prepare_data(source, REAL, 0, samples=samples, fold=f["fold"]).test
         for boxes, key in ((50, "methods"), (10, "methods_10")):
             for m in f.get(key, []):
+                path = runs / f"fold_{f['fold']}" / f"boxes{boxes}" / "runs" / m["name"] / "result.pt"
+                stored = load_checkpoint(path, require=("per_image", "detections"))
+                m["per_image"] = [int(x) for x in stored["per_image"].tolist()]
                 if m["name"] not in LOCATED:
                     continue
-                path = runs / f"fold_{f['fold']}" / f"boxes{boxes}" / "runs" / m["name"] / "result.pt"
-                detections = load_checkpoint(path, require=("detections",))["detections"]
-                hits = corloc(detections, test).per_image.astype(int).tolist()
-                if hits != list(m["per_image"]):
+                detections = stored["detections"]
+                if corloc(detections, test).per_image.astype(int).tolist() != m["per_image"]:
                     raise SystemExit(f"{path}: its detections do not give its published per-image CorLoc")
                 m["located"] = {f"{t:g}": "".join("01"[int(x)] for x in corloc(detections, test, iou_thresh=t,
                                                                                   class_free=True).per_image)
@@ -241,8 +237,9 @@ def main() -> int:
     source, runs, out = f"busbra:{args.data}", Path(args.runs), Path(args.out)
     t0, c0 = time.perf_counter(), time.process_time()
     folds = []
+    samples = load_samples(source, REAL, 0)  # a folder source is the same for every recipe: read it once
     for k in args.folds:
-        folds.append(run_fold(source, k, runs, args))
+        folds.append(run_fold(source, k, runs, args, samples))
         print(f"fold {k}: " + ", ".join(f"{m['name']} {100 * m['corloc']['overall']:.1f}"
                                         for m in folds[-1]["methods"]), flush=True)
     logiq5 = None if args.skip_logiq5 else run_experiment(
@@ -253,11 +250,7 @@ def main() -> int:
                                   for f in folds},
               "this_command_wall_s": time.perf_counter() - t0, "this_command_cpu_s": time.process_time() - c0,
               "jobs": args.jobs, "threads_per_process": args.threads}
-    for f in folds:  # each test image's hit (1) or miss (0), in the test set's order, for paired tests
-        for boxes, key in ((50, "methods"), (10, "methods_10")):
-            for m in f.get(key, []):
-                m["per_image"] = [int(x) for x in _per_image(runs, f["fold"], boxes, m["name"])]
-    attach_localisation(source, folds, runs)
+    attach_hits(source, folds, runs, samples)  # per-image hits for paired tests, and where the mass was found
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json({"folds": folds, "logiq5": logiq5, "budget": budget}, out / "summary.json")
     for f in folds:
